@@ -1,0 +1,1 @@
+"""Pure-PyTorch models of streamrec (no Kafka, RocksDB, FAISS or Prometheus imports here)."""

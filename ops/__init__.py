@@ -1,0 +1,1 @@
+"""Operations adapters: Prometheus metrics and their exporter."""

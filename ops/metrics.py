@@ -1,0 +1,120 @@
+"""All Prometheus metrics of streamrec, made by one factory against a passed-in registry.
+
+Names follow `streamrec_<subsystem>_<name>_<unit>`. Tests pass a fresh `CollectorRegistry`, so
+metric state never leaks between them; processes use one registry and expose it over HTTP on
+127.0.0.1 with `serve_metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Freshness and latency buckets span 1 ms to 1 min: healthy values sit well under a second.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    events_in: Counter
+    dead_letters: Counter
+    duplicates: Counter
+    recommendations: Counter
+    batch_size: Histogram
+    batch_wait: Histogram
+    processing_latency: Histogram
+    freshness: Histogram
+    index_size: Gauge
+    users: Gauge
+    consumer_lag: Gauge
+    model_info: Gauge
+    catalogue_latency: Histogram
+
+
+def create_metrics(registry: CollectorRegistry) -> Metrics:
+    """Create every metric in `registry`."""
+    return Metrics(
+        events_in=Counter(
+            "streamrec_stream_events_in_total", "Records read from input topics", ["topic"], registry=registry
+        ),
+        dead_letters=Counter(
+            "streamrec_stream_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        ),
+        duplicates=Counter(
+            "streamrec_state_duplicate_clicks_total",
+            "Redelivered clicks recognised by event id and not appended again",
+            registry=registry,
+        ),
+        recommendations=Counter(
+            "streamrec_stream_recommendations_total", "Recommendation records emitted", registry=registry
+        ),
+        batch_size=Histogram(
+            "streamrec_stream_batch_size_events",
+            "Clicks per micro-batch",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        ),
+        batch_wait=Histogram(
+            "streamrec_stream_batch_wait_seconds",
+            "Time from the oldest click of a micro-batch entering the broker to its processing",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        processing_latency=Histogram(
+            "streamrec_stream_processing_latency_seconds",
+            "Time to process one micro-batch (decode, state, encode, search, send)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        freshness=Histogram(
+            "streamrec_stream_freshness_seconds",
+            "Recommendation emission time minus the triggering click's event time",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        index_size=Gauge("streamrec_index_size_items", "Items in the serving index", registry=registry),
+        users=Gauge("streamrec_state_users_count", "Users with a sequence in local state", registry=registry),
+        consumer_lag=Gauge(
+            "streamrec_stream_consumer_lag_messages",
+            "High-water mark minus consumer position, per topic partition",
+            ["topic", "partition"],
+            registry=registry,
+        ),
+        model_info=Gauge(
+            "streamrec_model_info", "Serving model version (value 1 on the current one)", ["version"], registry=registry
+        ),
+        catalogue_latency=Histogram(
+            "streamrec_index_catalogue_to_searchable_seconds",
+            "Catalogue event time to the item being searchable",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+    )
+
+
+def serve_metrics(registry: CollectorRegistry, port: int) -> tuple[WSGIServer, int]:
+    """Expose `registry` on http://127.0.0.1:port/metrics; port 0 picks a free one."""
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return server, int(server.server_port)
+
+
+def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
+    """Read a Prometheus text exposition into {"name{labels}": value} (for the demo and tests)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - a 127.0.0.1 URL we built
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

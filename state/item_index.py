@@ -1,0 +1,123 @@
+"""Nearest-item search: the interface, the FAISS index and an exact brute-force twin.
+
+Items are addressed by a stable int64 row id (assigned by the catalogue store). Scores are inner
+products, so callers L2-normalise vectors when they want cosine similarity. `search` takes, per
+query, a set of ids to exclude (the user's history) and over-fetches just enough to return `k`
+results after excluding them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+
+
+class ItemIndex(ABC):
+    """What the worker needs from an item index."""
+
+    dim: int
+
+    @abstractmethod
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert or replace items. ids: (N,) int64, vectors: (N, D) float32."""
+
+    @abstractmethod
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove items; returns how many were present."""
+
+    @abstractmethod
+    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k without exclusions: scores (B, k) float32, ids (B, k) int64 (-1 = none)."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[set[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query, never returning an excluded id.
+
+        queries: (B, D) float32. Returns scores (B, k) and ids (B, k); rows are padded with
+        id -1 and score -inf when fewer than k items remain.
+        """
+        assert queries.ndim == 2 and queries.shape[1] == self.dim, f"queries must be (B, {self.dim})"
+        b = queries.shape[0]
+        exclude = exclude if exclude is not None else [set() for _ in range(b)]
+        assert len(exclude) == b, "one exclusion set per query"
+        out_scores = np.full((b, k), -np.inf, dtype=np.float32)
+        out_ids = np.full((b, k), -1, dtype=np.int64)
+        n = len(self)
+        if n == 0 or b == 0:
+            return out_scores, out_ids
+        fetch = min(n, k + max(len(e) for e in exclude))
+        scores, ids = self._search_raw(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        for row in range(b):
+            excl = exclude[row]
+            col = 0
+            for s, i in zip(scores[row], ids[row], strict=True):
+                if i < 0 or int(i) in excl:
+                    continue
+                out_scores[row, col] = s
+                out_ids[row, col] = i
+                col += 1
+                if col == k:
+                    break
+        return out_scores, out_ids
+
+
+class ExactItemIndex(ItemIndex):
+    """Brute-force numpy twin: the reference that FAISS results are checked against."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._rows: dict[int, np.ndarray] = {}
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        assert vectors.shape == (len(ids), self.dim), f"vectors must be ({len(ids)}, {self.dim})"
+        for i, v in zip(ids, vectors, strict=True):
+            self._rows[int(i)] = np.asarray(v, dtype=np.float32).copy()
+
+    def remove(self, ids: np.ndarray) -> int:
+        return sum(self._rows.pop(int(i), None) is not None for i in ids)
+
+    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.fromiter(self._rows.keys(), dtype=np.int64, count=len(self._rows))
+        mat = np.stack([self._rows[int(i)] for i in keys])
+        scores = queries @ mat.T  # (B, N)
+        # Ties broken by id, as FAISS's flat index does.
+        order = np.lexsort((np.broadcast_to(keys, scores.shape), -scores), axis=1)[:, :k]
+        return np.take_along_axis(scores, order, axis=1), keys[order]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+class FaissItemIndex(ItemIndex):
+    """Exact FAISS inner-product index (`IndexFlatIP`) with explicit ids.
+
+    Updates remove the old vector first, so an id is never held twice.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        assert vectors.shape == (len(ids), self.dim), f"vectors must be ({len(ids)}, {self.dim})"
+        assert len(set(ids.tolist())) == len(ids), "ids in one upsert must be distinct"
+        self._index.remove_ids(ids)
+        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self._index.search(queries, k)
+        return scores, ids
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)

@@ -1,0 +1,237 @@
+"""Per-user click sequences: the interface, the RocksDB store (rocksdict) and an in-memory twin.
+
+Layout in RocksDB (raw bytes, one small record per click so an event never rewrites a whole
+sequence):
+
+    m<0>{user}                -> "{start} {end}"          positions [start, end) are live
+    s<0>{user}<0>{pos:012d}   -> "{item}<1f>{event_id}<1f>{event_time_ms}"
+    e<0>{user}<0>{event_id}   -> "{pos}"                  de-duplication of redelivered events
+
+A user's sequence is capped at `max_len`: appending past the cap deletes the oldest record and its
+event key in the same write batch. Redelivery of an event still inside the cap is recognised by
+its event id and appends nothing, which makes at-least-once delivery safe to apply.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+SEP = b"\x00"
+FIELD = "\x1f"
+
+
+@dataclass(frozen=True)
+class StoredClick:
+    """One click as kept in a user's sequence."""
+
+    item_id: str
+    event_id: str
+    event_time_ms: int
+
+
+@dataclass(frozen=True)
+class ClickToAppend:
+    user_id: str
+    item_id: str
+    event_id: str
+    event_time_ms: int
+
+
+class SequenceStore(ABC):
+    """What the worker needs from sequence state."""
+
+    max_len: int
+
+    @abstractmethod
+    def append_many(self, clicks: Sequence[ClickToAppend]) -> list[bool]:
+        """Append clicks in order; returns, per click, whether it was new (False = duplicate)."""
+
+    @abstractmethod
+    def records(self, user_id: str) -> list[StoredClick]:
+        """The user's live clicks, oldest first (empty for an unknown user)."""
+
+    @abstractmethod
+    def length(self, user_id: str) -> int: ...
+
+    @abstractmethod
+    def users(self) -> Iterator[str]: ...
+
+    @abstractmethod
+    def n_users(self) -> int: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook, the twin has nothing to release
+        """Release resources."""
+
+    def append(self, click: ClickToAppend) -> bool:
+        return self.append_many([click])[0]
+
+    def sequence(self, user_id: str) -> list[str]:
+        return [r.item_id for r in self.records(user_id)]
+
+
+class InMemorySequenceStore(SequenceStore):
+    """Dict-of-deques twin for pure-logic tests; same contract as the RocksDB store."""
+
+    def __init__(self, max_len: int = 2048) -> None:
+        assert max_len >= 1, "max_len must be positive"
+        self.max_len = max_len
+        self._seqs: dict[str, deque[StoredClick]] = {}
+        self._events: dict[str, set[str]] = {}
+
+    def append_many(self, clicks: Sequence[ClickToAppend]) -> list[bool]:
+        applied = []
+        for c in clicks:
+            seen = self._events.setdefault(c.user_id, set())
+            if c.event_id in seen:
+                applied.append(False)
+                continue
+            seq = self._seqs.setdefault(c.user_id, deque())
+            seq.append(StoredClick(c.item_id, c.event_id, c.event_time_ms))
+            seen.add(c.event_id)
+            if len(seq) > self.max_len:
+                seen.discard(seq.popleft().event_id)
+            applied.append(True)
+        return applied
+
+    def records(self, user_id: str) -> list[StoredClick]:
+        return list(self._seqs.get(user_id, ()))
+
+    def length(self, user_id: str) -> int:
+        return len(self._seqs.get(user_id, ()))
+
+    def users(self) -> Iterator[str]:
+        return iter(list(self._seqs))
+
+    def n_users(self) -> int:
+        return len(self._seqs)
+
+
+def _meta_key(user: str) -> bytes:
+    return b"m" + SEP + user.encode()
+
+
+def _pos_key(user: str, pos: int) -> bytes:
+    return b"s" + SEP + user.encode() + SEP + f"{pos:012d}".encode()
+
+
+def _event_key(user: str, event_id: str) -> bytes:
+    return b"e" + SEP + user.encode() + SEP + event_id.encode()
+
+
+def _encode_click(c: ClickToAppend | StoredClick) -> bytes:
+    return f"{c.item_id}{FIELD}{c.event_id}{FIELD}{c.event_time_ms}".encode()
+
+
+def _decode_click(raw: bytes) -> StoredClick:
+    item, event_id, ts = raw.decode().split(FIELD)
+    return StoredClick(item, event_id, int(ts))
+
+
+class RocksSequenceStore(SequenceStore):
+    """Sequences in RocksDB through rocksdict; every `append_many` is one atomic write batch."""
+
+    def __init__(self, path: Path, max_len: int = 2048) -> None:
+        assert max_len >= 1, "max_len must be positive"
+        self.max_len = max_len
+        path.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        self._db = Rdict(str(path), opts)
+        self._n_users = sum(1 for _ in self._meta_keys())
+
+    def _meta_keys(self) -> Iterable[bytes]:
+        prefix = b"m" + SEP
+        for key in self._db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key
+
+    def _bounds(self, user: str, pending: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+        if user in pending:
+            return pending[user]
+        raw = self._db.get(_meta_key(user))
+        if raw is None:
+            return None
+        start, end = raw.split()
+        return int(start), int(end)
+
+    def append_many(self, clicks: Sequence[ClickToAppend]) -> list[bool]:
+        batch = WriteBatch(raw_mode=True)
+        pending: dict[str, tuple[int, int]] = {}
+        # Event keys added or dropped inside this batch, which the database cannot see yet.
+        added: set[bytes] = set()
+        dropped: set[bytes] = set()
+        # Records written inside this batch, needed when the cap evicts one of them at once.
+        written: dict[bytes, bytes] = {}
+        applied = []
+        new_users = 0
+        for c in clicks:
+            ekey = _event_key(c.user_id, c.event_id)
+            if ekey in added or (ekey not in dropped and self._db.get(ekey) is not None):
+                applied.append(False)
+                continue
+            bounds = self._bounds(c.user_id, pending)
+            if bounds is None:
+                new_users += 1
+                bounds = (0, 0)
+            start, end = bounds
+            record = _encode_click(c)
+            pkey = _pos_key(c.user_id, end)
+            batch.put(pkey, record)
+            written[pkey] = record
+            batch.put(ekey, str(end).encode())
+            added.add(ekey)
+            dropped.discard(ekey)
+            end += 1
+            if end - start > self.max_len:
+                old_key = _pos_key(c.user_id, start)
+                old_raw = written.get(old_key) or self._db.get(old_key)
+                assert old_raw is not None, f"sequence of {c.user_id} lacks position {start}"
+                old_ekey = _event_key(c.user_id, _decode_click(old_raw).event_id)
+                batch.delete(old_key)
+                batch.delete(old_ekey)
+                added.discard(old_ekey)
+                dropped.add(old_ekey)
+                start += 1
+            pending[c.user_id] = (start, end)
+            batch.put(_meta_key(c.user_id), f"{start} {end}".encode())
+            applied.append(True)
+        if pending:
+            self._db.write(batch)
+        self._n_users += new_users
+        return applied
+
+    def records(self, user_id: str) -> list[StoredClick]:
+        bounds = self._bounds(user_id, {})
+        if bounds is None:
+            return []
+        start, end = bounds
+        out = []
+        first = _pos_key(user_id, start)
+        prefix = b"s" + SEP + user_id.encode() + SEP
+        for key, value in self._db.items(from_key=first):
+            if not key.startswith(prefix) or len(out) >= end - start:
+                break
+            out.append(_decode_click(value))
+        assert len(out) == end - start, f"sequence of {user_id}: {len(out)} records for {end - start}"
+        return out
+
+    def length(self, user_id: str) -> int:
+        bounds = self._bounds(user_id, {})
+        return 0 if bounds is None else bounds[1] - bounds[0]
+
+    def users(self) -> Iterator[str]:
+        for key in self._meta_keys():
+            yield key[2:].decode()
+
+    def n_users(self) -> int:
+        return self._n_users
+
+    def close(self) -> None:
+        self._db.close()

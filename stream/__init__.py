@@ -1,0 +1,1 @@
+"""Stream wiring: topic schemas, the Faust app, replay, the local broker and benchmarks."""

@@ -1,0 +1,115 @@
+"""`make demo`: the whole system live on one machine.
+
+Starts the local broker (unless KAFKA_BOOTSTRAP names one), creates the topics, starts a worker,
+replays a dataset as live clicks, and tails the recommendations topic with item titles and
+freshness, printing throughput and freshness from the worker's metrics as it goes. Stops on
+Ctrl-C, or by itself after `events` clicks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import replace
+
+from streamrec.stream.broker import LocalBroker, port_open
+from streamrec.stream.processes import WorkerProcess, start_worker
+from streamrec.stream.rec_consumer import RecommendationReader
+from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
+from streamrec.stream.topics import ensure_topics
+
+from streamrec.datasets import load_dataset
+from streamrec.settings import Settings
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class LiveTail(threading.Thread):
+    """Prints a readable sample of recommendations as they arrive, and keeps counts."""
+
+    def __init__(self, settings: Settings, titles: dict[str, str], lines_per_s: float = 4.0) -> None:
+        super().__init__(daemon=True)
+        self.reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations)
+        self.titles = titles
+        self.interval = 1.0 / lines_per_s
+        self.count = 0
+        self.freshness_ms: list[float] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        last_print = 0.0
+        while not self.stop_event.is_set():
+            for rec, arrived in self.reader.poll(200):
+                self.count += 1
+                fresh = arrived * 1000 - rec.event_time
+                self.freshness_ms.append(fresh)
+                if time.monotonic() - last_print >= self.interval:
+                    last_print = time.monotonic()
+                    top = "; ".join(self.titles.get(i.item_id, i.item_id)[:38] for i in rec.items[:3])
+                    print(f"  user {rec.user_id:>6} | {fresh:6.0f} ms | {rec.model_version} | {top}", flush=True)
+        self.reader.close()
+
+
+def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) -> int:
+    demo_state = settings.state_dir / "demo"
+    if demo_state.exists():
+        shutil.rmtree(demo_state)
+    settings = replace(settings, state_dir=demo_state)
+    dataset = load_dataset(dataset_name, settings.data_dir)
+    broker: LocalBroker | None = None
+    if "KAFKA_BOOTSTRAP" not in os.environ:
+        port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+        if port_open(port):
+            raise SystemExit(f"port {port} is busy: stop what runs there or set KAFKA_BOOTSTRAP to a broker")
+        broker = LocalBroker(demo_state / "broker", port).start()
+        print(f"local Kafka-protocol broker (noida-db) on {broker.bootstrap}, data in {broker.data_dir}")
+    worker: WorkerProcess | None = None
+    tail: LiveTail | None = None
+    try:
+        ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+        worker = start_worker(settings, demo_state / "worker.log")
+        print(f"worker up; Prometheus metrics at {worker.metrics_url}; worker log {worker.log_path}")
+        producer = make_producer(settings.kafka_bootstrap)
+        n_items = publish_catalogue(producer, settings.topics, dataset.items)
+        print(f"published {n_items} catalogue items of {dataset.name}; waiting for the index...")
+        worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=120)
+        tail = LiveTail(settings, {it.item_id: it.title for it in dataset.items})
+        tail.start()
+        clicks = dataset.events if events <= 0 else dataset.events[:events]
+        print(f"replaying {len(clicks)} clicks at {rate or 'max'} clicks/s (Ctrl-C stops)")
+        print("  user        | fresh   | model      | top recommendations")
+        started = time.monotonic()
+        sent = publish_clicks(producer, settings.topics, clicks, rate, progress=False)
+        producer.close()
+        deadline = time.monotonic() + 60
+        while tail.count < sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        print(
+            f"\n{sent} clicks -> {tail.count} recommendations in {elapsed:.1f}s; freshness p50 "
+            f"{_percentile(tail.freshness_ms, 0.5):.0f} ms, p99 {_percentile(tail.freshness_ms, 0.99):.0f} ms"
+        )
+        m = worker.metrics()
+        users = m.get("streamrec_state_users_count", 0)
+        items = m.get("streamrec_index_size_items", 0)
+        dead = sum(v for k, v in m.items() if k.startswith("streamrec_stream_dead_letters_total"))
+        print(f"worker: users {users:.0f}, index {items:.0f} items, dead letters {dead:.0f}")
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping (Ctrl-C)")
+        return 130
+    finally:
+        if tail is not None:
+            tail.stop_event.set()
+            tail.join(5)
+        if worker is not None:
+            worker.stop()
+        if broker is not None:
+            broker.stop()

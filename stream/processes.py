@@ -1,0 +1,103 @@
+"""Starting and stopping worker processes, for the demo, the integration tests and benchmarks.
+
+A worker runs as `python -m streamrec.cli worker` with its settings in the environment, exactly as
+a user would start one; callers wait for its metrics endpoint and read readiness from it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+
+from streamrec.ops.metrics import scrape
+
+from streamrec.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes `Settings.from_env()` return `settings` in a child process."""
+    env = dict(os.environ)
+    env.update(
+        STREAMREC_DATA_DIR=str(settings.data_dir),
+        KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        STREAMREC_STATE_DIR=str(settings.state_dir),
+        STREAMREC_TOPIC_PREFIX=settings.topics.prefix,
+        STREAMREC_APP_ID=settings.app_id,
+        STREAMREC_PARTITIONS=str(settings.partitions),
+        STREAMREC_METRICS_PORT=str(settings.metrics_port),
+        STREAMREC_TOP_K=str(settings.top_k),
+        STREAMREC_MAX_SEQ_LEN=str(settings.max_seq_len),
+        STREAMREC_BATCH_SIZE=str(settings.batch_size),
+        STREAMREC_BATCH_WAIT_MS=str(settings.batch_wait_ms),
+        STREAMREC_PRODUCER_LINGER_MS=str(settings.producer_linger_ms),
+        STREAMREC_COMMIT_INTERVAL_S=str(settings.commit_interval_s),
+        STREAMREC_MODEL=settings.model_path,
+    )
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.metrics_url)
+
+    def metric(self, name: str, default: float = 0.0) -> float:
+        try:
+            return self.metrics().get(name, default)
+        except (URLError, ConnectionError, OSError):
+            return default
+
+    def wait_until(self, name: str, predicate, timeout_s: float = 60.0) -> float:  # noqa: ANN001
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
+            value = self.metric(name, float("nan"))
+            if value == value and predicate(value):
+                return value
+            time.sleep(0.2)
+        raise TimeoutError(f"{name} did not reach the expected value in {timeout_s}s; log: {self.log_path}")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush or commit anything."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_worker(settings: Settings, log_path: Path, extra_args: tuple[str, ...] = ()) -> WorkerProcess:
+    assert settings.metrics_port != 0, "give the worker a concrete metrics port so callers can find it"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "worker", *extra_args],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    worker = WorkerProcess(proc, settings.metrics_port, log_path)
+    worker.wait_until("streamrec_index_size_items", lambda v: v >= 0, timeout_s=60)
+    return worker

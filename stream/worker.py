@@ -1,0 +1,55 @@
+"""Runs one streamrec worker: opens state, builds the model and the Faust app, serves metrics.
+
+State lives under `<state_dir>/worker/<app_id>/`: the RocksDB sequence store and catalogue store.
+A restart with the same state directory resumes exactly: sequences are in RocksDB, Kafka holds the
+committed offsets, and redelivered clicks are recognised by event id.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from faust.worker import Worker
+from prometheus_client import CollectorRegistry
+from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.ops.metrics import create_metrics, serve_metrics
+from streamrec.state.catalogue_store import CatalogueStore
+from streamrec.state.item_index import FaissItemIndex
+from streamrec.state.sequence_store import RocksSequenceStore
+from streamrec.stream.app import build_app
+from streamrec.stream.recommender import Recommender
+from streamrec.stream.topics import ensure_topics
+
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def worker_state_dir(settings: Settings) -> Path:
+    return settings.worker_dir / settings.app_id
+
+
+def open_recommender(settings: Settings) -> Recommender:
+    model = ContentBaseline(ContentBaselineConfig())
+    root = worker_state_dir(settings)
+    sequences = RocksSequenceStore(root / "sequences", max_len=settings.max_seq_len)
+    catalogue = CatalogueStore(root / "catalogue", dim=model.cfg.dim)
+    index = FaissItemIndex(model.cfg.dim)
+    return Recommender(sequences, catalogue, index, model, top_k=settings.top_k)
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
+    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    registry = CollectorRegistry()
+    metrics = create_metrics(registry)
+    _server, port = serve_metrics(registry, settings.metrics_port)
+    print(f"streamrec worker: metrics on http://127.0.0.1:{port}/metrics", flush=True)
+    recommender = open_recommender(settings)
+    app = build_app(settings, recommender, metrics)
+    worker = Worker(app, loglevel=loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        recommender.close()

@@ -1,0 +1,154 @@
+"""The `streamrec` command: one entry point with subcommands.
+
+    streamrec demo [--dataset ml-100k] [--events N] [--rate R]
+    streamrec worker
+    streamrec replay --dataset NAME [--rate N] [--start OFFSET] [--limit N]
+    streamrec topics
+    streamrec broker up|down
+    streamrec bench pipeline [...]
+    streamrec data fetch ml-100k
+
+Runtime settings come from the environment (see streamrec/settings.py and the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streamrec.settings import Settings
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.stream.worker import run_worker
+
+    run_worker(settings, loglevel=args.loglevel)
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.datasets import load_dataset
+    from streamrec.stream.replay import replay
+    from streamrec.stream.topics import ensure_topics
+
+    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    dataset = load_dataset(args.dataset, settings.data_dir)
+    report = replay(
+        dataset,
+        settings.kafka_bootstrap,
+        settings.topics,
+        rate=args.rate,
+        start=args.start,
+        limit=args.limit,
+        catalogue=not args.no_catalogue,
+    )
+    print(
+        f"published {report.items} items and {report.clicks} clicks from offset {report.first_offset} "
+        f"in {report.seconds:.1f}s ({report.rate:.0f} clicks/s); "
+        f"resume with --start {report.first_offset + report.clicks}"
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.stream.demo import run_demo
+
+    return run_demo(settings, args.dataset, args.events, args.rate)
+
+
+def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.stream.topics import ensure_topics
+
+    for name, n in sorted(ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions).items()):
+        print(f"{name}\t{n} partitions")
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.stream.broker import LocalBroker
+
+    port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+    broker = LocalBroker(settings.broker_dir, port)
+    if args.action == "up":
+        broker.start()
+        print(f"noida-db Kafka endpoint on {broker.bootstrap}, data in {broker.data_dir}")
+    else:
+        broker.stop()
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.bench.pipeline import run_pipeline_bench
+
+    return run_pipeline_bench(settings, args)
+
+
+def _cmd_data(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.datasets.movielens import fetch_from_recbole
+
+    if args.name != "ml-100k":
+        print("only ml-100k can be fetched (from the PyPI recbole wheel)", file=sys.stderr)
+        return 2
+    out = fetch_from_recbole(settings.data_dir)
+    print(f"ml-100k extracted to {out} (MovieLens terms of use: research, non-commercial; cite Harper & Konstan)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamrec", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run one stream worker (Faust)")
+    p.add_argument("--loglevel", default="warning")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("replay", help="publish a dataset as live events")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--rate", type=float, default=0.0, help="clicks per second (0 = as fast as possible)")
+    p.add_argument("--start", type=int, default=0, help="first click offset (resume point)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many clicks (0 = all)")
+    p.add_argument("--no-catalogue", action="store_true", help="do not publish the catalogue first")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("demo", help="end-to-end live demo on the local broker")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--events", type=int, default=0, help="stop after this many clicks (0 = the whole dataset)")
+    p.add_argument("--rate", type=float, default=200.0, help="clicks per second (0 = as fast as possible)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("topics", help="create the topics if missing and list them")
+    p.set_defaults(func=_cmd_topics)
+
+    p = sub.add_parser("broker", help="start or stop the local noida-db broker")
+    p.add_argument("action", choices=["up", "down"])
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("pipeline", help="clicks/s, freshness and RSS of the worker vs a bare Faust agent")
+    b.add_argument("--dataset", default="ml-100k")
+    b.add_argument("--events", type=int, default=0, help="clicks in the max-rate run (0 = whole dataset)")
+    b.add_argument("--fixed-rate", type=float, default=500.0, help="offered clicks/s of the freshness run")
+    b.add_argument("--fixed-events", type=int, default=15000)
+    b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
+    b.add_argument("--out", default="bench/results/pipeline.json")
+    b.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("data", help="obtain datasets")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args, Settings.from_env()) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

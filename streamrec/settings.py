@@ -1,0 +1,133 @@
+"""Runtime settings of streamrec, read from the environment in this one place.
+
+Every process (worker, replay, demo, benchmarks, trainer) builds one `Settings` with
+`Settings.from_env()` and passes it down whole. Model hyper-parameters are not here: they live in
+each model component's own dataclass config and travel inside checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_data_dir() -> Path:
+    """`../shared/data` beside the project when present, else a per-user cache directory."""
+    shared = PROJECT_ROOT.parent / "shared" / "data"
+    if shared.is_dir():
+        return shared
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "streamrec" / "data"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Names of the Kafka topics; one prefix lets tests and benchmarks run side by side."""
+
+    prefix: str = ""
+
+    @property
+    def clicks(self) -> str:
+        return f"{self.prefix}clicks"
+
+    @property
+    def catalogue(self) -> str:
+        return f"{self.prefix}catalogue"
+
+    @property
+    def recommendations(self) -> str:
+        return f"{self.prefix}recommendations"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}dead-letters"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}models"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Environment variable names are given beside each field."""
+
+    # STREAMREC_DATA_DIR: where the datasets are read from (never copied into the repo).
+    data_dir: Path = field(default_factory=_default_data_dir)
+    # KAFKA_BOOTSTRAP: the broker, local noida-db or Apache Kafka alike ("host:port[,host:port]").
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    # STREAMREC_STATE_DIR: RocksDB state, broker data of the local path, model store.
+    state_dir: Path = PROJECT_ROOT / ".state"
+    # STREAMREC_TOPIC_PREFIX
+    topics: TopicNames = field(default_factory=TopicNames)
+    # STREAMREC_APP_ID: Kafka consumer group of the worker.
+    app_id: str = "streamrec-worker"
+    # STREAMREC_PARTITIONS: partitions of clicks/recommendations when the topics are created.
+    partitions: int = 4
+    # STREAMREC_METRICS_PORT: Prometheus exporter on 127.0.0.1 (0 = pick a free port).
+    metrics_port: int = 9464
+    # STREAMREC_TOP_K
+    top_k: int = 10
+    # STREAMREC_MAX_SEQ_LEN: per-user sequence cap.
+    max_seq_len: int = 2048
+    # STREAMREC_BATCH_SIZE / STREAMREC_BATCH_WAIT_MS: micro-batch bounds of the click agent.
+    batch_size: int = 256
+    batch_wait_ms: float = 20.0
+    # STREAMREC_PRODUCER_LINGER_MS: measured to raise Faust throughput (see README).
+    producer_linger_ms: float = 5.0
+    # STREAMREC_COMMIT_INTERVAL_S
+    commit_interval_s: float = 1.0
+    # STREAMREC_MODEL: checkpoint path of the serving model; empty = the content baseline.
+    model_path: str = ""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        base = cls()
+        return replace(
+            base,
+            data_dir=Path(env["STREAMREC_DATA_DIR"]) if env.get("STREAMREC_DATA_DIR") else base.data_dir,
+            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP", base.kafka_bootstrap),
+            state_dir=Path(env["STREAMREC_STATE_DIR"]) if env.get("STREAMREC_STATE_DIR") else base.state_dir,
+            topics=TopicNames(env.get("STREAMREC_TOPIC_PREFIX", "")),
+            app_id=env.get("STREAMREC_APP_ID", base.app_id),
+            partitions=_env_int("STREAMREC_PARTITIONS", base.partitions),
+            metrics_port=_env_int("STREAMREC_METRICS_PORT", base.metrics_port),
+            top_k=_env_int("STREAMREC_TOP_K", base.top_k),
+            max_seq_len=_env_int("STREAMREC_MAX_SEQ_LEN", base.max_seq_len),
+            batch_size=_env_int("STREAMREC_BATCH_SIZE", base.batch_size),
+            batch_wait_ms=_env_float("STREAMREC_BATCH_WAIT_MS", base.batch_wait_ms),
+            producer_linger_ms=_env_float("STREAMREC_PRODUCER_LINGER_MS", base.producer_linger_ms),
+            commit_interval_s=_env_float("STREAMREC_COMMIT_INTERVAL_S", base.commit_interval_s),
+            model_path=env.get("STREAMREC_MODEL", base.model_path),
+        )
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.state_dir / "broker"
+
+    @property
+    def worker_dir(self) -> Path:
+        return self.state_dir / "worker"
