@@ -29,6 +29,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_STATE_DIR=str(settings.state_dir),
         STREAMREC_TOPIC_PREFIX=settings.topics.prefix,
         STREAMREC_APP_ID=settings.app_id,
+        STREAMREC_WORKER_ID=settings.worker_id,
         STREAMREC_PARTITIONS=str(settings.partitions),
         STREAMREC_METRICS_PORT=str(settings.metrics_port),
         STREAMREC_TOP_K=str(settings.top_k),

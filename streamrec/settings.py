@@ -84,6 +84,8 @@ class Settings:
     topics: TopicNames = field(default_factory=TopicNames)
     # STREAMREC_APP_ID: Kafka consumer group of the worker.
     app_id: str = "streamrec-worker"
+    # STREAMREC_WORKER_ID: stable identity of one worker (its static consumer-group member id).
+    worker_id: str = "worker-1"
     # STREAMREC_PARTITIONS: partitions of clicks/recommendations when the topics are created.
     partitions: int = 4
     # STREAMREC_METRICS_PORT: Prometheus exporter on 127.0.0.1 (0 = pick a free port).
@@ -113,6 +115,7 @@ class Settings:
             state_dir=Path(env["STREAMREC_STATE_DIR"]) if env.get("STREAMREC_STATE_DIR") else base.state_dir,
             topics=TopicNames(env.get("STREAMREC_TOPIC_PREFIX", "")),
             app_id=env.get("STREAMREC_APP_ID", base.app_id),
+            worker_id=env.get("STREAMREC_WORKER_ID", base.worker_id),
             partitions=_env_int("STREAMREC_PARTITIONS", base.partitions),
             metrics_port=_env_int("STREAMREC_METRICS_PORT", base.metrics_port),
             top_k=_env_int("STREAMREC_TOP_K", base.top_k),

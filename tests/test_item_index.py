@@ -1,0 +1,59 @@
+"""The FAISS index agrees with the exact brute-force twin, exclusions included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrec.state.item_index import ExactItemIndex, FaissItemIndex, ItemIndex
+
+
+def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=["faiss", "exact"])
+def index(request: pytest.FixtureRequest) -> ItemIndex:
+    return FaissItemIndex(16) if request.param == "faiss" else ExactItemIndex(16)
+
+
+def test_faiss_matches_exact_with_exclusions() -> None:
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(10_000)[:500].astype(np.int64)
+    vecs = unit(rng, 500, 16)
+    fast, exact = FaissItemIndex(16), ExactItemIndex(16)
+    fast.upsert(ids, vecs)
+    exact.upsert(ids, vecs)
+    queries = unit(rng, 20, 16)
+    excl = [set(rng.choice(ids, size=30, replace=False).tolist()) for _ in range(20)]
+    s1, i1 = fast.search(queries, 10, excl)
+    s2, i2 = exact.search(queries, 10, excl)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)
+    for row in range(20):
+        assert not (set(i1[row].tolist()) & excl[row])
+
+
+def test_upsert_replaces_and_remove_forgets(index: ItemIndex) -> None:
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 3, 16)
+    index.upsert(np.array([1, 2, 3]), vecs)
+    q = vecs[1:2]
+    assert index.search(q, 1)[1][0, 0] == 2
+    index.upsert(np.array([2]), -vecs[1:2])  # item 2 now points away from q
+    assert len(index) == 3
+    assert index.search(q, 3)[1][0, -1] == 2
+    assert index.remove(np.array([2, 99])) == 1
+    _, got = index.search(q, 3)
+    assert 2 not in got[0].tolist() and got[0, -1] == -1, "padding when fewer than k remain"
+
+
+def test_empty_index_and_full_exclusion(index: ItemIndex) -> None:
+    q = np.ones((2, 16), dtype=np.float32)
+    scores, ids = index.search(q, 4)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+    index.upsert(np.array([7, 8]), unit(np.random.default_rng(2), 2, 16))
+    _, ids = index.search(q, 4, [{7, 8}, {7}])
+    assert ids[0].tolist() == [-1, -1, -1, -1]
+    assert ids[1].tolist() == [8, -1, -1, -1]

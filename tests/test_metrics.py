@@ -1,0 +1,47 @@
+"""Metrics come from one factory, follow the naming rule, and are served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry
+
+from streamrec.ops.metrics import create_metrics, scrape, serve_metrics
+
+NAME = re.compile(r"^streamrec_[a-z]+_[a-z_]+_(total|seconds|events|items|count|messages|info)$")
+
+
+def test_names_follow_the_convention() -> None:
+    registry = CollectorRegistry()
+    create_metrics(registry)
+    families = list(registry.collect())
+    assert len(families) >= 12
+    for fam in families:
+        # prometheus_client strips "_total" from a counter family's name.
+        name = fam.name + "_total" if fam.type == "counter" else fam.name
+        assert NAME.match(name), name
+
+
+def test_exporter_serves_values_on_loopback() -> None:
+    registry = CollectorRegistry()
+    m = create_metrics(registry)
+    m.events_in.labels("clicks").inc(3)
+    m.freshness.observe(0.12)
+    m.index_size.set(42)
+    server, port = serve_metrics(registry, 0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        values = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert values['streamrec_stream_events_in_total{topic="clicks"}'] == 3
+        assert values["streamrec_stream_freshness_seconds_count"] == 1
+        assert values["streamrec_index_size_items"] == 42
+    finally:
+        server.shutdown()
+
+
+def test_registries_are_independent() -> None:
+    a, b = CollectorRegistry(), CollectorRegistry()
+    create_metrics(a).recommendations.inc()
+    create_metrics(b)
+    assert a.get_sample_value("streamrec_stream_recommendations_total") == 1
+    assert b.get_sample_value("streamrec_stream_recommendations_total") == 0

@@ -1,0 +1,109 @@
+"""The worker's plain core, with RocksDB stores and both index kinds, no Kafka."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.state.catalogue_store import CatalogueStore
+from streamrec.state.item_index import ExactItemIndex, FaissItemIndex
+from streamrec.state.sequence_store import InMemorySequenceStore, RocksSequenceStore
+from streamrec.stream.recommender import Recommender
+from streamrec.stream.schemas import CatalogueRecord, ClickRecord
+
+T0 = 1_800_000_000_000
+CFG = ContentBaselineConfig(dim=32, buckets=4096)
+
+
+def catalogue(n: int) -> list[CatalogueRecord]:
+    cats = [("Makeup", "Lips"), ("Skin Care", "Face"), ("Hair Care", "Shampoo")]
+    return [CatalogueRecord(f"i{k}", "upsert", T0, f"product {k} shade {k % 5}", cats[k % 3], "Acme") for k in range(n)]
+
+
+def make(tmp_path: Path, exact: bool = False) -> Recommender:
+    model = ContentBaseline(CFG)
+    index = ExactItemIndex(CFG.dim) if exact else FaissItemIndex(CFG.dim)
+    return Recommender(
+        RocksSequenceStore(tmp_path / "seq", max_len=50), CatalogueStore(tmp_path / "cat", CFG.dim), index, model, 5
+    )
+
+
+def click(n: int, user: str, item: str) -> ClickRecord:
+    return ClickRecord(f"e{n}", user, item, T0 + n)
+
+
+def test_recommendations_exclude_history_and_carry_the_event(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    assert rec.apply_catalogue(catalogue(30)) == 30
+    clicks = [click(n, f"u{n % 4}", f"i{(n * 7) % 30}") for n in range(24)]
+    result = rec.handle_clicks(clicks)
+    assert len(result.recommendations) == 24 and not result.rejected
+    history: dict[str, set[str]] = {}
+    for c in clicks:
+        history.setdefault(c.user_id, set()).add(c.item_id)
+    for c, r in zip(clicks, result.recommendations, strict=True):
+        assert (r.user_id, r.event_id, r.event_time) == (c.user_id, c.event_id, c.event_time)
+        assert len(r.items) == 5
+        assert not ({i.item_id for i in r.items} & history[c.user_id])
+        assert r.model_version == "content-v1"
+        scores = [i.score for i in r.items]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_items_are_rejected_and_duplicates_counted(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    rec.apply_catalogue(catalogue(10))
+    first = rec.handle_clicks([click(1, "u", "i1"), click(2, "u", "nope"), click(3, "u", "i2")])
+    assert [(pos, err.reason) for pos, err in first.rejected] == [(1, "unknown_item")]
+    again = rec.handle_clicks([click(3, "u", "i2"), click(4, "u", "i3")])
+    assert again.duplicates == 1
+    assert rec.sequences.sequence("u") == ["i1", "i2", "i3"]
+
+
+def test_withdrawn_items_are_never_recommended(tmp_path: Path) -> None:
+    rec = make(tmp_path, exact=True)
+    rec.apply_catalogue(catalogue(8))
+    top = rec.handle_clicks([click(1, "u", "i0")]).recommendations[0].items[0].item_id
+    rec.apply_catalogue([CatalogueRecord(top, "withdraw", T0)])
+    again = rec.handle_clicks([click(2, "u", "i3")]).recommendations[0]
+    assert top not in {i.item_id for i in again.items}
+    assert len(rec.index) == 7
+
+
+def test_state_and_index_rebuild_after_reopen(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    rec.apply_catalogue(catalogue(12))
+    before = rec.handle_clicks([click(1, "u", "i4"), click(2, "u", "i5")]).recommendations[-1]
+    rec.close()
+    reopened = make(tmp_path)
+    assert len(reopened.index) == 12
+    assert reopened.sequences.sequence("u") == ["i4", "i5"]
+    after = reopened.handle_clicks([click(2, "u", "i5")]).recommendations[0]
+    assert [i.item_id for i in after.items] == [i.item_id for i in before.items]
+
+
+def test_same_results_with_in_memory_twins(tmp_path: Path) -> None:
+    model = ContentBaseline(CFG)
+    real = make(tmp_path)
+    twin = Recommender(
+        InMemorySequenceStore(50), CatalogueStore(tmp_path / "cat2", CFG.dim), ExactItemIndex(CFG.dim), model, 5
+    )
+    for r in (real, twin):
+        r.apply_catalogue(catalogue(40))
+    clicks = [click(n, f"u{n % 3}", f"i{(n * 11) % 40}") for n in range(15)]
+    a = real.handle_clicks(clicks).recommendations
+    b = twin.handle_clicks(clicks).recommendations
+    assert [[i.item_id for i in r.items] for r in a] == [[i.item_id for i in r.items] for r in b]
+
+
+@pytest.mark.parametrize("n_hist", [1, 49, 50, 51])
+def test_user_vector_uses_only_the_latest_history(tmp_path: Path, n_hist: int) -> None:
+    rec = make(tmp_path / str(n_hist), exact=True)
+    rec.apply_catalogue(catalogue(60))
+    rows = list(range(n_hist))
+    full = rec._user_vectors([rows])
+    tail = rec._user_vectors([rows[-CFG.history :]])
+    assert full.shape == (1, CFG.dim)
+    assert abs(float((full * tail).sum()) - 1.0) < 1e-5

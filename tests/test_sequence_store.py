@@ -1,0 +1,87 @@
+"""One contract, run against the RocksDB store and the in-memory twin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streamrec.state.sequence_store import (
+    ClickToAppend,
+    InMemorySequenceStore,
+    RocksSequenceStore,
+    SequenceStore,
+)
+
+Factory = Callable[[int], SequenceStore]
+
+
+@pytest.fixture(params=["rocksdb", "memory"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    def factory(max_len: int) -> SequenceStore:
+        if request.param == "rocksdb":
+            return RocksSequenceStore(tmp_path / "seq", max_len=max_len)
+        return InMemorySequenceStore(max_len=max_len)
+
+    return factory
+
+
+def c(user: str, item: str, n: int) -> ClickToAppend:
+    return ClickToAppend(user, item, f"{user}-e{n}", 1_700_000_000_000 + n)
+
+
+def test_appends_in_order_per_user(make_store: Factory) -> None:
+    store = make_store(100)
+    applied = store.append_many([c("u1", "a", 1), c("u2", "x", 2), c("u1", "b", 3), c("u10", "z", 4)])
+    assert applied == [True, True, True, True]
+    assert store.sequence("u1") == ["a", "b"]
+    assert store.sequence("u10") == ["z"], "user ids that share a prefix stay apart"
+    assert store.records("u2")[0].event_time_ms == 1_700_000_000_002
+    assert store.length("u1") == 2 and store.length("nobody") == 0
+    assert store.sequence("nobody") == []
+    assert store.n_users() == 3
+    assert sorted(store.users()) == ["u1", "u10", "u2"]
+
+
+def test_redelivered_events_are_not_appended_twice(make_store: Factory) -> None:
+    store = make_store(100)
+    store.append_many([c("u1", "a", 1), c("u1", "b", 2)])
+    again = store.append_many([c("u1", "b", 2), c("u1", "c", 3), c("u1", "c", 3)])
+    assert again == [False, True, False], "duplicates across and inside batches are refused"
+    assert store.sequence("u1") == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("cap", [1, 3, 4])
+def test_cap_keeps_the_latest(make_store: Factory, cap: int) -> None:
+    store = make_store(cap)
+    clicks = [c("u1", f"i{n}", n) for n in range(7)]
+    store.append_many(clicks[:2])
+    store.append_many(clicks[2:])  # crosses the cap inside one batch
+    assert store.sequence("u1") == [f"i{n}" for n in range(7)][-cap:]
+    assert store.length("u1") == cap
+    # A still-live event is a duplicate; an evicted one is not remembered any more.
+    assert store.append(clicks[-1]) is False
+    assert store.sequence("u1")[-1] == "i6"
+
+
+def test_one_at_a_time_equals_batched(make_store: Factory, tmp_path: Path) -> None:
+    clicks = [c(f"u{n % 3}", f"i{n}", n) for n in range(40)] + [c("u1", "i1", 1)]
+    batched = make_store(8)
+    batched.append_many(clicks)
+    single = InMemorySequenceStore(max_len=8)
+    for click in clicks:
+        single.append(click)
+    for user in ("u0", "u1", "u2"):
+        assert batched.records(user) == single.records(user)
+
+
+def test_rocksdb_store_survives_reopen(tmp_path: Path) -> None:
+    store = RocksSequenceStore(tmp_path / "seq", max_len=5)
+    store.append_many([c("u1", f"i{n}", n) for n in range(8)])
+    store.close()
+    reopened = RocksSequenceStore(tmp_path / "seq", max_len=5)
+    assert reopened.sequence("u1") == ["i3", "i4", "i5", "i6", "i7"]
+    assert reopened.n_users() == 1
+    assert reopened.append(c("u1", "i7", 7)) is False, "de-duplication survives a restart"
+    reopened.close()
