@@ -87,7 +87,10 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             registry=registry,
         ),
         model_info=Gauge(
-            "streamrec_model_version_info", "Serving model version (value 1 on the current one)", ["version"], registry=registry
+            "streamrec_model_version_info",
+            "Serving model version (value 1 on the current one)",
+            ["version"],
+            registry=registry,
         ),
         catalogue_latency=Histogram(
             "streamrec_index_catalogue_to_searchable_seconds",

@@ -17,7 +17,9 @@ from typing import Any
 
 import faust
 from faust.types import EventT
+
 from streamrec.ops.metrics import Metrics
+from streamrec.settings import Settings
 from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import (
     DeadLetterRecord,
@@ -27,8 +29,6 @@ from streamrec.stream.schemas import (
     encode,
     now_ms,
 )
-
-from streamrec.settings import Settings
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:

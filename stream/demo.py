@@ -14,14 +14,13 @@ import threading
 import time
 from dataclasses import replace
 
+from streamrec.datasets import load_dataset
+from streamrec.settings import Settings
 from streamrec.stream.broker import LocalBroker, port_open
 from streamrec.stream.processes import WorkerProcess, start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.topics import ensure_topics
-
-from streamrec.datasets import load_dataset
-from streamrec.settings import Settings
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.error import URLError
 
 from streamrec.ops.metrics import scrape
-
 from streamrec.settings import Settings
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 from kafka import KafkaConsumer, TopicPartition
+
 from streamrec.stream.schemas import RecommendationRecord, decode_recommendation
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from streamrec.models.content_baseline import ContentBaseline
 from streamrec.state.catalogue_store import CatalogueEntry, CatalogueStore
 from streamrec.state.item_index import ItemIndex

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
-from streamrec.stream.schemas import CatalogueRecord, ClickRecord, encode, now_ms
 from tqdm import tqdm
 
 from streamrec.datasets.schema import Dataset, Event, Item
 from streamrec.settings import TopicNames
+from streamrec.stream.schemas import CatalogueRecord, ClickRecord, encode, now_ms
 
 
 def catalogue_record(item: Item, event_time: int) -> CatalogueRecord:

@@ -12,16 +12,16 @@ from pathlib import Path
 
 from faust.worker import Worker
 from prometheus_client import CollectorRegistry
+
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.ops.metrics import create_metrics, serve_metrics
+from streamrec.settings import Settings
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app
 from streamrec.stream.recommender import Recommender
 from streamrec.stream.topics import ensure_topics
-
-from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
