@@ -101,9 +101,9 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
     )
 
 
-def serve_metrics(registry: CollectorRegistry, port: int) -> tuple[WSGIServer, int]:
-    """Expose `registry` on http://127.0.0.1:port/metrics; port 0 picks a free one."""
-    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> tuple[WSGIServer, int]:
+    """Expose `registry` on http://host:port/metrics; port 0 picks a free one."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, int(server.server_port)
 
 

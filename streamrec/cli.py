@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python warns about its own slow selector tasks under load; not actionable for users.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     return int(args.func(args, Settings.from_env()) or 0)
 
 

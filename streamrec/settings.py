@@ -88,6 +88,8 @@ class Settings:
     worker_id: str = "worker-1"
     # STREAMREC_PARTITIONS: partitions of clicks/recommendations when the topics are created.
     partitions: int = 4
+    # STREAMREC_METRICS_HOST: exporter address; 127.0.0.1 locally (containers set their own).
+    metrics_host: str = "127.0.0.1"
     # STREAMREC_METRICS_PORT: Prometheus exporter on 127.0.0.1 (0 = pick a free port).
     metrics_port: int = 9464
     # STREAMREC_TOP_K
@@ -117,6 +119,7 @@ class Settings:
             app_id=env.get("STREAMREC_APP_ID", base.app_id),
             worker_id=env.get("STREAMREC_WORKER_ID", base.worker_id),
             partitions=_env_int("STREAMREC_PARTITIONS", base.partitions),
+            metrics_host=env.get("STREAMREC_METRICS_HOST", base.metrics_host),
             metrics_port=_env_int("STREAMREC_METRICS_PORT", base.metrics_port),
             top_k=_env_int("STREAMREC_TOP_K", base.top_k),
             max_seq_len=_env_int("STREAMREC_MAX_SEQ_LEN", base.max_seq_len),

@@ -1,0 +1,221 @@
+"""`streamrec bench pipeline`: the worker's throughput, freshness and memory on a real broker.
+
+In one run, on one fresh local broker:
+  1. max rate: the whole click stream is published first, then the worker drains it; sustained
+     clicks/s = recommendations / (last arrival - first arrival) at a plain downstream consumer;
+  2. fixed rate: clicks offered at `--fixed-rate`; freshness = arrival at the downstream consumer
+     minus the click's event time (p50/p95/p99);
+  3. ceiling: a bare Faust passthrough agent (consume, decode, send one message per input) drains
+     the same number of messages the same way;
+  4. optionally (`--variants`) the max-rate run again under other Faust settings.
+Peak RSS is the worker process's VmHWM. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+from streamrec.datasets import load_dataset
+from streamrec.datasets.schema import Dataset
+from streamrec.settings import Settings, TopicNames
+from streamrec.stream.broker import LocalBroker, free_port
+from streamrec.stream.processes import settings_env, start_worker
+from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
+from streamrec.stream.topics import ensure_topics
+
+
+@dataclass
+class RunResult:
+    name: str
+    clicks: int
+    received: int
+    clicks_per_s: float
+    freshness_p50_ms: float | None = None
+    freshness_p95_ms: float | None = None
+    freshness_p99_ms: float | None = None
+    peak_rss_mb: float | None = None
+    settings: dict | None = None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Drain(threading.Thread):
+    """Reads `expected` messages from every partition of `topic` as they arrive, with arrival times.
+
+    Started before anything is published, so arrival times are real."""
+
+    def __init__(self, bootstrap: str, topic: str, expected: int, timeout_s: float) -> None:
+        super().__init__(daemon=True)
+        self.expected = expected
+        self.timeout_s = timeout_s
+        self.got: list[tuple[bytes, float]] = []
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        parts = self.consumer.partitions_for_topic(topic)
+        assert parts, f"topic {topic} has no partitions"
+        self.consumer.assign([TopicPartition(topic, p) for p in parts])
+        self.consumer.seek_to_beginning()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while len(self.got) < self.expected and time.monotonic() < deadline:
+            batches = self.consumer.poll(timeout_ms=100, max_records=10_000)
+            now = time.time()
+            self.got += [(m.value, now) for msgs in batches.values() for m in msgs]
+        self.consumer.close()
+
+    def result(self) -> list[tuple[bytes, float]]:
+        self.join()
+        return self.got
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker_run(base: Settings, dataset: Dataset, name: str, clicks: int, rate: float, workdir: Path) -> RunResult:
+    """One worker over fresh topics: `rate` 0 = publish all first, then drain at max speed."""
+    settings = replace(base, topics=TopicNames(f"{name}-"), app_id=f"bench-{name}", metrics_port=free_port())
+    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    worker = start_worker(settings, workdir / f"{name}.log")
+    try:
+        producer = make_producer(settings.kafka_bootstrap)
+        n_items = publish_catalogue(producer, settings.topics, dataset.items)
+        worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=120)
+        events = dataset.events[:clicks]
+        drain = Drain(settings.kafka_bootstrap, settings.topics.recommendations, len(events), timeout_s=900)
+        drain.start()
+        publish_clicks(producer, settings.topics, events, rate, progress=False)
+        producer.close()
+        got = drain.result()
+        rss = peak_rss_mb(worker.proc.pid)
+    finally:
+        worker.stop()
+    arrivals = [t for _, t in got]
+    span = max(arrivals) - min(arrivals) if len(arrivals) > 1 else float("nan")
+    fresh = [t * 1000 - json.loads(raw)["event_time"] for raw, t in got]
+    knobs = {
+        "batch_size": settings.batch_size,
+        "batch_wait_ms": settings.batch_wait_ms,
+        "producer_linger_ms": settings.producer_linger_ms,
+        "commit_interval_s": settings.commit_interval_s,
+        "partitions": settings.partitions,
+        "offered_rate": rate or "max",
+    }
+    return RunResult(
+        name,
+        len(events),
+        len(got),
+        len(got) / span,
+        percentile(fresh, 0.5),
+        percentile(fresh, 0.95),
+        percentile(fresh, 0.99),
+        rss,
+        knobs,
+    )
+
+
+def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path) -> RunResult:
+    topics = TopicNames("passthrough-")
+    ensure_topics(base.kafka_bootstrap, topics, base.partitions)
+    log = open(workdir / "passthrough.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.bench.passthrough", topics.clicks, topics.recommendations, "bench-pass"],
+        env=settings_env(base),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        producer = make_producer(base.kafka_bootstrap)
+        events = dataset.events[:clicks]
+        drain = Drain(base.kafka_bootstrap, topics.recommendations, len(events), timeout_s=900)
+        drain.start()
+        publish_clicks(producer, topics, events, 0, progress=False)
+        producer.close()
+        got = drain.result()
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    arrivals = [t for _, t in got]
+    return RunResult(
+        "faust-passthrough",
+        len(events),
+        len(got),
+        len(got) / (max(arrivals) - min(arrivals)),
+        peak_rss_mb=rss,
+        settings={"producer_linger_ms": base.producer_linger_ms},
+    )
+
+
+def print_table(results: list[RunResult]) -> None:
+    head = f"{'run':<22}{'clicks':>8}{'recv':>8}{'clicks/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'RSS MB':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+
+        def fmt(v: float | None) -> str:
+            return f"{v:9.0f}" if v is not None else f"{'-':>9}"
+
+        print(
+            f"{r.name:<22}{r.clicks:>8}{r.received:>8}{r.clicks_per_s:>10.0f}"
+            f"{fmt(r.freshness_p50_ms)}{fmt(r.freshness_p95_ms)}{fmt(r.freshness_p99_ms)}{fmt(r.peak_rss_mb)}"
+        )
+
+
+def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset, settings.data_dir)
+    clicks = len(dataset.events) if args.events <= 0 else min(args.events, len(dataset.events))
+    results: list[RunResult] = []
+    with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = LocalBroker(workdir / "broker", free_port()).start()
+        base = replace(settings, kafka_bootstrap=broker.bootstrap, state_dir=workdir / "state")
+        try:
+            results.append(worker_run(base, dataset, "worker-max", clicks, 0, workdir))
+            results.append(passthrough_run(base, dataset, clicks, workdir))
+            results.append(worker_run(base, dataset, "worker-fixed", args.fixed_events, args.fixed_rate, workdir))
+            if args.variants:
+                n = min(clicks, 20_000)
+                variants = {
+                    "linger0": {"producer_linger_ms": 0.0},
+                    "batch64": {"batch_size": 64},
+                    "batch1024": {"batch_size": 1024, "batch_wait_ms": 50.0},
+                    "commit5s": {"commit_interval_s": 5.0},
+                }
+                for vname, knobs in variants.items():
+                    results.append(worker_run(replace(base, **knobs), dataset, f"var-{vname}", n, 0, workdir))
+        finally:
+            broker.stop()
+    print_table(results)
+    ceiling = results[1].clicks_per_s
+    print(f"\nworker / passthrough ceiling: {results[0].clicks_per_s / ceiling:.0%}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "dataset": dataset.name,
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": [asdict(r) for r in results],
+        "worker_over_ceiling": results[0].clicks_per_s / ceiling,
+    }
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,213 @@
+"""Sparse attention math after Native Sparse Attention (NSA, arXiv 2502.11089), as plain functions.
+
+MUFASA's Sparse Attention-guided Alignment Layer mixes three causal branches per head:
+  * compressed (cmp): attention over one summary key/value per complete block of `block` items;
+  * selected (sel): token attention inside the top-n blocks ranked by the compressed-attention
+    probabilities (summed over heads), the block holding the query and the `num_recent` blocks
+    before it always included;
+  * window (win): token attention over the latest `window` items.
+Outputs are mixed by per-head gates in [0, 1]: o = g_cmp o_cmp + g_sel o_sel + g_win o_win.
+
+Two implementations share one signature and must agree on outputs and gradients:
+  * `nsa_reference`: dense attention under the equivalent boolean masks, O(T^2);
+  * `nsa_efficient`: computes only what each query attends to, O(T (w + T/l + n l)).
+
+Choices where NSA leaves room (see docs/models.md): compression and selection share one block
+partition (stride = block length); selection is shared by all heads of a layer (NSA shares it
+within a GQA group); a query with nothing to attend to in a branch gets zeros from that branch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NEG = -1e30  # finite "minus infinity": masked rows stay NaN-free in forward and backward
+FORCED = 1e6  # importance given to always-selected blocks (plus the block index, to break ties)
+
+
+def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """q: (..., Tq, dh), k/v: (..., S, dh), mask: broadcastable to (..., Tq, S) -> (..., Tq, dh).
+
+    Rows whose mask is all false return zeros."""
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (..., Tq, S)
+    scores = scores.masked_fill(~mask, NEG)
+    weights = torch.softmax(scores, dim=-1) * mask  # exact zeros where masked, also in all-masked rows
+    return weights @ v
+
+
+def causal_mask(t: int, device: torch.device | None = None) -> torch.Tensor:
+    idx = torch.arange(t, device=device)
+    return idx[None, :] <= idx[:, None]  # (T, T)
+
+
+def window_mask(t: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T): query i sees keys i - window < j <= i."""
+    idx = torch.arange(t, device=device)
+    diff = idx[:, None] - idx[None, :]
+    return (diff >= 0) & (diff < window)
+
+
+def compressed_mask(pos: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
+    """(Tq, nb): the query at position p sees block j once the block is complete, (j+1)l-1 <= p."""
+    ends = (torch.arange(n_blocks, device=pos.device) + 1) * block - 1
+    return ends[None, :] <= pos[:, None]
+
+
+def compress_blocks(x: torch.Tensor, block: int, pos_emb: torch.Tensor, mlp: torch.nn.Module) -> torch.Tensor:
+    """x: (B, H, T, dh) -> (B, H, T // block, dh): an MLP over each complete block plus intra-block positions."""
+    b, h, t, dh = x.shape
+    nb = t // block
+    blocks = x[:, :, : nb * block].reshape(b, h, nb, block, dh) + pos_emb  # (B, H, nb, l, dh)
+    return mlp(blocks.reshape(b, h, nb, block * dh))
+
+
+def block_importance(q: torch.Tensor, kc: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tensor:
+    """Compressed-attention probabilities summed over heads: q (B, H, Tq, dh), kc (B, H, nb, dh) -> (B, Tq, nb)."""
+    nb = kc.shape[2]
+    if nb == 0:
+        return q.new_zeros(q.shape[0], q.shape[2], 0)
+    mask = compressed_mask(pos, nb, block)  # (Tq, nb)
+    scores = (q @ kc.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, Tq, nb)
+    probs = torch.softmax(scores.masked_fill(~mask, NEG), dim=-1) * mask
+    return probs.sum(1).detach()  # selection is a discrete choice: no gradient through it
+
+
+def select_blocks(
+    importance: torch.Tensor, pos: torch.Tensor, block: int, num_selected: int, num_recent: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick blocks per query: importance (B, Tq, nb_complete), pos (Tq,) -> idx, valid: (B, Tq, n).
+
+    The block holding the query and the `num_recent` blocks before it are always chosen; the rest
+    of the n slots go to the most important earlier complete blocks. Slots beyond what exists are
+    invalid."""
+    b, tq, nb_c = importance.shape
+    n_total = int(pos.max().item()) // block + 1 if tq else 0
+    scores = torch.full((b, tq, n_total), float("-inf"), device=importance.device)
+    scores[:, :, :nb_c] = importance[:, :, :n_total]
+    blocks = torch.arange(n_total, device=pos.device)
+    current = (pos // block)[:, None]  # (Tq, 1)
+    forced = (blocks[None, :] <= current) & (blocks[None, :] >= current - num_recent)  # (Tq, n_total)
+    visible = blocks[None, :] <= current
+    scores = torch.where(forced, FORCED + blocks.to(scores.dtype)[None, :], scores)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    k = min(num_selected, n_total)
+    top, idx = scores.topk(k, dim=-1)  # (B, Tq, k)
+    valid = torch.isfinite(top)
+    if k < num_selected:
+        pad = num_selected - k
+        idx = F.pad(idx, (0, pad))
+        valid = F.pad(valid, (0, pad), value=False)
+    return idx, valid
+
+
+def selection_token_mask(idx: torch.Tensor, valid: torch.Tensor, t: int, block: int) -> torch.Tensor:
+    """(B, T, T): query i sees key j if j's block is selected for i and j <= i."""
+    b = idx.shape[0]
+    n_blocks = (t + block - 1) // block
+    chosen = torch.zeros(b, t, n_blocks + 1, dtype=torch.bool, device=idx.device)
+    # Invalid slots write into a spare column that is dropped.
+    chosen.scatter_(2, torch.where(valid, idx, n_blocks), True)
+    key_block = torch.arange(t, device=idx.device) // block  # (T,)
+    token = chosen[:, :, key_block]  # (B, T, T)
+    return token & causal_mask(t, idx.device)
+
+
+def _mix(gates: torch.Tensor, outs: list[torch.Tensor]) -> torch.Tensor:
+    """gates: (B, T, H, 3); outs: three (B, H, T, dh) -> (B, H, T, dh)."""
+    g = gates.permute(0, 2, 1, 3)  # (B, H, T, 3)
+    return sum(g[..., i : i + 1] * o for i, o in enumerate(outs))
+
+
+def nsa_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    gates: torch.Tensor,
+    block: int,
+    num_selected: int,
+    num_recent: int,
+    window: int,
+) -> torch.Tensor:
+    """Dense attention under masks. q/k/v: (B, H, T, dh); kc/vc: (B, H, T // block, dh);
+    gates: (B, T, H, 3) for (cmp, sel, win) -> (B, H, T, dh)."""
+    t = q.shape[2]
+    pos = torch.arange(t, device=q.device)
+    o_cmp = masked_softmax_attention(q, kc, vc, compressed_mask(pos, kc.shape[2], block))
+    idx, valid = select_blocks(block_importance(q, kc, pos, block), pos, block, num_selected, num_recent)
+    o_sel = masked_softmax_attention(q, k, v, selection_token_mask(idx, valid, t, block)[:, None])
+    o_win = masked_softmax_attention(q, k, v, window_mask(t, window, q.device))
+    return _mix(gates, [o_cmp, o_sel, o_win])
+
+
+def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Sliding-window causal attention in chunks of `window` queries: O(T w)."""
+    b, h, t, dh = q.shape
+    c = window
+    n_chunks = (t + c - 1) // c
+    t_pad = n_chunks * c
+    # Keys padded in front by c (never visible), queries padded at the end (dropped).
+    kp = F.pad(k, (0, 0, c, t_pad - t))
+    vp = F.pad(v, (0, 0, c, t_pad - t))
+    qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h, n_chunks, c, dh)
+    # Chunk i holds queries [i c, (i+1) c) and keys [(i-1) c, (i+1) c) (padded coordinates + c).
+    kw = kp.unfold(2, 2 * c, c).transpose(-1, -2)  # (B, H, n_chunks, 2c, dh)
+    vw = vp.unfold(2, 2 * c, c).transpose(-1, -2)
+    qi = torch.arange(c, device=q.device)[:, None] + c  # query offset within the 2c key span
+    kj = torch.arange(2 * c, device=q.device)[None, :]
+    key_pos = (torch.arange(n_chunks, device=q.device)[:, None, None] - 1) * c + kj  # (n_chunks, 1, 2c)
+    mask = (kj <= qi) & (kj > qi - window) & (key_pos >= 0)  # (n_chunks, c, 2c)
+    out = masked_softmax_attention(qp, kw, vw, mask)  # (B, H, n_chunks, c, dh)
+    return out.reshape(b, h, t_pad, dh)[:, :, :t]
+
+
+def _selected_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, block: int, chunk: int
+) -> torch.Tensor:
+    """Token attention over the gathered selected blocks only: O(T n l), in query chunks to bound memory."""
+    b, h, t, dh = q.shape
+    n = idx.shape[-1]
+    n_blocks = (t + block - 1) // block
+    kb = F.pad(k, (0, 0, 0, n_blocks * block - t)).reshape(b, h, n_blocks, block, dh)
+    vb = F.pad(v, (0, 0, 0, n_blocks * block - t)).reshape(b, h, n_blocks, block, dh)
+    outs = []
+    offs = torch.arange(block, device=q.device)
+    for start in range(0, t, chunk):
+        end = min(t, start + chunk)
+        ci = idx[:, start:end]  # (B, c, n)
+        gather = ci.reshape(b, 1, -1, 1, 1).expand(b, h, -1, block, dh)
+        ks = kb.gather(2, gather).reshape(b, h, end - start, n * block, dh)  # (B, H, c, n l, dh)
+        vs = vb.gather(2, gather).reshape(b, h, end - start, n * block, dh)
+        key_pos = (ci[..., None] * block + offs).reshape(b, end - start, n * block)  # (B, c, n l)
+        qpos = torch.arange(start, end, device=q.device)[None, :, None]
+        ok = (key_pos <= qpos) & valid.repeat_interleave(block, dim=-1)[:, start:end]
+        out = masked_softmax_attention(q[:, :, start:end, None], ks, vs, ok[:, None, :, None])
+        outs.append(out.squeeze(3))  # (B, H, c, dh)
+    return torch.cat(outs, dim=2)
+
+
+def nsa_efficient(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    gates: torch.Tensor,
+    block: int,
+    num_selected: int,
+    num_recent: int,
+    window: int,
+    chunk: int = 512,
+) -> torch.Tensor:
+    """Same contract as `nsa_reference`, computing only what each query attends to."""
+    t = q.shape[2]
+    pos = torch.arange(t, device=q.device)
+    o_cmp = masked_softmax_attention(q, kc, vc, compressed_mask(pos, kc.shape[2], block))
+    idx, valid = select_blocks(block_importance(q, kc, pos, block), pos, block, num_selected, num_recent)
+    o_sel = _selected_attention(q, k, v, idx, valid, block, chunk)
+    o_win = _window_attention(q, k, v, window)
+    return _mix(gates, [o_cmp, o_sel, o_win])

@@ -1,0 +1,41 @@
+"""The Docker path's files are consistent with the local path (they cannot be run here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from streamrec.settings import PROJECT_ROOT
+
+
+def load(path: str) -> dict:
+    return yaml.safe_load((PROJECT_ROOT / path).read_text())
+
+
+def test_compose_runs_apache_kafka_and_binds_loopback_only() -> None:
+    compose = load("docker-compose.yml")
+    services = compose["services"]
+    assert {"kafka", "worker", "prometheus", "grafana"} <= set(services)
+    image = services["kafka"]["image"]
+    assert image.startswith("apache/kafka:3."), image
+    assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"], "KRaft mode"
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_uses_the_same_setting_names_as_the_local_path() -> None:
+    services = load("docker-compose.yml")["services"]
+    assert services["worker"]["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092"
+    source = (PROJECT_ROOT / "streamrec" / "settings.py").read_text()
+    for key in services["worker"]["environment"]:
+        assert key in source, f"{key} is not a setting read by streamrec/settings.py"
+
+
+def test_prometheus_scrapes_the_worker_port() -> None:
+    prom = load("ops/prometheus/prometheus.yml")
+    targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    port = load("docker-compose.yml")["services"]["worker"]["environment"]["STREAMREC_METRICS_PORT"]
+    assert f"worker:{port}" in targets
+    assert Path(PROJECT_ROOT / "Dockerfile").read_text().count("torch==2.13.0") == 1

@@ -1,0 +1,108 @@
+"""Invariants of MUFASA's sparse attention: reference = efficient (outputs and gradients), causality,
+full-coverage settings = dense attention, incremental step = full recompute, edge lengths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamrec.models.sparse_attention import DenseCausalAttention, SparseAttention, SparseAttentionConfig
+from streamrec.models.sparse_attention_math import (
+    causal_mask,
+    masked_softmax_attention,
+    nsa_efficient,
+    nsa_reference,
+)
+
+BLOCK = 4
+CFG = SparseAttentionConfig(block=BLOCK, num_selected=3, num_recent=1, window=5, chunk=7)
+LENGTHS = [1, BLOCK - 1, BLOCK, BLOCK + 1, 23]
+
+
+def inputs(t: int, seed: int = 0, b: int = 2, h: int = 2, dh: int = 8) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, t, dh, generator=g, dtype=torch.float64) for _ in range(3))
+    nb = t // BLOCK
+    kc, vc = (torch.randn(b, h, nb, dh, generator=g, dtype=torch.float64) for _ in range(2))
+    gates = torch.rand(b, t, h, 3, generator=g, dtype=torch.float64)
+    return q, k, v, kc, vc, gates
+
+
+def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return masked_softmax_attention(q, k, v, causal_mask(q.shape[2]))
+
+
+@pytest.mark.parametrize("t", LENGTHS)
+def test_reference_equals_efficient_outputs_and_gradients(t: int) -> None:
+    args = [x.requires_grad_() for x in inputs(t)]
+    ref = nsa_reference(*args, BLOCK, 3, 1, 5)
+    grads_ref = torch.autograd.grad(ref.square().sum(), args)
+    eff = nsa_efficient(*args, BLOCK, 3, 1, 5, chunk=7)
+    grads_eff = torch.autograd.grad(eff.square().sum(), args, allow_unused=True)
+    torch.testing.assert_close(eff, ref)
+    for a, b in zip(grads_eff, grads_ref, strict=True):
+        torch.testing.assert_close(a if a is not None else torch.zeros_like(b), b)
+
+
+@pytest.mark.parametrize("impl", [nsa_reference, nsa_efficient])
+def test_window_covering_everything_equals_dense(impl) -> None:  # noqa: ANN001
+    q, k, v, kc, vc, gates = inputs(23)
+    gates = torch.zeros_like(gates)
+    gates[..., 2] = 1.0  # window branch only
+    torch.testing.assert_close(impl(q, k, v, kc, vc, gates, BLOCK, 3, 1, 23), dense(q, k, v))
+
+
+@pytest.mark.parametrize("impl", [nsa_reference, nsa_efficient])
+def test_selecting_all_blocks_equals_dense(impl) -> None:  # noqa: ANN001
+    q, k, v, kc, vc, gates = inputs(23)
+    gates = torch.zeros_like(gates)
+    gates[..., 1] = 1.0  # selection branch only, with room for every block
+    torch.testing.assert_close(impl(q, k, v, kc, vc, gates, BLOCK, 6, 1, 5), dense(q, k, v))
+
+
+@pytest.mark.parametrize("impl", ["reference", "efficient"])
+def test_causality_future_items_do_not_change_the_past(impl: str) -> None:
+    torch.manual_seed(0)
+    layer = SparseAttention(16, 2, CFG).double()
+    x = torch.randn(2, 23, 16, dtype=torch.float64)
+    y = x.clone()
+    y[:, 13:] = torch.randn(2, 10, 16, dtype=torch.float64)
+    out_x, out_y = layer(x, impl=impl), layer(y, impl=impl)
+    torch.testing.assert_close(out_x[:, :13], out_y[:, :13])
+    assert not torch.allclose(out_x[:, 13:], out_y[:, 13:])
+
+
+@pytest.mark.parametrize("t", LENGTHS)
+def test_module_reference_equals_efficient_with_parameter_gradients(t: int) -> None:
+    torch.manual_seed(1)
+    layer = SparseAttention(16, 2, CFG).double()
+    x = torch.randn(2, t, 16, dtype=torch.float64)
+    out_ref = layer(x, impl="reference")
+    g_ref = torch.autograd.grad(out_ref.sum(), list(layer.parameters()), allow_unused=True)
+    out_eff = layer(x, impl="efficient")
+    g_eff = torch.autograd.grad(out_eff.sum(), list(layer.parameters()), allow_unused=True)
+    torch.testing.assert_close(out_eff, out_ref)
+    for a, b in zip(g_eff, g_ref, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("layer_kind", ["sparse", "dense"])
+def test_incremental_steps_equal_full_recompute(layer_kind: str) -> None:
+    torch.manual_seed(2)
+    layer = (SparseAttention(16, 2, CFG) if layer_kind == "sparse" else DenseCausalAttention(16, 2)).double()
+    x = torch.randn(2, 2 * BLOCK * 3 + 1, 16, dtype=torch.float64)
+    full = layer(x)
+    cache = layer.empty_cache(2)
+    for t in range(x.shape[1]):
+        out_t, cache = layer.step(x[:, t : t + 1], cache)
+        torch.testing.assert_close(out_t, full[:, t : t + 1])
+    assert cache.length == x.shape[1]
+
+
+def test_branch_ablation_zeroes_the_branch_gate() -> None:
+    layer = SparseAttention(16, 2, SparseAttentionConfig(block=4, num_selected=3, window=5, branches=("sel", "win")))
+    gates = layer.gate_values(torch.randn(1, 9, 16))
+    assert (gates[..., 0] == 0).all() and (gates[..., 1:] > 0).all()
