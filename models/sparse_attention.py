@@ -41,14 +41,17 @@ class SparseAttentionConfig:
     num_recent: int = 1  # complete blocks before the query's own that are always selected
     window: int = 32  # sliding window w
     branches: tuple[str, ...] = BRANCHES  # ablation: any subset of ("cmp", "sel", "win")
-    impl: str = "efficient"  # "efficient" or "reference" (identical results, different cost)
+    # "efficient", "reference" (identical results, different cost) or "auto": the reference below
+    # `auto_threshold` items, where dense masked attention is cheaper than gathering blocks.
+    impl: str = "auto"
+    auto_threshold: int = 512
     chunk: int = 512  # queries per chunk in the efficient selection branch
 
     def __post_init__(self) -> None:
         assert self.block >= 1 and self.window >= 1 and self.num_selected >= 1, "sizes must be positive"
         assert self.num_recent + 1 <= self.num_selected, "forced blocks must fit in num_selected"
         assert set(self.branches) <= set(BRANCHES) and self.branches, f"branches must be a subset of {BRANCHES}"
-        assert self.impl in ("efficient", "reference"), "impl is 'efficient' or 'reference'"
+        assert self.impl in ("efficient", "reference", "auto"), "impl is 'efficient', 'reference' or 'auto'"
 
 
 @dataclass
@@ -107,9 +110,14 @@ class SparseAttention(nn.Module):
         q, k, v = self._project(x)  # (B, H, T, dh)
         kc = compress_blocks(k, self.cfg.block, self.block_pos_k, self.compress_k)  # (B, H, nb, dh)
         vc = compress_blocks(v, self.cfg.block, self.block_pos_v, self.compress_v)
-        fn = nsa_reference if (impl or self.cfg.impl) == "reference" else nsa_efficient
         c = self.cfg
-        o = fn(q, k, v, kc, vc, self._gates(x), c.block, c.num_selected, c.num_recent, c.window)
+        choice = impl or c.impl
+        if choice == "auto":
+            choice = "reference" if x.shape[1] <= c.auto_threshold else "efficient"
+        if choice == "reference":
+            o = nsa_reference(q, k, v, kc, vc, self._gates(x), c.block, c.num_selected, c.num_recent, c.window)
+        else:
+            o = nsa_efficient(q, k, v, kc, vc, self._gates(x), c.block, c.num_selected, c.num_recent, c.window, c.chunk)
         return self.out(_merge_heads(o))
 
     def gate_values(self, x: torch.Tensor) -> torch.Tensor:

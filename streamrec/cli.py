@@ -7,6 +7,8 @@
     streamrec broker up|down
     streamrec bench pipeline [...]
     streamrec data fetch ml-100k
+    streamrec train --dataset amazon-beauty --model sasrec|mufasa|cammsr|... [--seed N]
+    streamrec eval --checkpoint PATH
 
 Runtime settings come from the environment (see streamrec/settings.py and the README).
 """
@@ -95,6 +97,18 @@ def _cmd_data(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.training_cli import run_train
+
+    return run_train(args, settings)
+
+
+def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.training_cli import run_eval
+
+    return run_eval(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamrec", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -136,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
     b.add_argument("--out", default="bench/results/pipeline.json")
     b.set_defaults(func=_cmd_bench)
+
+    from streamrec.training_cli import add_train_args
+
+    p = sub.add_parser("train", help="train a model offline (full-ranking early stopping)")
+    add_train_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test split (full ranking)")
+    p.add_argument("--checkpoint", required=True)
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="obtain datasets")
     p.add_argument("action", choices=["fetch"])

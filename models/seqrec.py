@@ -1,0 +1,152 @@
+"""The sequential recommender: an item encoder, a sequence encoder, full-catalogue scoring.
+
+Item encoders: "id" (SASRec: an ID embedding), "mufasa" (ID embedding + MUFASA's fused content
+vector), "cammsr" (CAMMSR's category-guided mixture of ID and content experts). Sequence encoders:
+dense causal attention (SASRec) or MUFASA's sparse attention. Presets in `models/presets.py`.
+
+Training objective: next-item cross-entropy over every item of the catalogue ("SASRec+"), with the
+item table shared between input and output; plus the item encoder's auxiliary losses and, when on,
+modality-swap contrastive learning between two views of each sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamrec.models.cammsr_moe import CategoryMoE, MoEConfig
+from streamrec.models.item_features import ItemFeatures
+from streamrec.models.modality_swap import SwapConfig, modality_swap_loss
+from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
+from streamrec.models.sequence_encoder import EncoderState, SequenceEncoder, SequenceEncoderConfig
+
+
+@dataclass(frozen=True)
+class SeqRecConfig:
+    n_items: int  # catalogue size; item rows are 1..n_items, 0 is padding
+    item_encoder: str = "id"  # "id", "mufasa" or "cammsr"
+    encoder: SequenceEncoderConfig = field(default_factory=SequenceEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    swap: SwapConfig = field(default_factory=SwapConfig)
+    id_dropout: float = 0.0  # share of items whose ID embedding is dropped in training (content path)
+
+    def __post_init__(self) -> None:
+        assert self.item_encoder in ("id", "mufasa", "cammsr"), "item_encoder: id, mufasa or cammsr"
+        assert self.n_items >= 1, "n_items must be positive"
+
+
+@dataclass
+class ItemTable:
+    """Every item's vector, and what the content encoders produced on the way."""
+
+    vectors: torch.Tensor  # (N+1, D), row 0 = padding (zeros)
+    tokens: torch.Tensor | None = None  # (N+1, M, D) modality tokens
+    token_mask: torch.Tensor | None = None  # (N+1, M)
+    modality_weight: torch.Tensor | None = None  # (N+1, M or M+1)
+    aux: dict = field(default_factory=dict)
+
+
+class SeqRec(nn.Module):
+    def __init__(self, cfg: SeqRecConfig, features: ItemFeatures | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.encoder.dim
+        self.id_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.id_emb.weight[0].zero_()
+        self.fusion: MultimodalFusion | None = None
+        self.moe: CategoryMoE | None = None
+        if cfg.item_encoder != "id":
+            assert features is not None, f"item encoder {cfg.item_encoder} needs item features"
+            assert features.n_rows == cfg.n_items + 1, "features must have one row per item plus padding"
+        if cfg.item_encoder == "mufasa":
+            self.fusion = MultimodalFusion(features, d, cfg.fusion)
+        elif cfg.item_encoder == "cammsr":
+            self.moe = CategoryMoE(features, d, cfg.moe)
+        self.encoder = SequenceEncoder(cfg.encoder)
+        self.features = features
+
+    def _id_vectors(self, rows: torch.Tensor | None) -> torch.Tensor:
+        w = self.id_emb.weight if rows is None else self.id_emb(rows)
+        if self.training and self.cfg.id_dropout > 0:
+            keep = torch.rand(w.shape[0], 1, device=w.device) >= self.cfg.id_dropout
+            w = w * keep
+        return w
+
+    def item_table(self, features: ItemFeatures | None = None) -> ItemTable:
+        """All item vectors (N+1, D); pass `features` to encode other rows (e.g. new items)."""
+        f = features if features is not None else self.features
+        rows = None if features is None else torch.arange(f.n_rows, device=self.id_emb.weight.device)
+        ids = self._id_vectors(rows)
+        if self.fusion is not None:
+            fused, tokens, mask, w = self.fusion(f)
+            table = ItemTable(ids + fused, tokens, mask, w, {"fused": fused, "ids": ids})
+        elif self.moe is not None:
+            out = self.moe(f, ids)
+            tokens, mask = self.moe.project(f)
+            table = ItemTable(out.item, tokens, mask, out.modality_weight, {"moe": out})
+        else:
+            table = ItemTable(ids)
+        if features is None:
+            table.vectors = torch.cat([torch.zeros_like(table.vectors[:1]), table.vectors[1:]])
+        return table
+
+    def encode(self, seqs: torch.Tensor, table: ItemTable) -> torch.Tensor:
+        """seqs: (B, T) item rows, right-padded with 0 -> hidden states (B, T, D)."""
+        return self.encoder(table.vectors[seqs])
+
+    @staticmethod
+    def last_hidden(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, D), lengths (B,) -> the state after each sequence's last item (B, D)."""
+        assert (lengths >= 1).all(), "every sequence needs at least one item"
+        return hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
+
+    def scores(self, user: torch.Tensor, table: ItemTable) -> torch.Tensor:
+        """user (B, D) -> scores over every item (B, N+1); the padding row scores -inf."""
+        s = user @ table.vectors.T
+        s[:, 0] = float("-inf")
+        return s
+
+    def training_losses(self, seqs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """seqs, targets: (B, T) right-padded; targets[b, t] is the item after seqs[b, :t+1]."""
+        table = self.item_table()
+        hidden = self.encode(seqs, table)  # (B, T, D)
+        valid = targets > 0
+        logits = hidden[valid] @ table.vectors.T  # (V, N+1)
+        logits[:, 0] = float("-inf")
+        losses = {"rec": F.cross_entropy(logits, targets[valid])}
+        items = torch.unique(targets[valid])
+        f = self.features
+        if self.fusion is not None and table.tokens is not None:
+            sample = items[torch.randperm(len(items), device=items.device)[: self.cfg.fusion.aux_items]]
+            losses.update(
+                self.fusion.losses(sample, table.aux["fused"], table.tokens, table.token_mask, table.aux["ids"], f)
+            )
+        if self.moe is not None:
+            n = self.cfg.moe.aux_items
+            sample = torch.randint(1, self.cfg.n_items + 1, (n,), device=seqs.device)
+            losses.update(self.moe.losses(sample, table.aux["moe"], f))
+        if self.cfg.swap.weight > 0 and table.tokens is not None:
+            losses["swap_cl"] = self.cfg.swap.weight * modality_swap_loss(
+                self.encoder, seqs, hidden, table.vectors, table.tokens, table.token_mask, self.cfg.swap
+            )
+        return losses
+
+    @torch.no_grad()
+    def recommend_scores(self, seqs: torch.Tensor, lengths: torch.Tensor, table: ItemTable) -> torch.Tensor:
+        """Scores of every item for the next position after each sequence: (B, N+1)."""
+        return self.scores(self.last_hidden(self.encode(seqs, table), lengths), table)
+
+    def empty_state(self, batch: int) -> EncoderState:
+        return self.encoder.empty_state(batch, self.id_emb.weight.device)
+
+    @torch.no_grad()
+    def step(self, items: torch.Tensor, state: EncoderState, table: ItemTable) -> tuple[torch.Tensor, EncoderState]:
+        """items: (B,) the next item of each sequence -> user vectors (B, D) and the new state."""
+        h, state = self.encoder.step(table.vectors[items][:, None], state)
+        return h[:, 0], state

@@ -1,0 +1,106 @@
+"""Causal Transformer over item representations: SASRec's encoder with dense attention, MUFASA's
+Sparse Attention-guided Alignment Layer with the NSA-style sparse attention.
+
+Sequences are right-padded: real items occupy positions 0..n-1, so causal attention alone keeps
+padding out of every real position's output and no key-padding mask is needed. Positions are
+learned absolute embeddings counted from the first item of the (truncated) sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from streamrec.models.sparse_attention import (
+    AttentionCache,
+    DenseCausalAttention,
+    SparseAttention,
+    SparseAttentionConfig,
+)
+
+
+@dataclass(frozen=True)
+class SequenceEncoderConfig:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    attention: str = "dense"  # "dense" (SASRec) or "sparse" (MUFASA SAL)
+    sparse: SparseAttentionConfig = field(default_factory=SparseAttentionConfig)
+
+    def __post_init__(self) -> None:
+        assert self.attention in ("dense", "sparse"), "attention is 'dense' or 'sparse'"
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, cfg: SequenceEncoderConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.attn: SparseAttention | DenseCausalAttention = (
+            SparseAttention(cfg.dim, cfg.heads, cfg.sparse)
+            if cfg.attention == "sparse"
+            else DenseCausalAttention(cfg.dim, cfg.heads)
+        )
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * cfg.dim, cfg.dim)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+    def step(self, x_t: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, AttentionCache]:
+        a, cache = self.attn.step(self.norm1(x_t), cache)
+        x_t = x_t + self.drop(a)
+        return x_t + self.drop(self.ffn(self.norm2(x_t))), cache
+
+
+@dataclass
+class EncoderState:
+    """Incremental state of a whole encoder: one attention cache per layer."""
+
+    caches: list[AttentionCache]
+
+    @property
+    def length(self) -> int:
+        return self.caches[0].length
+
+
+class SequenceEncoder(nn.Module):
+    def __init__(self, cfg: SequenceEncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items: (B, T, D) item representations, right-padded -> (B, T, D) hidden states."""
+        b, t, d = items.shape
+        assert t <= self.cfg.max_len, f"sequence length {t} exceeds max_len {self.cfg.max_len}"
+        x = self.drop(items + self.pos.weight[:t])
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def empty_state(self, batch: int, device: torch.device | None = None) -> EncoderState:
+        return EncoderState([blk.attn.empty_cache(batch, device) for blk in self.blocks])
+
+    def step(self, item_t: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
+        """item_t: (B, 1, D) the next item -> its hidden state (B, 1, D): equal to `forward` at that position."""
+        t = state.length
+        assert t < self.cfg.max_len, f"position {t} is past max_len {self.cfg.max_len}"
+        x = self.drop(item_t + self.pos.weight[t])
+        caches = []
+        for block, cache in zip(self.blocks, state.caches, strict=True):
+            x, cache = block.step(x, cache)
+            caches.append(cache)
+        return self.norm(x), EncoderState(caches)

@@ -1,0 +1,184 @@
+"""MUFASA, CAMMSR and SASRec on tiny configs: masking, causality, incremental = full, training smoke test,
+checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamrec.models.cammsr_moe import CategoryMoE, MoEConfig
+from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
+from streamrec.models.item_features import ItemFeatures
+from streamrec.models.modality_swap import swapped_items
+from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
+from streamrec.models.presets import build_config, preset_names
+from streamrec.models.seqrec import SeqRec
+from streamrec.models.sequence_data import leave_one_out, training_batches
+from streamrec.models.sparse_attention import SparseAttentionConfig
+from streamrec.models.trainer import TrainConfig, evaluate, train
+
+N_ITEMS = 30
+DIM = 16
+
+
+def features(n: int = N_ITEMS, seed: int = 0) -> ItemFeatures:
+    g = torch.Generator().manual_seed(seed)
+    title = torch.randn(n + 1, 12, generator=g)
+    title_mask = torch.ones(n + 1, dtype=torch.bool)
+    title_mask[0] = False
+    attr = torch.randint(1, 6, (n + 1, 3), generator=g)
+    attr[::4, :] = 0  # every 4th item has no attributes
+    category = torch.randint(1, 4, (n + 1,), generator=g)
+    audio = torch.randn(n + 1, 5, generator=g)
+    audio_mask = torch.rand(n + 1, generator=g) > 0.3
+    return ItemFeatures(title, title_mask, attr, 6, category, 4, {"pre_audio": audio}, {"pre_audio": audio_mask})
+
+
+def tiny(name: str, max_len: int = 12):  # noqa: ANN201
+    cfg = build_config(name, N_ITEMS, max_len=max_len, dim=DIM)
+    sparse = SparseAttentionConfig(block=3, num_selected=2, num_recent=1, window=4)
+    return replace(cfg, encoder=replace(cfg.encoder, layers=2, heads=2, dropout=0.0, sparse=sparse))
+
+
+def test_missing_modality_is_masked_not_zero_filled() -> None:
+    f = features()
+    fusion = MultimodalFusion(f, DIM, FusionConfig()).eval()
+    fused, _tokens, mask, weights = fusion(f)
+    missing = ~f.extra_mask["pre_audio"]
+    assert (weights[missing, 2] == 0).all() and (weights[~missing, 2] > 0).all()
+    f2 = features()
+    f2.extra["pre_audio"][missing] = 1e3  # garbage where the modality is absent
+    fused2, *_ = fusion(f2)
+    torch.testing.assert_close(fused2[missing], fused[missing])
+    assert mask.shape == (N_ITEMS + 1, 3)
+
+
+def test_mufasa_losses_are_finite_and_switchable() -> None:
+    f = features()
+    on = MultimodalFusion(f, DIM, FusionConfig())
+    fused, tokens, mask, _ = on(f)
+    idx = torch.arange(1, N_ITEMS + 1)
+    ids = torch.randn(N_ITEMS + 1, DIM)
+    losses = on.losses(idx, fused, tokens, mask, ids, f)
+    assert set(losses) == {"mfl_align", "mfl_cf", "mfl_structure", "mfl_dist"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    off_cfg = FusionConfig(align_weight=0, cf_weight=0, structure_weight=0.1, dist_weight=0)
+    off = MultimodalFusion(f, DIM, off_cfg)
+    assert set(off.losses(idx, *off(f)[:3], ids, f)) == {"mfl_structure"}
+
+
+def test_cross_genre_negatives_differ_from_all_negatives() -> None:
+    f = features()
+    torch.manual_seed(0)
+    a = MultimodalFusion(f, DIM, FusionConfig(align_negatives="cross_genre"))
+    b = MultimodalFusion(f, DIM, FusionConfig(align_negatives="all"))
+    b.load_state_dict(a.state_dict())
+    idx = torch.arange(1, N_ITEMS + 1)
+    ids = torch.randn(N_ITEMS + 1, DIM)
+    la = a.losses(idx, *a(f)[:3], ids, f)["mfl_align"]
+    lb = b.losses(idx, *b(f)[:3], ids, f)["mfl_align"]
+    assert la < lb, "removing same-genre negatives leaves an easier contrast"
+
+
+def test_camoe_masks_unavailable_experts_and_category_guidance_reaches_the_gate() -> None:
+    f = features()
+    moe = CategoryMoE(f, DIM, MoEConfig(synergy="pairs+all"))
+    ids = torch.randn(N_ITEMS + 1, DIM)
+    out = moe(f, ids)
+    torch.testing.assert_close(out.gate.sum(-1), torch.ones(N_ITEMS + 1))
+    no_attr = ~f.attr_mask
+    attr_experts = [e for e, g in enumerate(moe.groups) if 2 in g]  # modality 2 = attr (after id, title)
+    assert torch.isinf(out.router_logits[no_attr][:, attr_experts]).all()
+    assert (out.gate[no_attr][:, attr_experts] == 0).all()
+    losses = moe.losses(torch.arange(1, N_ITEMS + 1), out, f)
+    assert set(losses) == {"moe_category", "moe_balance"}
+    losses["moe_category"].backward()
+    assert moe.gate[0].weight.grad is not None and moe.gate[0].weight.grad.abs().sum() > 0
+    torch.testing.assert_close(out.modality_weight.sum(-1), torch.ones(N_ITEMS + 1))
+
+
+def test_modality_swap_views() -> None:
+    f = features()
+    vecs = torch.randn(N_ITEMS + 1, DIM)
+    tokens = torch.randn(N_ITEMS + 1, 3, DIM)
+    mask = torch.stack([f.title_mask, f.attr_mask, f.extra_mask["pre_audio"]], 1)
+    seqs = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
+    torch.testing.assert_close(swapped_items(seqs, vecs, tokens, mask, 0.0), vecs[seqs])
+    swapped = swapped_items(seqs, vecs, tokens, mask, 1.0)
+    for b, t in [(0, 0), (0, 1), (1, 0)]:
+        item = seqs[b, t]
+        assert any(torch.equal(swapped[b, t], tokens[item, m]) for m in range(3) if mask[item, m])
+    torch.testing.assert_close(swapped[1, 2], vecs[0], msg="padding is never swapped")
+
+
+@pytest.mark.parametrize("name", ["sasrec", "mufasa", "cammsr", "cammsr-sparse"])
+def test_model_is_causal_and_incremental_equals_full(name: str) -> None:
+    torch.manual_seed(0)
+    model = SeqRec(tiny(name), features()).eval()
+    table = model.item_table()
+    seqs = torch.randint(1, N_ITEMS + 1, (2, 10))
+    hidden = model.encode(seqs, table)
+    changed = seqs.clone()
+    changed[:, 6:] = torch.randint(1, N_ITEMS + 1, (2, 4))
+    torch.testing.assert_close(model.encode(changed, table)[:, :6], hidden[:, :6])
+    state = model.empty_state(2)
+    for t in range(10):
+        user, state = model.step(seqs[:, t], state, table)
+        torch.testing.assert_close(user, hidden[:, t], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "mufasa", "cammsr"])
+def test_two_training_steps_on_a_tiny_config(name: str) -> None:
+    torch.manual_seed(0)
+    model = SeqRec(tiny(name), features())
+    seqs = [torch.randint(1, N_ITEMS + 1, (int(n),)).tolist() for n in torch.randint(4, 15, (24,))]
+    split = leave_one_out(seqs, N_ITEMS)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(
+        model,
+        split,
+        TrainConfig(epochs=2, batch_size=8, max_steps_per_epoch=1, patience=5),
+        torch.device("cpu"),
+        progress=False,
+    )
+    assert result.epochs_run == 2
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "training moved no parameter"
+    for group in ("all", "excl_history"):
+        assert 0.0 <= result.test[group]["NDCG@10"] <= result.test[group]["HR@10"] <= 1.0
+    gen = torch.Generator().manual_seed(0)
+    seqs_b, targets_b = next(training_batches(split.train, 12, 8, gen))
+    losses = model.training_losses(seqs_b, targets_b)
+    assert all(torch.isfinite(v) for v in losses.values())
+    expected = {"sasrec": {"rec"}, "mufasa": {"rec", "mfl_align", "mfl_cf", "mfl_structure", "mfl_dist"}}
+    expected["cammsr"] = {"rec", "moe_category", "moe_balance", "swap_cl"}
+    assert set(losses) == expected[name]
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = tiny("mufasa")
+    model = SeqRec(cfg, features()).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, cfg, "v-test", {"dataset": "toy"})
+    cfg2, state, version, meta = load_checkpoint(path)
+    assert cfg2 == cfg and version == "v-test" and meta == {"dataset": "toy"}
+    clone = SeqRec(cfg2, features()).eval()
+    clone.load_state_dict(state)
+    seqs = torch.randint(1, N_ITEMS + 1, (3, 7))
+    lengths = torch.tensor([7, 3, 1])
+    a = model.recommend_scores(seqs, lengths, model.item_table())
+    b = clone.recommend_scores(seqs, lengths, clone.item_table())
+    torch.testing.assert_close(a, b)
+
+
+def test_every_preset_builds_and_evaluates() -> None:
+    f = features()
+    pairs = [([1, 2, 3], 4), ([5], 6)]
+    for name in preset_names():
+        model = SeqRec(tiny(name), f)
+        res = evaluate(model, pairs, 4, torch.device("cpu"))
+        assert set(res) == {"all", "excl_history"}, name
