@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch first, from the local CPU wheel, so no later resolution pulls a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,text,image]'
+	$(BIN)/pip install --quiet -e '.[test,text,image,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)

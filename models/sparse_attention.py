@@ -141,10 +141,14 @@ class SparseAttention(nn.Module):
             start = t + 1 - c.block
             kc = torch.cat([kc, compress_blocks(k[:, :, start:], c.block, self.block_pos_k, self.compress_k)], 2)
             vc = torch.cat([vc, compress_blocks(v[:, :, start:], c.block, self.block_pos_v, self.compress_v)], 2)
-        pos = torch.tensor([t], device=x_t.device)
         all_on = torch.ones(1, kc.shape[2], dtype=torch.bool, device=x_t.device)
         o_cmp = masked_softmax_attention(q, kc, vc, all_on)  # every cached block is complete
-        idx, valid = select_blocks(block_importance(q, kc, pos, c.block), pos, c.block, c.num_selected, c.num_recent)
+        if t % c.block == 0:  # first position of a block: choose the block's selection once
+            pos = torch.tensor([t], device=x_t.device)
+            imp = block_importance(q, kc, pos, c.block)
+            idx, valid = select_blocks(imp, pos, c.block, c.num_selected, c.num_recent)  # (B, 1, n)
+        else:
+            idx, valid = cache.extra["sel_idx"], cache.extra["sel_valid"]
         # Gather only the selected blocks' tokens.
         key_pos = (idx[..., None] * c.block + torch.arange(c.block, device=x_t.device)).reshape(idx.shape[0], -1)
         ok = (key_pos <= t) & valid.repeat_interleave(c.block, dim=-1)[:, 0]  # (B, n l)
@@ -155,7 +159,7 @@ class SparseAttention(nn.Module):
         o_win = masked_softmax_attention(q, k[:, :, lo:], v[:, :, lo:], torch.ones(1, t + 1 - lo, dtype=torch.bool))
         g = self._gates(x_t).permute(0, 2, 1, 3)  # (B, H, 1, 3)
         o = g[..., 0:1] * o_cmp + g[..., 1:2] * o_sel + g[..., 2:3] * o_win
-        return self.out(_merge_heads(o)), AttentionCache(k, v, kc, vc)
+        return self.out(_merge_heads(o)), AttentionCache(k, v, kc, vc, {"sel_idx": idx, "sel_valid": valid})
 
 
 class DenseCausalAttention(nn.Module):

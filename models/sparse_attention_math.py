@@ -4,7 +4,8 @@ MUFASA's Sparse Attention-guided Alignment Layer mixes three causal branches per
   * compressed (cmp): attention over one summary key/value per complete block of `block` items;
   * selected (sel): token attention inside the top-n blocks ranked by the compressed-attention
     probabilities (summed over heads), the block holding the query and the `num_recent` blocks
-    before it always included;
+    before it always included. The choice is made once per query block, from the block's first
+    query, and shared by the block's queries;
   * window (win): token attention over the latest `window` items.
 Outputs are mixed by per-head gates in [0, 1]: o = g_cmp o_cmp + g_sel o_sel + g_win o_win.
 
@@ -14,7 +15,9 @@ Two implementations share one signature and must agree on outputs and gradients:
 
 Choices where NSA leaves room (see docs/models.md): compression and selection share one block
 partition (stride = block length); selection is shared by all heads of a layer (NSA shares it
-within a GQA group); a query with nothing to attend to in a branch gets zeros from that branch.
+within a GQA group) and by all queries of a block (decided at the block's first position, so it
+stays causal while the block's queries can share one gather of keys: on a CPU that gather is what
+costs); a query with nothing to attend to in a branch gets zeros from that branch.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     scores = scores.masked_fill(~mask, NEG)
     weights = torch.softmax(scores, dim=-1) * mask  # exact zeros where masked, also in all-masked rows
     return weights @ v
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Same as `masked_softmax_attention` through PyTorch's fused kernel, for masks in which every
+    query row allows at least one key (the fused kernel returns NaN on empty rows)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def causal_mask(t: int, device: torch.device | None = None) -> torch.Tensor:
@@ -103,8 +112,20 @@ def select_blocks(
     return idx, valid
 
 
+def select_per_query_block(
+    q: torch.Tensor, kc: torch.Tensor, t: int, block: int, num_selected: int, num_recent: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selection decided at each query block's first position: -> idx, valid (B, n_qblocks, n)."""
+    starts = torch.arange(0, t, block, device=q.device)  # first position of each query block
+    imp = block_importance(q[:, :, starts], kc, starts, block)  # (B, nqb, nb)
+    return select_blocks(imp, starts, block, num_selected, num_recent)
+
+
 def selection_token_mask(idx: torch.Tensor, valid: torch.Tensor, t: int, block: int) -> torch.Tensor:
-    """(B, T, T): query i sees key j if j's block is selected for i and j <= i."""
+    """(B, T, T) from per-query-block choices idx/valid (B, nqb, n): query i sees key j if j's block
+    is selected for i's block and j <= i."""
+    qblock = torch.arange(t, device=idx.device) // block
+    idx, valid = idx[:, qblock], valid[:, qblock]  # (B, T, n)
     b = idx.shape[0]
     n_blocks = (t + block - 1) // block
     chosen = torch.zeros(b, t, n_blocks + 1, dtype=torch.bool, device=idx.device)
@@ -138,7 +159,7 @@ def nsa_reference(
     t = q.shape[2]
     pos = torch.arange(t, device=q.device)
     o_cmp = masked_softmax_attention(q, kc, vc, compressed_mask(pos, kc.shape[2], block))
-    idx, valid = select_blocks(block_importance(q, kc, pos, block), pos, block, num_selected, num_recent)
+    idx, valid = select_per_query_block(q, kc, t, block, num_selected, num_recent)
     o_sel = masked_softmax_attention(q, k, v, selection_token_mask(idx, valid, t, block)[:, None])
     o_win = masked_softmax_attention(q, k, v, window_mask(t, window, q.device))
     return _mix(gates, [o_cmp, o_sel, o_win])
@@ -153,41 +174,53 @@ def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     # Keys padded in front by c (never visible), queries padded at the end (dropped).
     kp = F.pad(k, (0, 0, c, t_pad - t))
     vp = F.pad(v, (0, 0, c, t_pad - t))
-    qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h, n_chunks, c, dh)
     # Chunk i holds queries [i c, (i+1) c) and keys [(i-1) c, (i+1) c) (padded coordinates + c).
-    kw = kp.unfold(2, 2 * c, c).transpose(-1, -2)  # (B, H, n_chunks, 2c, dh)
-    vw = vp.unfold(2, 2 * c, c).transpose(-1, -2)
+    # Heads and chunks share one batch dimension: the fused CPU kernel takes 4-d inputs only.
+    qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h * n_chunks, c, dh)
+    kw = kp.unfold(2, 2 * c, c).transpose(-1, -2).reshape(b, h * n_chunks, 2 * c, dh)
+    vw = vp.unfold(2, 2 * c, c).transpose(-1, -2).reshape(b, h * n_chunks, 2 * c, dh)
     qi = torch.arange(c, device=q.device)[:, None] + c  # query offset within the 2c key span
     kj = torch.arange(2 * c, device=q.device)[None, :]
     key_pos = (torch.arange(n_chunks, device=q.device)[:, None, None] - 1) * c + kj  # (n_chunks, 1, 2c)
-    mask = (kj <= qi) & (kj > qi - window) & (key_pos >= 0)  # (n_chunks, c, 2c)
-    out = masked_softmax_attention(qp, kw, vw, mask)  # (B, H, n_chunks, c, dh)
+    mask = (kj <= qi) & (kj > qi - window) & (key_pos >= 0)  # (n_chunks, c, 2c); each row sees itself
+    out = sdpa_attention(qp, kw, vw, mask.repeat(h, 1, 1))  # (B, H n_chunks, c, dh)
     return out.reshape(b, h, t_pad, dh)[:, :, :t]
 
 
 def _selected_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, block: int, chunk: int
 ) -> torch.Tensor:
-    """Token attention over the gathered selected blocks only: O(T n l), in query chunks to bound memory."""
+    """Token attention over the gathered selected blocks only, one gather per query block: O(T n l).
+
+    idx, valid: (B, nqb, n) per query block. Query blocks are processed `chunk // block` at a time
+    to bound memory."""
     b, h, t, dh = q.shape
     n = idx.shape[-1]
-    n_blocks = (t + block - 1) // block
-    kb = F.pad(k, (0, 0, 0, n_blocks * block - t)).reshape(b, h, n_blocks, block, dh)
-    vb = F.pad(v, (0, 0, 0, n_blocks * block - t)).reshape(b, h, n_blocks, block, dh)
-    outs = []
+    nqb = (t + block - 1) // block
+    t_pad = nqb * block
+    # Rows of (block x dh) keys, one per (batch, head, block): a selected block is one row copy.
+    kb = F.pad(k, (0, 0, 0, t_pad - t)).reshape(b * h * nqb, block * dh)
+    vb = F.pad(v, (0, 0, 0, t_pad - t)).reshape(b * h * nqb, block * dh)
+    qb = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h, nqb, block, dh)
+    base = (torch.arange(b * h, device=q.device) * nqb).view(b, h, 1, 1)
     offs = torch.arange(block, device=q.device)
-    for start in range(0, t, chunk):
-        end = min(t, start + chunk)
-        ci = idx[:, start:end]  # (B, c, n)
-        gather = ci.reshape(b, 1, -1, 1, 1).expand(b, h, -1, block, dh)
-        ks = kb.gather(2, gather).reshape(b, h, end - start, n * block, dh)  # (B, H, c, n l, dh)
-        vs = vb.gather(2, gather).reshape(b, h, end - start, n * block, dh)
-        key_pos = (ci[..., None] * block + offs).reshape(b, end - start, n * block)  # (B, c, n l)
-        qpos = torch.arange(start, end, device=q.device)[None, :, None]
-        ok = (key_pos <= qpos) & valid.repeat_interleave(block, dim=-1)[:, start:end]
-        out = masked_softmax_attention(q[:, :, start:end, None], ks, vs, ok[:, None, :, None])
-        outs.append(out.squeeze(3))  # (B, H, c, dh)
-    return torch.cat(outs, dim=2)
+    step = max(1, chunk // block)
+    outs = []
+    for s0 in range(0, nqb, step):
+        s1 = min(nqb, s0 + step)
+        c = s1 - s0
+        ci = idx[:, s0:s1]  # (B, c, n)
+        rows = (base + ci[:, None]).reshape(-1)  # (B H c n,)
+        ks = kb.index_select(0, rows).view(b, h * c, n * block, dh)
+        vs = vb.index_select(0, rows).view(b, h * c, n * block, dh)
+        key_pos = (ci[..., None] * block + offs).reshape(b, c, 1, n * block)  # (B, c, 1, n l)
+        q_pos = (torch.arange(s0, s1, device=q.device)[:, None] * block + offs)[None, :, :, None]  # (1, c, l, 1)
+        ok = (key_pos <= q_pos) & valid[:, s0:s1].repeat_interleave(block, dim=-1)[:, :, None, :]  # (B, c, l, n l)
+        mask = ok[:, None].expand(b, h, c, block, n * block).reshape(b, h * c, block, n * block)
+        # Every query row sees itself: its own block is always selected.
+        out = sdpa_attention(qb[:, :, s0:s1].reshape(b, h * c, block, dh), ks, vs, mask)
+        outs.append(out.view(b, h, c, block, dh))
+    return torch.cat(outs, dim=2).reshape(b, h, t_pad, dh)[:, :, :t]
 
 
 def nsa_efficient(
@@ -206,8 +239,12 @@ def nsa_efficient(
     """Same contract as `nsa_reference`, computing only what each query attends to."""
     t = q.shape[2]
     pos = torch.arange(t, device=q.device)
-    o_cmp = masked_softmax_attention(q, kc, vc, compressed_mask(pos, kc.shape[2], block))
-    idx, valid = select_blocks(block_importance(q, kc, pos, block), pos, block, num_selected, num_recent)
+    # Queries before the first block completes see no summary: zeros, and the fused kernel for the rest.
+    first = min(t, block - 1)
+    o_cmp = torch.zeros_like(q)
+    if first < t and kc.shape[2] > 0:
+        o_cmp[:, :, first:] = sdpa_attention(q[:, :, first:], kc, vc, compressed_mask(pos[first:], kc.shape[2], block))
+    idx, valid = select_per_query_block(q, kc, t, block, num_selected, num_recent)
     o_sel = _selected_attention(q, k, v, idx, valid, block, chunk)
     o_win = _window_attention(q, k, v, window)
     return _mix(gates, [o_cmp, o_sel, o_win])

@@ -81,6 +81,10 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.bench == "attention":
+        from streamrec.bench.attention import run
+
+        return run(args)
     from streamrec.bench.pipeline import run_pipeline_bench
 
     return run_pipeline_bench(settings, args)
@@ -149,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fixed-events", type=int, default=15000)
     b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
     b.add_argument("--out", default="bench/results/pipeline.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("attention", help="dense vs sparse attention time/memory, incremental step cost")
+    b.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
+    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--step-max", type=int, default=8192, help="largest T for the incremental-step measurement")
+    b.add_argument("--out", default="bench/results/attention.json")
     b.set_defaults(func=_cmd_bench)
 
     from streamrec.training_cli import add_train_args

@@ -1,0 +1,165 @@
+"""`streamrec bench attention`: dense causal attention versus MUFASA's sparse attention on CPU.
+
+For each length T: forward and forward+backward time of PyTorch SDPA (dense, causal) and of the
+sparse attention (block compression + the efficient three-branch kernel), each in a fresh child
+process so that its peak memory (max RSS above the process's baseline after inputs are built) is
+its own; and the per-event cost of the incremental step against a cache of T positions versus a
+full recompute of the layer. Prints a table, writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from streamrec.models.sparse_attention import SparseAttention, SparseAttentionConfig
+from streamrec.models.sparse_attention_math import compress_blocks, nsa_efficient
+
+B, H, DH = 8, 2, 32
+BENCH_CFG = SparseAttentionConfig(block=32, num_selected=8, num_recent=1, window=128, chunk=512, impl="efficient")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time(fn, repeats: int) -> float:  # noqa: ANN001
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_one(kind: str, t: int, repeats: int) -> dict:
+    """Runs in a child process: time and peak memory of one (kind, T)."""
+    torch.manual_seed(0)
+    layer = SparseAttention(H * DH, H, BENCH_CFG)
+    q, k, v = (torch.randn(B, H, t, DH, requires_grad=True) for _ in range(3))
+    gates = torch.rand(B, t, H, 3)
+    base = _rss_mb()
+
+    def forward() -> torch.Tensor:
+        if kind == "dense":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        c = BENCH_CFG
+        kc = compress_blocks(k, c.block, layer.block_pos_k, layer.compress_k)
+        vc = compress_blocks(v, c.block, layer.block_pos_v, layer.compress_v)
+        return nsa_efficient(q, k, v, kc, vc, gates, c.block, c.num_selected, c.num_recent, c.window, c.chunk)
+
+    with torch.no_grad():
+        fwd = _time(forward, repeats)
+    fwd_bwd = _time(lambda: forward().sum().backward(), repeats)
+    return {"kind": kind, "T": t, "forward_s": fwd, "forward_backward_s": fwd_bwd, "peak_mb": _rss_mb() - base}
+
+
+def measure_step(t: int, repeats: int = 20) -> dict:
+    """Per-event incremental step against a cache of t positions vs. a full forward of t+1 positions."""
+    torch.manual_seed(0)
+    layer = SparseAttention(H * DH, H, BENCH_CFG).eval()
+    x = torch.randn(B, t + 1, H * DH)
+    with torch.no_grad():
+        cache = layer.empty_cache(B)
+        # Build the cache in one go from a full pass's projections (same content as t steps).
+        q, k, v = layer._project(x[:, :t])
+        c = BENCH_CFG
+        cache.k, cache.v = k, v
+        cache.kc = compress_blocks(k, c.block, layer.block_pos_k, layer.compress_k)
+        cache.vc = compress_blocks(v, c.block, layer.block_pos_v, layer.compress_v)
+        step = _time(lambda: layer.step(x[:, t : t + 1], cache), repeats)
+        full = _time(lambda: layer(x, impl="efficient"), max(2, repeats // 10))
+    return {"T": t, "step_s": step, "full_recompute_s": full, "speedup": full / step}
+
+
+def run(args: argparse.Namespace) -> int:
+    lengths = [int(x) for x in args.lengths.split(",")]
+    rows = []
+    for t in lengths:
+        for kind in ("dense", "sparse"):
+            out = subprocess.run(
+                [sys.executable, "-m", "streamrec.bench.attention", "--child", kind, str(t), str(args.repeats)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(
+                f"T={t:>6} {kind:<6} fwd {r['forward_s']:.4f}s  fwd+bwd {r['forward_backward_s']:.4f}s  peak {r['peak_mb']:.0f} MB",
+                flush=True,
+            )
+    steps = [measure_step(t) for t in lengths if t <= args.step_max]
+    print(
+        f"\n{'T':>6} {'dense fwd':>10} {'sparse fwd':>11} {'x':>6} {'dense f+b':>10} {'sparse f+b':>11} {'x':>6} {'dense MB':>9} {'sparse MB':>10}"
+    )
+    for t in lengths:
+        d = next(r for r in rows if r["T"] == t and r["kind"] == "dense")
+        s = next(r for r in rows if r["T"] == t and r["kind"] == "sparse")
+        print(
+            f"{t:>6} {d['forward_s']:>10.4f} {s['forward_s']:>11.4f} {d['forward_s'] / s['forward_s']:>6.1f}"
+            f" {d['forward_backward_s']:>10.4f} {s['forward_backward_s']:>11.4f}"
+            f" {d['forward_backward_s'] / s['forward_backward_s']:>6.1f} {d['peak_mb']:>9.0f} {s['peak_mb']:>10.0f}"
+        )
+    print(f"\n{'T':>6} {'step ms':>9} {'full ms':>9} {'x':>7}")
+    for s in steps:
+        print(f"{s['T']:>6} {s['step_s'] * 1000:>9.2f} {s['full_recompute_s'] * 1000:>9.1f} {s['speedup']:>7.0f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "batch": B,
+        "heads": H,
+        "head_dim": DH,
+        "threads": torch.get_num_threads(),
+        "sparse_config": {k: getattr(BENCH_CFG, k) for k in ("block", "num_selected", "num_recent", "window")},
+        "attention": rows,
+        "incremental_step": steps,
+    }
+    out.write_text(json.dumps(payload, indent=2))
+    _plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for kind, style in (("dense", "o-"), ("sparse", "s-")):
+        rs = [r for r in rows if r["kind"] == kind]
+        ts = [r["T"] for r in rs]
+        axes[0].plot(ts, [r["forward_s"] for r in rs], style, label=kind)
+        axes[1].plot(ts, [r["forward_backward_s"] for r in rs], style, label=kind)
+        axes[2].plot(ts, [r["peak_mb"] for r in rs], style, label=kind)
+    for ax, title in zip(axes, ("forward (s)", "forward + backward (s)", "peak memory (MB)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"dense SDPA vs sparse attention, batch {B}, {H} heads, head dim {DH}, CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(measure_one(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+        return
+    raise SystemExit("use `streamrec bench attention`")
+
+
+if __name__ == "__main__":
+    main()
