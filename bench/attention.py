@@ -95,12 +95,14 @@ def run(args: argparse.Namespace) -> int:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(
-                f"T={t:>6} {kind:<6} fwd {r['forward_s']:.4f}s  fwd+bwd {r['forward_backward_s']:.4f}s  peak {r['peak_mb']:.0f} MB",
+                f"T={t:>6} {kind:<6} fwd {r['forward_s']:.4f}s  fwd+bwd {r['forward_backward_s']:.4f}s"
+                f"  peak {r['peak_mb']:.0f} MB",
                 flush=True,
             )
     steps = [measure_step(t) for t in lengths if t <= args.step_max]
     print(
-        f"\n{'T':>6} {'dense fwd':>10} {'sparse fwd':>11} {'x':>6} {'dense f+b':>10} {'sparse f+b':>11} {'x':>6} {'dense MB':>9} {'sparse MB':>10}"
+        f"\n{'T':>6} {'dense fwd':>10} {'sparse fwd':>11} {'x':>6} {'dense f+b':>10} {'sparse f+b':>11} {'x':>6}"
+        f" {'dense MB':>9} {'sparse MB':>10}"
     )
     for t in lengths:
         d = next(r for r in rows if r["T"] == t and r["kind"] == "dense")
