@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -56,7 +57,15 @@ class LiveTail(threading.Thread):
         self.reader.close()
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) -> int:
+    # Ctrl-C and SIGTERM both stop the demo cleanly, even when started from a script that
+    # launched it with SIGINT ignored (background jobs of non-interactive shells).
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     demo_state = settings.state_dir / "demo"
     if demo_state.exists():
         shutil.rmtree(demo_state)
@@ -71,6 +80,7 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
         print(f"local Kafka-protocol broker (noida-db) on {broker.bootstrap}, data in {broker.data_dir}")
     worker: WorkerProcess | None = None
     tail: LiveTail | None = None
+    producer = None
     try:
         ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
         worker = start_worker(settings, demo_state / "worker.log")
@@ -86,7 +96,6 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
         print("  user        | fresh   | model      | top recommendations")
         started = time.monotonic()
         sent = publish_clicks(producer, settings.topics, clicks, rate, progress=False)
-        producer.close()
         deadline = time.monotonic() + 60
         while tail.count < sent and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -105,6 +114,8 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
         print("\nstopping (Ctrl-C)")
         return 130
     finally:
+        if producer is not None:
+            producer.close(timeout=5)
         if tail is not None:
             tail.stop_event.set()
             tail.join(5)
