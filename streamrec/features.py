@@ -96,7 +96,8 @@ def build_catalog(
                 mask[r] = True
         # Precomputed features come on arbitrary scales (VGGish is ~100s): standardise per dimension.
         rows = mat[mask]
-        mat[mask] = (rows - rows.mean(0)) / (rows.std(0) + 1e-6)
+        std = rows.std(0)
+        mat[mask] = (rows - rows.mean(0)) / torch.where(std > 1e-6, std, torch.ones_like(std))
         extra[f"pre_{name}"] = mat
         extra_mask[f"pre_{name}"] = mask
     features = ItemFeatures(title, title_mask, attr, len(vocab) + 1, category, len(cats), extra, extra_mask)
