@@ -165,24 +165,25 @@ def nsa_reference(
     return _mix(gates, [o_cmp, o_sel, o_win])
 
 
-def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Sliding-window causal attention in chunks of `window` queries: O(T w)."""
+def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, chunk: int = 64) -> torch.Tensor:
+    """Sliding-window causal attention, `chunk` queries at a time against chunk + window keys: O(T (c + w))."""
     b, h, t, dh = q.shape
-    c = window
+    c = min(chunk, t)
     n_chunks = (t + c - 1) // c
     t_pad = n_chunks * c
-    # Keys padded in front by c (never visible), queries padded at the end (dropped).
-    kp = F.pad(k, (0, 0, c, t_pad - t))
-    vp = F.pad(v, (0, 0, c, t_pad - t))
-    # Chunk i holds queries [i c, (i+1) c) and keys [(i-1) c, (i+1) c) (padded coordinates + c).
+    span = c + window
+    # Keys padded in front by `window` (never visible), queries padded at the end (dropped).
+    kp = F.pad(k, (0, 0, window, t_pad - t))
+    vp = F.pad(v, (0, 0, window, t_pad - t))
+    # Chunk i holds queries [i c, (i+1) c) and keys [i c - window, (i+1) c).
     # Heads and chunks share one batch dimension: the fused CPU kernel takes 4-d inputs only.
     qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h * n_chunks, c, dh)
-    kw = kp.unfold(2, 2 * c, c).transpose(-1, -2).reshape(b, h * n_chunks, 2 * c, dh)
-    vw = vp.unfold(2, 2 * c, c).transpose(-1, -2).reshape(b, h * n_chunks, 2 * c, dh)
-    qi = torch.arange(c, device=q.device)[:, None] + c  # query offset within the 2c key span
-    kj = torch.arange(2 * c, device=q.device)[None, :]
-    key_pos = (torch.arange(n_chunks, device=q.device)[:, None, None] - 1) * c + kj  # (n_chunks, 1, 2c)
-    mask = (kj <= qi) & (kj > qi - window) & (key_pos >= 0)  # (n_chunks, c, 2c); each row sees itself
+    kw = kp.unfold(2, span, c).transpose(-1, -2).reshape(b, h * n_chunks, span, dh)
+    vw = vp.unfold(2, span, c).transpose(-1, -2).reshape(b, h * n_chunks, span, dh)
+    qi = torch.arange(c, device=q.device)[:, None] + window  # query offset within the key span
+    kj = torch.arange(span, device=q.device)[None, :]
+    key_pos = torch.arange(n_chunks, device=q.device)[:, None, None] * c - window + kj  # (n_chunks, 1, span)
+    mask = (kj <= qi) & (kj > qi - window) & (key_pos >= 0)  # (n_chunks, c, span); each row sees itself
     out = sdpa_attention(qp, kw, vw, mask.repeat(h, 1, 1))  # (B, H n_chunks, c, dh)
     return out.reshape(b, h, t_pad, dh)[:, :, :t]
 
