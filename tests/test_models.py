@@ -182,3 +182,17 @@ def test_every_preset_builds_and_evaluates() -> None:
         model = SeqRec(tiny(name), f)
         res = evaluate(model, pairs, 4, torch.device("cpu"))
         assert set(res) == {"all", "excl_history"}, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; none on this machine")
+def test_cuda_matches_cpu() -> None:
+    torch.manual_seed(0)
+    cpu = SeqRec(tiny("mufasa"), features()).eval()
+    gpu = SeqRec(tiny("mufasa"), features().to("cuda")).to("cuda").eval()
+    gpu.load_state_dict(cpu.state_dict())
+    seqs = torch.randint(1, N_ITEMS + 1, (3, 9))
+    lengths = torch.tensor([9, 4, 1])
+    a = cpu.recommend_scores(seqs, lengths, cpu.item_table())
+    b = gpu.recommend_scores(seqs.cuda(), lengths.cuda(), gpu.item_table()).cpu()
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
