@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time(fn, repeats: int) -> float:  # noqa: ANN001
+def _time(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):

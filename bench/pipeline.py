@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
         workdir = Path(tmp)
 
-        def on_fresh_broker(name: str, run, *run_args):  # noqa: ANN001, ANN202
+        def on_fresh_broker(name: str, run: Callable[..., RunResult], *run_args: object) -> RunResult:
             # noida-db keeps every message in memory and slows as it fills: each run gets its own.
             broker = LocalBroker(workdir / f"broker-{name}", free_port()).start()
             base = replace(settings, kafka_bootstrap=broker.bootstrap, state_dir=workdir / f"state-{name}")

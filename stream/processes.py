@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -61,7 +62,7 @@ class WorkerProcess:
         except (URLError, ConnectionError, OSError):
             return default
 
-    def wait_until(self, name: str, predicate, timeout_s: float = 60.0) -> float:  # noqa: ANN001
+    def wait_until(self, name: str, predicate: Callable[[float], bool], timeout_s: float = 60.0) -> float:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

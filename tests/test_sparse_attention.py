@@ -3,6 +3,8 @@ full-coverage settings = dense attention, incremental step = full recompute, edg
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def test_reference_equals_efficient_outputs_and_gradients(t: int) -> None:
 
 
 @pytest.mark.parametrize("impl", [nsa_reference, nsa_efficient])
-def test_window_covering_everything_equals_dense(impl) -> None:  # noqa: ANN001
+def test_window_covering_everything_equals_dense(impl: Callable[..., torch.Tensor]) -> None:
     q, k, v, kc, vc, gates = inputs(23)
     gates = torch.zeros_like(gates)
     gates[..., 2] = 1.0  # window branch only
