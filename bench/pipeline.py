@@ -204,6 +204,7 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         if args.variants:
             n = min(clicks, 20_000)
             variants = {
+                "default": {},
                 "linger0": {"producer_linger_ms": 0.0},
                 "batch64": {"batch_size": 64},
                 "batch1024": {"batch_size": 1024, "batch_wait_ms": 50.0},

@@ -87,6 +87,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "threads": torch.get_num_threads(),
         "config": asdict(cfg),
         "train_config": asdict(tcfg),
+        "history": [
+            {"epoch": h["epoch"], "valid_ndcg10_excl": h["valid"]["excl_history"]["NDCG@10"]} for h in result.history
+        ],
         "checkpoint": str(ckpt),
         "version": version,
     }
