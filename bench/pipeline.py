@@ -188,10 +188,14 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
         workdir = Path(tmp)
 
-        def on_fresh_broker(name: str, run: Callable[..., RunResult], *run_args: object) -> RunResult:
+        def on_fresh_broker(
+            name: str, run: Callable[..., RunResult], *run_args: object, knobs: dict | None = None
+        ) -> RunResult:
             # noida-db keeps every message in memory and slows as it fills: each run gets its own.
             broker = LocalBroker(workdir / f"broker-{name}", free_port()).start()
-            base = replace(settings, kafka_bootstrap=broker.bootstrap, state_dir=workdir / f"state-{name}")
+            base = replace(
+                settings, kafka_bootstrap=broker.bootstrap, state_dir=workdir / f"state-{name}", **(knobs or {})
+            )
             try:
                 return run(base, *run_args)
             finally:
@@ -212,17 +216,7 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
                 "partitions1": {"partitions": 1},
             }
             for vname, knobs in variants.items():
-                results.append(
-                    on_fresh_broker(
-                        vname,
-                        lambda base, *a, k=knobs: worker_run(replace(base, **k), *a),
-                        dataset,
-                        f"var-{vname}",
-                        n,
-                        0,
-                        workdir,
-                    )
-                )
+                results.append(on_fresh_broker(vname, worker_run, dataset, f"var-{vname}", n, 0, workdir, knobs=knobs))
     print_table(results)
     ceiling = results[1].clicks_per_s
     print(f"\nworker / passthrough ceiling: {results[0].clicks_per_s / ceiling:.0%}")

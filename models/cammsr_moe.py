@@ -52,6 +52,8 @@ class MoEOutput:
     gate: torch.Tensor  # (N, E)
     expert_out: torch.Tensor  # (N, E, D)
     modality_weight: torch.Tensor  # (N, M+1): gate mass per modality (ID first), synergy split evenly
+    tokens: torch.Tensor  # (N, M, D) content modality tokens (ID excluded), for modality swap
+    token_mask: torch.Tensor  # (N, M)
 
 
 class CategoryMoE(nn.Module):
@@ -89,7 +91,7 @@ class CategoryMoE(nn.Module):
         logits = logits.masked_fill(~available, float("-inf"))
         gate = torch.softmax(logits, dim=-1)  # the ID expert is always available
         item = self.norm((gate[..., None] * outs).sum(1))
-        return MoEOutput(item, logits, gate, outs, gate @ self.membership)
+        return MoEOutput(item, logits, gate, outs, gate @ self.membership, tokens, mask)
 
     def losses(self, idx: torch.Tensor, out: MoEOutput, f: ItemFeatures) -> dict[str, torch.Tensor]:
         """Category guidance and load balancing (already weighted) on items `idx`."""

@@ -88,8 +88,7 @@ class SeqRec(nn.Module):
             table = ItemTable(ids + fused, tokens, mask, w, {"fused": fused, "ids": ids})
         elif self.moe is not None:
             out = self.moe(f, ids)
-            tokens, mask = self.moe.project(f)
-            table = ItemTable(out.item, tokens, mask, out.modality_weight, {"moe": out})
+            table = ItemTable(out.item, out.tokens, out.token_mask, out.modality_weight, {"moe": out})
         else:
             table = ItemTable(ids)
         if features is None:
