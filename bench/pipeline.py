@@ -92,7 +92,13 @@ def peak_rss_mb(pid: int) -> float:
 
 def worker_run(base: Settings, dataset: Dataset, name: str, clicks: int, rate: float, workdir: Path) -> RunResult:
     """One worker over fresh topics: `rate` 0 = publish all first, then drain at max speed."""
-    settings = replace(base, topics=TopicNames(f"{name}-"), app_id=f"bench-{name}", metrics_port=free_port())
+    settings = replace(
+        base,
+        topics=TopicNames(f"{name}-"),
+        app_id=f"bench-{name}",
+        metrics_port=free_port(),
+        dashboard_port=free_port(),
+    )
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     worker = start_worker(settings, workdir / f"{name}.log")
     try:

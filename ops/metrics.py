@@ -32,6 +32,15 @@ class Metrics:
     consumer_lag: Gauge
     model_info: Gauge
     catalogue_latency: Histogram
+    stage_latency: Histogram
+    index_updated: Gauge
+    model_loaded: Gauge
+    gate_decisions: Counter
+    gate_ndcg: Gauge
+
+
+# Stages of a click micro-batch, in order; each has its own latency series.
+STAGES = ("decode", "state", "encode", "search", "send")
 
 
 def create_metrics(registry: CollectorRegistry) -> Metrics:
@@ -96,6 +105,35 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "streamrec_index_catalogue_to_searchable_seconds",
             "Catalogue event time to the item being searchable",
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        stage_latency=Histogram(
+            "streamrec_stream_stage_latency_seconds",
+            "Time spent per micro-batch in one stage: decode, state, encode, search or send",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        index_updated=Gauge(
+            "streamrec_index_last_update_timestamp_seconds",
+            "Unix time of the last change to the serving index",
+            registry=registry,
+        ),
+        model_loaded=Gauge(
+            "streamrec_model_loaded_timestamp_seconds",
+            "Unix time the serving model was loaded or swapped in (age = time() - value)",
+            registry=registry,
+        ),
+        gate_decisions=Counter(
+            "streamrec_trainer_gate_decisions_total",
+            "Promotion gate decisions of the online trainer",
+            ["decision"],
+            registry=registry,
+        ),
+        gate_ndcg=Gauge(
+            "streamrec_trainer_gate_ndcg_ratio",
+            "NDCG@10 on the gate's held-out slice, for the serving and the candidate model",
+            ["model"],
             registry=registry,
         ),
     )

@@ -23,6 +23,7 @@ from streamrec.settings import Settings
 from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import (
     DeadLetterRecord,
+    RecommendationRecord,
     RecordError,
     decode_catalogue,
     decode_click,
@@ -84,7 +85,13 @@ def decode_events(
     return records, kept, dead
 
 
-def build_app(settings: Settings, recommender: Recommender, metrics: Metrics) -> faust.App:
+def build_app(
+    settings: Settings,
+    recommender: Recommender,
+    metrics: Metrics,
+    on_recommendations: Callable[[list[RecommendationRecord]], None] | None = None,
+) -> faust.App:
+    """The worker's Faust app; `on_recommendations` sees every emitted batch (the dashboard page)."""
     app = faust.App(settings.app_id, **faust_settings(settings))
     topics = settings.topics
     clicks_topic = app.topic(topics.clicks, value_type=bytes, key_type=bytes)
@@ -92,6 +99,7 @@ def build_app(settings: Settings, recommender: Recommender, metrics: Metrics) ->
     batch_size = settings.batch_size
     batch_wait = settings.batch_wait_ms / 1000.0
     metrics.model_info.labels(recommender.model_version).set(1)
+    metrics.model_loaded.set(time.time())
     metrics.index_size.set(len(recommender.index))
     metrics.users.set(recommender.sequences.n_users())
 
@@ -121,6 +129,8 @@ def build_app(settings: Settings, recommender: Recommender, metrics: Metrics) ->
             if futures:
                 await asyncio.gather(*futures)
             metrics.index_size.set(len(recommender.index))
+            if records:
+                metrics.index_updated.set(time.time())
 
     @app.agent(clicks_topic, name=f"{settings.app_id}-clicks")
     async def on_clicks(stream: faust.StreamT) -> None:
@@ -131,8 +141,13 @@ def build_app(settings: Settings, recommender: Recommender, metrics: Metrics) ->
             metrics.batch_size.observe(len(events))
             oldest = min(e.message.timestamp for e in events)
             metrics.batch_wait.observe(max(0.0, time.time() - oldest))
+            t_decode = time.perf_counter()
             records, kept, dead = decode_events(events, decode_click)
+            metrics.stage_latency.labels("decode").observe(time.perf_counter() - t_decode)
             result = recommender.handle_clicks(records)
+            for stage, seconds in result.stage_seconds.items():
+                metrics.stage_latency.labels(stage).observe(seconds)
+            t_send = time.perf_counter()
             dead += [dead_letter(kept[pos], err) for pos, err in result.rejected]
             metrics.duplicates.inc(result.duplicates)
             futures = await send_dead(dead)
@@ -140,6 +155,9 @@ def build_app(settings: Settings, recommender: Recommender, metrics: Metrics) ->
                 futures.append(await send_raw(topics.recommendations, rec.user_id.encode(), encode(rec)))
             if futures:
                 await asyncio.gather(*futures)
+            metrics.stage_latency.labels("send").observe(time.perf_counter() - t_send)
+            if on_recommendations is not None:
+                on_recommendations(result.recommendations)
             for rec in result.recommendations:
                 metrics.freshness.observe(max(0, rec.emitted_at - rec.event_time) / 1000.0)
             metrics.recommendations.inc(len(result.recommendations))

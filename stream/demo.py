@@ -85,6 +85,8 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
         ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
         worker = start_worker(settings, demo_state / "worker.log")
         print(f"worker up; Prometheus metrics at {worker.metrics_url}; worker log {worker.log_path}")
+        if settings.dashboard_port:
+            print(f"live dashboard page: {worker.dashboard_url} (open it in a browser)")
         producer = make_producer(settings.kafka_bootstrap)
         n_items = publish_catalogue(producer, settings.topics, dataset.items)
         print(f"published {n_items} catalogue items of {dataset.name}; waiting for the index...")

@@ -32,6 +32,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_WORKER_ID=settings.worker_id,
         STREAMREC_PARTITIONS=str(settings.partitions),
         STREAMREC_METRICS_PORT=str(settings.metrics_port),
+        STREAMREC_DASHBOARD_PORT=str(settings.dashboard_port),
         STREAMREC_TOP_K=str(settings.top_k),
         STREAMREC_MAX_SEQ_LEN=str(settings.max_seq_len),
         STREAMREC_BATCH_SIZE=str(settings.batch_size),
@@ -48,6 +49,12 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes]
     metrics_port: int
     log_path: Path
+    dashboard_port: int = 0
+
+    @property
+    def dashboard_url(self) -> str:
+        assert self.dashboard_port, "this worker runs without a dashboard page"
+        return f"http://127.0.0.1:{self.dashboard_port}/"
 
     @property
     def metrics_url(self) -> str:
@@ -99,6 +106,6 @@ def start_worker(settings: Settings, log_path: Path, extra_args: tuple[str, ...]
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    worker = WorkerProcess(proc, settings.metrics_port, log_path)
+    worker = WorkerProcess(proc, settings.metrics_port, log_path, settings.dashboard_port)
     worker.wait_until("streamrec_index_size_items", lambda v: v >= 0, timeout_s=60)
     return worker

@@ -11,6 +11,7 @@ record carrying its own event id and event time.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,8 @@ class ClickBatchResult:
     # (position of the click in the batch, why it was rejected)
     rejected: list[tuple[int, RecordError]] = field(default_factory=list)
     duplicates: int = 0
+    # seconds spent in the "state", "encode" and "search" stages of this batch
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Recommender:
@@ -65,6 +68,10 @@ class Recommender:
     @property
     def model_version(self) -> str:
         return self.model.version
+
+    def title_of(self, item_id: str) -> str:
+        entry = self.catalogue.get(item_id)
+        return entry.title if entry is not None else item_id
 
     def apply_catalogue(self, records: list[CatalogueRecord]) -> int:
         """Upsert or withdraw items; returns how many items changed."""
@@ -121,6 +128,7 @@ class Recommender:
                 valid.append(click)
         if not valid:
             return result
+        t0 = time.perf_counter()
         applied = self.sequences.append_many(
             [ClickToAppend(c.user_id, c.item_id, c.event_id, c.event_time) for c in valid]
         )
@@ -134,8 +142,11 @@ class Recommender:
                 if entry is not None:
                     rows.append(entry.row)
             histories.append(rows)
+        t1 = time.perf_counter()
         queries = self._user_vectors(histories)  # (U, D)
+        t2 = time.perf_counter()
         scores, ids = self.index.search(queries, self.top_k, [set(h) for h in histories])
+        result.stage_seconds = {"state": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
         ranked: dict[str, list[ScoredItem]] = {}
         for u, user in enumerate(users):
             ranked[user] = [

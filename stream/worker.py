@@ -14,6 +14,7 @@ from faust.worker import Worker
 from prometheus_client import CollectorRegistry
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.catalogue_store import CatalogueStore
@@ -47,9 +48,16 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     _server, port = serve_metrics(registry, settings.metrics_port, settings.metrics_host)
     print(f"streamrec worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     recommender = open_recommender(settings)
-    app = build_app(settings, recommender, metrics)
+    recent = RecentRecommendations(recommender.title_of)
+    page: DashboardServer | None = None
+    if settings.dashboard_port:
+        page = DashboardServer(registry, recent, settings.dashboard_port).start()
+        print(f"streamrec worker: live page on {page.url}", flush=True)
+    app = build_app(settings, recommender, metrics, on_recommendations=recent.add)
     worker = Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
+        if page is not None:
+            page.stop()
         recommender.close()

@@ -92,6 +92,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     # STREAMREC_METRICS_PORT: Prometheus exporter on 127.0.0.1 (0 = pick a free port).
     metrics_port: int = 9464
+    # STREAMREC_DASHBOARD_PORT: the worker's live page on 127.0.0.1 (0 = no page).
+    dashboard_port: int = 9465
     # STREAMREC_TOP_K
     top_k: int = 10
     # STREAMREC_MAX_SEQ_LEN: per-user sequence cap.
@@ -121,6 +123,7 @@ class Settings:
             partitions=_env_int("STREAMREC_PARTITIONS", base.partitions),
             metrics_host=env.get("STREAMREC_METRICS_HOST", base.metrics_host),
             metrics_port=_env_int("STREAMREC_METRICS_PORT", base.metrics_port),
+            dashboard_port=_env_int("STREAMREC_DASHBOARD_PORT", base.dashboard_port),
             top_k=_env_int("STREAMREC_TOP_K", base.top_k),
             max_seq_len=_env_int("STREAMREC_MAX_SEQ_LEN", base.max_seq_len),
             batch_size=_env_int("STREAMREC_BATCH_SIZE", base.batch_size),

@@ -42,4 +42,5 @@ def stream_settings(broker: LocalBroker, tmp_path: Path, data_dir: Path) -> Sett
         app_id=f"streamrec-test-{tag}",
         partitions=2,
         metrics_port=free_port(),
+        dashboard_port=free_port(),
     )
