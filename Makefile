@@ -9,9 +9,13 @@ EVENTS ?= 0
 RATE ?= 200
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint setup clean
+.PHONY: demo test bench lint setup system-deps clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# Debian's chromium and prometheus (promtool), which the tests drive; a no-op once installed.
+system-deps:
+	./ops/install_system_deps.sh
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/streamrec demo --dataset $(DATASET) --events $(EVENTS) --rate $(RATE)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -51,7 +51,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     recent = RecentRecommendations(recommender.title_of)
     page: DashboardServer | None = None
     if settings.dashboard_port:
-        page = DashboardServer(registry, recent, settings.dashboard_port).start()
+        page = DashboardServer(registry, recent, settings.dashboard_port, settings.metrics_host).start()
         print(f"streamrec worker: live page on {page.url}", flush=True)
     app = build_app(settings, recommender, metrics, on_recommendations=recent.add)
     worker = Worker(app, loglevel=loglevel, quiet=True)

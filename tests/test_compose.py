@@ -16,7 +16,7 @@ def load(path: str) -> dict:
 def test_compose_runs_apache_kafka_and_binds_loopback_only() -> None:
     compose = load("docker-compose.yml")
     services = compose["services"]
-    assert {"kafka", "worker", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "worker-1", "worker-2", "prometheus", "grafana"} <= set(services)
     image = services["kafka"]["image"]
     assert image.startswith("apache/kafka:3."), image
     assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"], "KRaft mode"
@@ -27,15 +27,20 @@ def test_compose_runs_apache_kafka_and_binds_loopback_only() -> None:
 
 def test_compose_uses_the_same_setting_names_as_the_local_path() -> None:
     services = load("docker-compose.yml")["services"]
-    assert services["worker"]["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092"
     source = (PROJECT_ROOT / "streamrec" / "settings.py").read_text()
-    for key in services["worker"]["environment"]:
-        assert key in source, f"{key} is not a setting read by streamrec/settings.py"
+    ids = set()
+    for name in ("worker-1", "worker-2"):
+        env = services[name]["environment"]
+        assert env["KAFKA_BOOTSTRAP"] == "kafka:9092"
+        ids.add(env["STREAMREC_WORKER_ID"])
+        for key in env:
+            assert key in source, f"{key} is not a setting read by streamrec/settings.py"
+    assert len(ids) == 2, "each worker needs its own static group member id"
 
 
 def test_prometheus_scrapes_the_worker_port() -> None:
     prom = load("ops/prometheus/prometheus.yml")
     targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    port = load("docker-compose.yml")["services"]["worker"]["environment"]["STREAMREC_METRICS_PORT"]
-    assert f"worker:{port}" in targets
+    port = load("docker-compose.yml")["services"]["worker-1"]["environment"]["STREAMREC_METRICS_PORT"]
+    assert {f"worker-1:{port}", f"worker-2:{port}"} <= set(targets)
     assert Path(PROJECT_ROOT / "Dockerfile").read_text().count("torch==2.13.0") == 1
