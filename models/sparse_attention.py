@@ -69,12 +69,12 @@ class AttentionCache:
         return self.k.shape[2]
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, t, d = x.shape
     return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, dh)
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
     b, h, t, dh = x.shape
     return x.transpose(1, 2).reshape(b, t, h * dh)  # (B, T, D)
 
@@ -103,7 +103,7 @@ class SparseAttention(nn.Module):
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return _split_heads(q, self.heads), _split_heads(k, self.heads), _split_heads(v, self.heads)
+        return split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads)
 
     def forward(self, x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
         """x: (B, T, D) -> (B, T, D); causal: position t depends on positions <= t only."""
@@ -118,7 +118,7 @@ class SparseAttention(nn.Module):
             o = nsa_reference(q, k, v, kc, vc, self._gates(x), c.block, c.num_selected, c.num_recent, c.window)
         else:
             o = nsa_efficient(q, k, v, kc, vc, self._gates(x), c.block, c.num_selected, c.num_recent, c.window, c.chunk)
-        return self.out(_merge_heads(o))
+        return self.out(merge_heads(o))
 
     def gate_values(self, x: torch.Tensor) -> torch.Tensor:
         """Branch gates (B, T, H, 3), for explanations and analysis."""
@@ -159,7 +159,7 @@ class SparseAttention(nn.Module):
         o_win = masked_softmax_attention(q, k[:, :, lo:], v[:, :, lo:], torch.ones(1, t + 1 - lo, dtype=torch.bool))
         g = self._gates(x_t).permute(0, 2, 1, 3)  # (B, H, 1, 3)
         o = g[..., 0:1] * o_cmp + g[..., 1:2] * o_sel + g[..., 2:3] * o_win
-        return self.out(_merge_heads(o)), AttentionCache(k, v, kc, vc, {"sel_idx": idx, "sel_valid": valid})
+        return self.out(merge_heads(o)), AttentionCache(k, v, kc, vc, {"sel_idx": idx, "sel_valid": valid})
 
 
 class DenseCausalAttention(nn.Module):
@@ -174,8 +174,8 @@ class DenseCausalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
         """x: (B, T, D) -> (B, T, D)."""
-        q, k, v = (_split_heads(p, self.heads) for p in self.qkv(x).chunk(3, dim=-1))
-        return self.out(_merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+        q, k, v = (split_heads(p, self.heads) for p in self.qkv(x).chunk(3, dim=-1))
+        return self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
 
     def empty_cache(self, batch: int, device: torch.device | None = None) -> AttentionCache:
         dh = self.dim // self.heads
@@ -183,8 +183,8 @@ class DenseCausalAttention(nn.Module):
         return AttentionCache(z, z.clone(), z.clone(), z.clone())
 
     def step(self, x_t: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, AttentionCache]:
-        q, k_new, v_new = (_split_heads(p, self.heads) for p in self.qkv(x_t).chunk(3, dim=-1))
+        q, k_new, v_new = (split_heads(p, self.heads) for p in self.qkv(x_t).chunk(3, dim=-1))
         k = torch.cat([cache.k, k_new], dim=2)
         v = torch.cat([cache.v, v_new], dim=2)
         o = F.softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1) @ v
-        return self.out(_merge_heads(o)), AttentionCache(k, v, cache.kc, cache.vc)
+        return self.out(merge_heads(o)), AttentionCache(k, v, cache.kc, cache.vc)

@@ -1,0 +1,252 @@
+"""Batched incremental encoding for live serving: many users' next clicks encoded in one pass.
+
+Serves MUFASA's Sparse Attention-guided Alignment Layer (and SASRec's dense encoder) from cached
+per-user state. Every user being served owns a *slot* of an arena of preallocated tensors; per
+layer a slot holds the keys and values of every position of the user's encoder window (H, L, dh),
+the compressed block summaries (H, L / l, dh) and, for sparse layers, the selection made at the
+first position of the current query block. The arena lets one click of each of B users be
+encoded together with a handful of batched gathers instead of B separate small steps:
+
+    prefill(slots, items, lengths)  full forward over whole windows (after a restart or a miss)
+    step(slots, items)              one new item per slot, cost O(w + T/l + n l) per user
+
+Both return what `SequenceEncoder.forward` returns at the user's last position (tests check it,
+with ragged lengths and the edge lengths around block boundaries). Everything is plain torch on
+whichever device the encoder lives on (CUDA when present, CPU otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from streamrec.models.sequence_encoder import SequenceEncoder
+from streamrec.models.sparse_attention import SparseAttention, merge_heads, split_heads
+from streamrec.models.sparse_attention_math import FORCED, NEG, compress_blocks, masked_softmax_attention
+
+
+@dataclass(frozen=True)
+class LiveEncoderConfig:
+    slots: int = 4096  # users whose state is kept; the least recently used is evicted past this
+    dtype: str = "float32"  # storage type of cached keys and values
+
+
+@dataclass
+class StepExplanation:
+    """Which cached positions the last layer attended to most, and its branch gates."""
+
+    positions: torch.Tensor  # (B, k) positions in the encoder window, -1 = none
+    weights: torch.Tensor  # (B, k) gate-weighted attention mass, summed over heads
+    gates: torch.Tensor  # (B, 3) mean over heads of the (cmp, sel, win) gates; zeros for dense layers
+
+
+class LiveEncoder:
+    """Slot arena + batched prefill/step over a trained `SequenceEncoder` (kept in eval mode)."""
+
+    def __init__(self, encoder: SequenceEncoder, cfg: LiveEncoderConfig | None = None) -> None:
+        self.encoder = encoder.eval()
+        self.cfg = cfg or LiveEncoderConfig()
+        ec = encoder.cfg
+        self.max_len, self.heads = ec.max_len, ec.heads
+        self.dh = ec.dim // ec.heads
+        self.sparse = ec.attention == "sparse"
+        self.block = ec.sparse.block
+        self.device = encoder.pos.weight.device
+        s, h, length, dh = self.cfg.slots, self.heads, self.max_len, self.dh
+        dtype = getattr(torch, self.cfg.dtype)
+        n_blocks = max(1, length // self.block)
+        n_sel = ec.sparse.num_selected
+        self.k = [torch.zeros(s, h, length, dh, dtype=dtype, device=self.device) for _ in range(ec.layers)]
+        self.v = [torch.zeros_like(x) for x in self.k]
+        self.kc = [torch.zeros(s, h, n_blocks, dh, dtype=dtype, device=self.device) for _ in range(ec.layers)]
+        self.vc = [torch.zeros_like(x) for x in self.kc]
+        self.sel_idx = [torch.zeros(s, n_sel, dtype=torch.long, device=self.device) for _ in range(ec.layers)]
+        self.sel_valid = [torch.zeros(s, n_sel, dtype=torch.bool, device=self.device) for _ in range(ec.layers)]
+        self.length = torch.zeros(s, dtype=torch.long, device=self.device)
+
+    # --- sizes -------------------------------------------------------------------------------
+
+    def state_bytes(self, length: int) -> int:
+        """Bytes of cached state a user with `length` positions occupies (keys, values, summaries)."""
+        item = torch.finfo(getattr(torch, self.cfg.dtype)).bits // 8
+        per_layer = 2 * self.heads * length * self.dh * item
+        if self.sparse:
+            per_layer += 2 * self.heads * (length // self.block) * self.dh * item
+            per_layer += self.sel_idx[0].shape[1] * 9  # int64 index + bool per selected block
+        return len(self.k) * per_layer + 8
+
+    # --- selection ---------------------------------------------------------------------------
+
+    def _select(self, layer: int, slots: torch.Tensor, q: torch.Tensor, t: torch.Tensor) -> None:
+        """Selection for query blocks starting at positions t (B,), q (B, H, dh): as `select_blocks`."""
+        sp = self.encoder.cfg.sparse
+        kc = self.kc[layer][slots].to(q.dtype)  # (B, H, NB, dh)
+        nb = kc.shape[2]
+        blocks = torch.arange(nb + 1, device=q.device)
+        complete = blocks[None, :nb] < (t // self.block)[:, None]  # (B, NB): ended before t
+        scores = torch.einsum("bhd,bhnd->bhn", q, kc) / self.dh**0.5
+        probs = torch.softmax(scores.masked_fill(~complete[:, None], NEG), -1) * complete[:, None]
+        imp = torch.full((len(t), nb + 1), float("-inf"), device=q.device)
+        imp[:, :nb] = torch.where(complete, probs.sum(1), torch.full_like(probs[:, 0], float("-inf")))
+        current = (t // self.block)[:, None]
+        forced = (blocks[None] <= current) & (blocks[None] >= current - sp.num_recent)
+        imp = torch.where(forced, FORCED + blocks.to(imp.dtype)[None], imp)
+        imp = imp.masked_fill(blocks[None] > current, float("-inf"))
+        top, idx = imp.topk(sp.num_selected, dim=-1)
+        self.sel_idx[layer][slots] = idx
+        self.sel_valid[layer][slots] = torch.isfinite(top)
+
+    # --- gathers -----------------------------------------------------------------------------
+
+    def _gather(self, cache: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """cache (S, H, L, dh), slots (B,), pos (B, P) -> (B, H, P, dh)."""
+        return cache[slots[:, None], :, pos].permute(0, 2, 1, 3).to(dtype)
+
+    def _attend_sparse(
+        self, layer: int, attn: SparseAttention, slots: torch.Tensor, xn: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sparse layer's attention for the new positions t (B,); xn (B, 1, D) normed input."""
+        sp = attn.cfg
+        q, k_new, v_new = attn._project(xn)  # (B, H, 1, dh)
+        self.k[layer][slots, :, t] = k_new[:, :, 0].to(self.k[layer].dtype)
+        self.v[layer][slots, :, t] = v_new[:, :, 0].to(self.v[layer].dtype)
+        ar_l = torch.arange(self.block, device=t.device)
+        done = (t + 1) % self.block == 0  # the new item completes a block: summarise it once
+        if done.any():
+            s_c, t_c = slots[done], t[done]
+            pos = t_c[:, None] - self.block + 1 + ar_l  # (Bc, l)
+            kb = self._gather(self.k[layer], s_c, pos, q.dtype)
+            vb = self._gather(self.v[layer], s_c, pos, q.dtype)
+            j = (t_c + 1) // self.block - 1
+            kc = compress_blocks(kb, self.block, attn.block_pos_k, attn.compress_k)[:, :, 0]
+            vc = compress_blocks(vb, self.block, attn.block_pos_v, attn.compress_v)[:, :, 0]
+            self.kc[layer][s_c, :, j] = kc.to(self.kc[layer].dtype)
+            self.vc[layer][s_c, :, j] = vc.to(self.vc[layer].dtype)
+        starts = t % self.block == 0  # first position of a query block: choose its blocks once
+        if starts.any():
+            self._select(layer, slots[starts], q[starts, :, 0], t[starts])
+        kc_all = self.kc[layer][slots].to(q.dtype)  # (B, H, NB, dh)
+        cmp_ok = torch.arange(kc_all.shape[2], device=t.device)[None] < ((t + 1) // self.block)[:, None]
+        o_cmp = masked_softmax_attention(q, kc_all, self.vc[layer][slots].to(q.dtype), cmp_ok[:, None, None])
+        idx, valid = self.sel_idx[layer][slots], self.sel_valid[layer][slots]  # (B, n)
+        sel_pos = (idx[:, :, None] * self.block + ar_l).reshape(len(t), -1)  # (B, n l)
+        sel_ok = (sel_pos <= t[:, None]) & valid.repeat_interleave(self.block, dim=1)
+        sel_pos = torch.minimum(sel_pos, t[:, None])
+        ks, vs = (
+            self._gather(self.k[layer], slots, sel_pos, q.dtype),
+            self._gather(self.v[layer], slots, sel_pos, q.dtype),
+        )
+        o_sel, p_sel = _attention_with_weights(q, ks, vs, sel_ok[:, None, None])
+        win_pos = t[:, None] - sp.window + 1 + torch.arange(sp.window, device=t.device)  # (B, w)
+        win_ok = win_pos >= 0
+        win_pos = win_pos.clamp(min=0)
+        kw, vw = (
+            self._gather(self.k[layer], slots, win_pos, q.dtype),
+            self._gather(self.v[layer], slots, win_pos, q.dtype),
+        )
+        o_win, p_win = _attention_with_weights(q, kw, vw, win_ok[:, None, None])
+        g = attn._gates(xn).permute(0, 2, 1, 3)  # (B, H, 1, 3)
+        o = g[..., 0:1] * o_cmp + g[..., 1:2] * o_sel + g[..., 2:3] * o_win
+        # Attention mass per attended position (for explanations): gate-weighted, summed over heads.
+        positions = torch.cat([sel_pos, win_pos], 1)
+        mass = torch.cat([(g[..., 1:2] * p_sel).sum((1, 2)), (g[..., 2:3] * p_win).sum((1, 2))], 1)
+        mass = mass * torch.cat([sel_ok, win_ok], 1)
+        gates = g[:, :, 0].mean(1)  # (B, 3)
+        return attn.out(merge_heads(o)), torch.stack([positions.to(mass.dtype), mass], 0), gates
+
+    def _attend_dense(
+        self, layer: int, attn: torch.nn.Module, slots: torch.Tensor, xn: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k_new, v_new = (split_heads(p, self.heads) for p in attn.qkv(xn).chunk(3, dim=-1))
+        self.k[layer][slots, :, t] = k_new[:, :, 0].to(self.k[layer].dtype)
+        self.v[layer][slots, :, t] = v_new[:, :, 0].to(self.v[layer].dtype)
+        upto = int(t.max()) + 1
+        ks = self.k[layer][slots, :, :upto].to(q.dtype)
+        vs = self.v[layer][slots, :, :upto].to(q.dtype)
+        ok = torch.arange(upto, device=t.device)[None] <= t[:, None]  # (B, upto)
+        o, p = _attention_with_weights(q, ks, vs, ok[:, None, None])
+        positions = torch.arange(upto, device=t.device).expand(len(t), -1).to(p.dtype)
+        mass = p.sum((1, 2))
+        return attn.out(merge_heads(o)), torch.stack([positions, mass], 0), torch.zeros(len(t), 3, device=t.device)
+
+    # --- public ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(
+        self, slots: torch.Tensor, items: torch.Tensor, explain_top: int = 0
+    ) -> tuple[torch.Tensor, StepExplanation | None]:
+        """slots (B,) distinct, items (B, D) the next item of each -> user vectors (B, D)."""
+        assert slots.dim() == 1 and items.shape == (len(slots), self.encoder.cfg.dim), "one item per slot"
+        assert len(torch.unique(slots)) == len(slots), "one new item per slot per step: split into rounds"
+        t = self.length[slots]  # (B,) position of the new item
+        assert int(t.max()) < self.max_len, f"a window is full (max_len {self.max_len}): prefill a shorter one"
+        x = (items + self.encoder.pos.weight[t])[:, None]  # (B, 1, D)
+        attended = gates = None
+        for layer, block in enumerate(self.encoder.blocks):
+            xn = block.norm1(x)
+            attend = self._attend_sparse if self.sparse else self._attend_dense
+            a, attended, gates = attend(layer, block.attn, slots, xn, t)
+            x = x + a
+            x = x + block.ffn(block.norm2(x))
+        self.length[slots] = t + 1
+        users = self.encoder.norm(x)[:, 0]
+        explanation = None
+        if explain_top > 0 and attended is not None:
+            explanation = _top_positions(attended[0].long(), attended[1], explain_top, gates)
+        return users, explanation
+
+    @torch.no_grad()
+    def prefill(self, slots: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """slots (B,), items (B, T, D) right-padded windows, lengths (B,) >= 1 -> user vectors (B, D).
+
+        Replaces whatever the slots held."""
+        b, t_max, _ = items.shape
+        assert t_max <= self.max_len, f"window {t_max} exceeds max_len {self.max_len}"
+        assert (lengths >= 1).all() and int(lengths.max()) <= t_max, "lengths must be within the padded windows"
+        enc = self.encoder
+        x = items + enc.pos.weight[:t_max]
+        last = lengths - 1
+        rows = torch.arange(b, device=items.device)
+        for layer, block in enumerate(enc.blocks):
+            xn = block.norm1(x)
+            q, k, v = (split_heads(p, self.heads) for p in block.attn.qkv(xn).chunk(3, dim=-1))
+            self.k[layer][slots, :, :t_max] = k.to(self.k[layer].dtype)
+            self.v[layer][slots, :, :t_max] = v.to(self.v[layer].dtype)
+            if self.sparse:
+                attn = block.attn
+                nb = t_max // self.block
+                if nb:
+                    kc = compress_blocks(k, self.block, attn.block_pos_k, attn.compress_k)
+                    vc = compress_blocks(v, self.block, attn.block_pos_v, attn.compress_v)
+                    self.kc[layer][slots, :, :nb] = kc.to(self.kc[layer].dtype)
+                    self.vc[layer][slots, :, :nb] = vc.to(self.vc[layer].dtype)
+                qstart = (last // self.block) * self.block  # the current query block's first position
+                self._select(layer, slots, q[rows, :, qstart], qstart)
+            x = block(x)
+        self.length[slots] = lengths
+        return enc.norm(x)[rows, last]
+
+
+def _attention_with_weights(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`masked_softmax_attention` that also returns the weights (B, H, 1, S)."""
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    weights = torch.softmax(scores.masked_fill(~mask, NEG), dim=-1) * mask
+    return weights @ v, weights
+
+
+def _top_positions(positions: torch.Tensor, mass: torch.Tensor, top: int, gates: torch.Tensor) -> StepExplanation:
+    """Sum the mass of repeated positions (a position can be both selected and in the window)."""
+    b, p = positions.shape
+    span = int(positions.max()) + 1 if p else 1
+    per_pos = torch.zeros(b, span, device=mass.device).scatter_add_(1, positions.clamp(min=0), mass)
+    k = min(top, span)
+    w, idx = per_pos.topk(k, dim=1)
+    idx = torch.where(w > 0, idx, torch.full_like(idx, -1))
+    if k < top:
+        idx = F.pad(idx, (0, top - k), value=-1)
+        w = F.pad(w, (0, top - k))
+    return StepExplanation(idx, w, gates)
