@@ -250,3 +250,17 @@ def _top_positions(positions: torch.Tensor, mass: torch.Tensor, top: int, gates:
         idx = F.pad(idx, (0, top - k), value=-1)
         w = F.pad(w, (0, top - k))
     return StepExplanation(idx, w, gates)
+
+
+def window_start(total: int, max_len: int) -> int:
+    """Where a user's encoder window starts, in absolute click positions (serving's choice).
+
+    Histories up to `max_len` are encoded whole, as in training. Longer ones use a hopping window:
+    it starts at a multiple of `max_len // 2` and keeps between `max_len // 2 + 1` and `max_len`
+    items, so the incremental state is rebuilt once every `max_len // 2` clicks instead of on
+    every click (positions are absolute from the window start). See docs/models.md."""
+    assert total >= 0 and max_len >= 1, "total and max_len must be non-negative / positive"
+    if total <= max_len:
+        return 0
+    hop = max(1, max_len // 2)
+    return -(-(total - max_len) // hop) * hop

@@ -78,10 +78,16 @@ class SeqRec(nn.Module):
             w = w * keep
         return w
 
-    def item_table(self, features: ItemFeatures | None = None) -> ItemTable:
-        """All item vectors (N+1, D); pass `features` to encode other rows (e.g. new items)."""
+    def item_table(self, features: ItemFeatures | None = None, id_rows: torch.Tensor | None = None) -> ItemTable:
+        """All item vectors (N+1, D); pass `features` to encode other rows (e.g. new items).
+
+        id_rows (n_rows,): the ID-embedding row of each feature row; 0 (the zero padding row) for
+        items unseen in training, which are then placed by their content alone (see `id_dropout`)."""
         f = features if features is not None else self.features
-        rows = None if features is None else torch.arange(f.n_rows, device=self.id_emb.weight.device)
+        rows = None
+        if features is not None:
+            rows = id_rows if id_rows is not None else torch.arange(f.n_rows, device=self.id_emb.weight.device)
+            assert rows.shape == (f.n_rows,), "one ID row per feature row"
         ids = self._id_vectors(rows)
         if self.fusion is not None:
             fused, tokens, mask, w = self.fusion(f)

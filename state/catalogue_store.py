@@ -19,6 +19,7 @@ from rocksdict import Options, Rdict, WriteBatch
 _ITEM = b"i\x00"
 _VEC = b"v\x00"
 _NEXT = b"#next_row"
+_VERSION = b"#vectors_version"
 
 
 @dataclass
@@ -105,6 +106,20 @@ class CatalogueStore:
         rows = np.array([e.row for e in entries], dtype=np.int64)
         vecs = np.stack([self.vector(e.item_id) for e in entries])
         return rows, vecs
+
+    def all_entries(self) -> list[CatalogueEntry]:
+        """Every entry, withdrawn ones included (their rows stay valid in users' histories)."""
+        return list(self._entries.values())
+
+    @property
+    def vectors_version(self) -> str:
+        """The model version that computed the stored vectors ("" when none recorded)."""
+        raw = self._db.get(_VERSION)
+        return raw.decode() if raw is not None else ""
+
+    @vectors_version.setter
+    def vectors_version(self, version: str) -> None:
+        self._db[_VERSION] = version.encode()
 
     def __len__(self) -> int:
         return sum(1 for e in self._entries.values() if e.active)

@@ -60,6 +60,10 @@ class SequenceStore(ABC):
     def length(self, user_id: str) -> int: ...
 
     @abstractmethod
+    def total(self, user_id: str) -> int:
+        """Clicks ever appended for the user (duplicates excluded), including those the cap evicted."""
+
+    @abstractmethod
     def users(self) -> Iterator[str]: ...
 
     @abstractmethod
@@ -83,6 +87,7 @@ class InMemorySequenceStore(SequenceStore):
         self.max_len = max_len
         self._seqs: dict[str, deque[StoredClick]] = {}
         self._events: dict[str, set[str]] = {}
+        self._totals: dict[str, int] = {}
 
     def append_many(self, clicks: Sequence[ClickToAppend]) -> list[bool]:
         applied = []
@@ -94,6 +99,7 @@ class InMemorySequenceStore(SequenceStore):
             seq = self._seqs.setdefault(c.user_id, deque())
             seq.append(StoredClick(c.item_id, c.event_id, c.event_time_ms))
             seen.add(c.event_id)
+            self._totals[c.user_id] = self._totals.get(c.user_id, 0) + 1
             if len(seq) > self.max_len:
                 seen.discard(seq.popleft().event_id)
             applied.append(True)
@@ -104,6 +110,9 @@ class InMemorySequenceStore(SequenceStore):
 
     def length(self, user_id: str) -> int:
         return len(self._seqs.get(user_id, ()))
+
+    def total(self, user_id: str) -> int:
+        return self._totals.get(user_id, 0)
 
     def users(self) -> Iterator[str]:
         return iter(list(self._seqs))
@@ -225,6 +234,10 @@ class RocksSequenceStore(SequenceStore):
     def length(self, user_id: str) -> int:
         bounds = self._bounds(user_id, {})
         return 0 if bounds is None else bounds[1] - bounds[0]
+
+    def total(self, user_id: str) -> int:
+        bounds = self._bounds(user_id, {})
+        return 0 if bounds is None else bounds[1]
 
     def users(self) -> Iterator[str]:
         for key in self._meta_keys():

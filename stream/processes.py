@@ -40,6 +40,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_PRODUCER_LINGER_MS=str(settings.producer_linger_ms),
         STREAMREC_COMMIT_INTERVAL_S=str(settings.commit_interval_s),
         STREAMREC_MODEL=settings.model_path,
+        STREAMREC_EXPLAIN="1" if settings.explain else "0",
+        STREAMREC_STATE_MEMORY_MB=str(settings.state_memory_mb),
     )
     return env
 

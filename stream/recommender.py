@@ -15,20 +15,20 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from streamrec.models.content_baseline import ContentBaseline
 from streamrec.state.catalogue_store import CatalogueEntry, CatalogueStore
 from streamrec.state.item_index import ItemIndex
 from streamrec.state.sequence_store import ClickToAppend, SequenceStore
 from streamrec.stream.schemas import (
     CatalogueRecord,
     ClickRecord,
+    Explanation,
     RecommendationRecord,
     RecordError,
     ScoredItem,
     now_ms,
 )
+from streamrec.stream.serving_model import ServingModel, UserHistory
 
 
 @dataclass
@@ -49,25 +49,49 @@ class Recommender:
         sequences: SequenceStore,
         catalogue: CatalogueStore,
         index: ItemIndex,
-        model: ContentBaseline,
+        model: ServingModel,
         top_k: int = 10,
+        explain: bool = True,
     ) -> None:
-        assert index.dim == catalogue.dim, "index and catalogue must share the vector size"
+        assert index.dim == catalogue.dim == model.dim, "index, catalogue and model must share the vector size"
         self.sequences = sequences
         self.catalogue = catalogue
         self.index = index
         self.model = model
         self.top_k = top_k
-        self._vectors: dict[int, np.ndarray] = {}
+        self.explain = explain
+        self._matrix = np.zeros((1024, model.dim), dtype=np.float32)  # (rows, D): every catalogue row's vector
+        entries = catalogue.all_entries()
+        if entries and catalogue.vectors_version != model.version:
+            # Stored vectors came from another model: recompute them from the stored content.
+            records = [
+                CatalogueRecord(e.item_id, "upsert", 0, e.title, e.category_path, e.brand, e.price) for e in entries
+            ]
+            catalogue.put(entries, self._encode(records))
+        catalogue.vectors_version = model.version
+        for e in entries:
+            self._set_row(e.row, catalogue.vector(e.item_id))
         rows, vecs = catalogue.active_vectors()
-        if len(rows):
-            index.upsert(rows, vecs)
-        for entry in catalogue.active_entries():
-            self._vectors[entry.row] = catalogue.vector(entry.item_id)
+        searchable = np.linalg.norm(vecs, axis=1) > 0 if len(rows) else np.zeros(0, dtype=bool)
+        if searchable.any():
+            index.upsert(rows[searchable], vecs[searchable])
 
     @property
     def model_version(self) -> str:
         return self.model.version
+
+    def _encode(self, records: list[CatalogueRecord]) -> np.ndarray:
+        out = []
+        for start in range(0, len(records), 1024):
+            out.append(self.model.encode_items(records[start : start + 1024]))
+        return np.concatenate(out).astype(np.float32)
+
+    def _set_row(self, row: int, vec: np.ndarray) -> None:
+        if row >= len(self._matrix):
+            grown = np.zeros((max(row + 1, 2 * len(self._matrix)), self._matrix.shape[1]), dtype=np.float32)
+            grown[: len(self._matrix)] = self._matrix
+            self._matrix = grown
+        self._matrix[row] = vec
 
     def title_of(self, item_id: str) -> str:
         entry = self.catalogue.get(item_id)
@@ -83,38 +107,28 @@ class Recommender:
         withdrawn = [r for r in latest.values() if r.op == "withdraw"]
         changed = 0
         if upserts:
-            ids = [self.model.token_ids(r.title, r.category_path, r.brand) for r in upserts]
-            vecs = self.model.encode_items(ids).numpy()  # (N, D)
+            vecs = self._encode(upserts)  # (N, D)
             entries = [
                 CatalogueEntry(r.item_id, -1, r.title, tuple(r.category_path), r.brand, r.price) for r in upserts
             ]
             entries = self.catalogue.put(entries, vecs)
             rows = np.array([e.row for e in entries], dtype=np.int64)
-            self.index.upsert(rows, vecs)
             for row, vec in zip(rows, vecs, strict=True):
-                self._vectors[int(row)] = vec
+                self._set_row(int(row), vec)
+            # A model that cannot place an item (an ID-only model and an unseen item) gives it a
+            # zero vector: such items are kept in the catalogue but are not searchable.
+            placed = np.linalg.norm(vecs, axis=1) > 0
+            if placed.any():
+                self.index.upsert(rows[placed], vecs[placed])
+            if (~placed).any():
+                self.index.remove(rows[~placed])
             changed += len(entries)
         for rec in withdrawn:
             entry = self.catalogue.withdraw(rec.item_id)
             if entry is not None:
                 self.index.remove(np.array([entry.row], dtype=np.int64))
-                self._vectors.pop(entry.row, None)
                 changed += 1
         return changed
-
-    def _user_vectors(self, histories: list[list[int]]) -> np.ndarray:
-        """histories: B lists of item rows, oldest first -> (B, D) user vectors."""
-        n = self.model.cfg.history
-        dim = self.index.dim
-        batch = np.zeros((len(histories), n, dim), dtype=np.float32)  # (B, L, D) right-aligned
-        mask = np.zeros((len(histories), n), dtype=bool)  # (B, L)
-        for b, rows in enumerate(histories):
-            recent = [r for r in rows if r in self._vectors][-n:]
-            for j, row in enumerate(recent):
-                batch[b, n - len(recent) + j] = self._vectors[row]
-                mask[b, n - len(recent) + j] = True
-        users = self.model.encode_users(torch.from_numpy(batch), torch.from_numpy(mask))
-        return users.numpy()
 
     def handle_clicks(self, clicks: list[ClickRecord]) -> ClickBatchResult:
         result = ClickBatchResult()
@@ -141,19 +155,26 @@ class Recommender:
                 entry = self.catalogue.get(item_id)
                 if entry is not None:
                     rows.append(entry.row)
-            histories.append(rows)
+            histories.append(UserHistory(user, rows, self.sequences.total(user)))
         t1 = time.perf_counter()
-        queries = self._user_vectors(histories)  # (U, D)
+        encoded = self.model.encode_users(histories, self._matrix, self.explain)
         t2 = time.perf_counter()
-        scores, ids = self.index.search(queries, self.top_k, [set(h) for h in histories])
+        scores, ids = self.index.search(encoded.vectors, self.top_k, [set(h.rows) for h in histories])
         result.stage_seconds = {"state": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
         ranked: dict[str, list[ScoredItem]] = {}
+        why: dict[str, Explanation | None] = {}
         for u, user in enumerate(users):
             ranked[user] = [
                 ScoredItem(self.catalogue.item_id_of(int(i)), round(float(s), 6))
                 for s, i in zip(scores[u], ids[u], strict=True)
                 if i >= 0
             ]
+            why[user] = None
+            if self.explain:
+                because = [self.catalogue.item_id_of(r) for r in dict.fromkeys(encoded.because_rows[u])]
+                top = ranked[user][0].item_id if ranked[user] else None
+                weights = self.model.modality_weights(top) if top is not None else None
+                why[user] = Explanation(because, weights or {})
         emitted = now_ms()
         for click in valid:
             result.recommendations.append(
@@ -164,6 +185,7 @@ class Recommender:
                     event_id=click.event_id,
                     event_time=click.event_time,
                     emitted_at=emitted,
+                    explanation=why[click.user_id],
                 )
             )
         return result

@@ -78,6 +78,15 @@ class ScoredItem:
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """Why: the history items that weighed most (the model's attention), and how the gate weighed
+    the top item's modalities (empty for models without a gate)."""
+
+    because: list[str]
+    modality_weights: dict[str, float]
+
+
+@dataclass(frozen=True)
 class RecommendationRecord:
     """`recommendations` topic, keyed by user id."""
 
@@ -87,6 +96,7 @@ class RecommendationRecord:
     event_id: str  # the triggering click
     event_time: int  # the triggering click's event time, ms
     emitted_at: int  # ms
+    explanation: Explanation | None = None  # optional; STREAMREC_EXPLAIN=0 leaves it out
     v: int = SCHEMA_VERSION
 
 
@@ -200,6 +210,7 @@ def decode_recommendation(raw: bytes) -> RecommendationRecord:
     """For consumers (tests, the demo tail, benchmarks)."""
     obj = _load_object(raw)
     items = [ScoredItem(str(i["item_id"]), float(i["score"])) for i in obj["items"]]
+    why = obj.get("explanation")
     return RecommendationRecord(
         user_id=obj["user_id"],
         items=items,
@@ -207,4 +218,5 @@ def decode_recommendation(raw: bytes) -> RecommendationRecord:
         event_id=obj["event_id"],
         event_time=obj["event_time"],
         emitted_at=obj["emitted_at"],
+        explanation=Explanation(list(why["because"]), dict(why["modality_weights"])) if why else None,
     )

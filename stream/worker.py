@@ -22,6 +22,8 @@ from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app
 from streamrec.stream.recommender import Recommender
+from streamrec.stream.research_model import ResearchServingConfig, load_research_model
+from streamrec.stream.serving_model import BaselineServingModel, ServingModel
 from streamrec.stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,24 @@ def worker_state_dir(settings: Settings) -> Path:
     return settings.worker_dir / settings.app_id
 
 
+def open_model(settings: Settings) -> ServingModel:
+    """The checkpoint named by STREAMREC_MODEL, or the content baseline when none is named."""
+    if not settings.model_path:
+        return BaselineServingModel(ContentBaseline(ContentBaselineConfig()))
+    path = Path(settings.model_path)
+    if not path.is_file():
+        raise SystemExit(f"STREAMREC_MODEL={settings.model_path}: no such checkpoint (make one with `streamrec train`)")
+    cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb)
+    return load_research_model(path, settings.data_dir, settings.state_dir / "features", cfg)
+
+
 def open_recommender(settings: Settings) -> Recommender:
-    model = ContentBaseline(ContentBaselineConfig())
+    model = open_model(settings)
     root = worker_state_dir(settings)
     sequences = RocksSequenceStore(root / "sequences", max_len=settings.max_seq_len)
-    catalogue = CatalogueStore(root / "catalogue", dim=model.cfg.dim)
-    index = FaissItemIndex(model.cfg.dim)
-    return Recommender(sequences, catalogue, index, model, top_k=settings.top_k)
+    catalogue = CatalogueStore(root / "catalogue", dim=model.dim)
+    index = FaissItemIndex(model.dim)
+    return Recommender(sequences, catalogue, index, model, top_k=settings.top_k, explain=settings.explain)
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:

@@ -107,6 +107,10 @@ class Settings:
     commit_interval_s: float = 1.0
     # STREAMREC_MODEL: checkpoint path of the serving model; empty = the content baseline.
     model_path: str = ""
+    # STREAMREC_EXPLAIN: attach "why" (history items, modality weights) to recommendations (1/0).
+    explain: bool = True
+    # STREAMREC_STATE_MEMORY_MB: bound on the research model's cached user state per worker.
+    state_memory_mb: int = 256
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -131,6 +135,8 @@ class Settings:
             producer_linger_ms=_env_float("STREAMREC_PRODUCER_LINGER_MS", base.producer_linger_ms),
             commit_interval_s=_env_float("STREAMREC_COMMIT_INTERVAL_S", base.commit_interval_s),
             model_path=env.get("STREAMREC_MODEL", base.model_path),
+            explain=env.get("STREAMREC_EXPLAIN", "1").strip().lower() not in ("0", "false", "no", "off"),
+            state_memory_mb=_env_int("STREAMREC_STATE_MEMORY_MB", base.state_memory_mb),
         )
 
     @property

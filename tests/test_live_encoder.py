@@ -110,3 +110,14 @@ def test_state_bytes_count_keys_values_and_summaries() -> None:
     assert live.state_bytes(20) == 2 * per_layer + 8
     half = LiveEncoder(enc, LiveEncoderConfig(slots=1, dtype="float16"))
     assert half.state_bytes(20) < live.state_bytes(20)
+
+
+def test_window_start_keeps_between_half_and_all_of_max_len() -> None:
+    from streamrec.models.live_encoder import window_start
+
+    assert [window_start(n, 8) for n in (0, 1, 8)] == [0, 0, 0]
+    assert [window_start(n, 8) for n in (9, 12, 13, 16, 17)] == [4, 4, 8, 8, 12]
+    for n in range(1, 100):
+        s = window_start(n, 8)
+        assert 4 < n - s <= 8 or (n <= 8 and s == 0)
+        assert s % 4 == 0

@@ -12,6 +12,7 @@ from streamrec.state.item_index import ExactItemIndex, FaissItemIndex
 from streamrec.state.sequence_store import InMemorySequenceStore, RocksSequenceStore
 from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import CatalogueRecord, ClickRecord
+from streamrec.stream.serving_model import BaselineServingModel, UserHistory
 
 T0 = 1_800_000_000_000
 CFG = ContentBaselineConfig(dim=32, buckets=4096)
@@ -23,7 +24,7 @@ def catalogue(n: int) -> list[CatalogueRecord]:
 
 
 def make(tmp_path: Path, exact: bool = False) -> Recommender:
-    model = ContentBaseline(CFG)
+    model = BaselineServingModel(ContentBaseline(CFG))
     index = ExactItemIndex(CFG.dim) if exact else FaissItemIndex(CFG.dim)
     return Recommender(
         RocksSequenceStore(tmp_path / "seq", max_len=50), CatalogueStore(tmp_path / "cat", CFG.dim), index, model, 5
@@ -85,7 +86,7 @@ def test_state_and_index_rebuild_after_reopen(tmp_path: Path) -> None:
 
 
 def test_same_results_with_in_memory_twins(tmp_path: Path) -> None:
-    model = ContentBaseline(CFG)
+    model = BaselineServingModel(ContentBaseline(CFG))
     real = make(tmp_path)
     twin = Recommender(
         InMemorySequenceStore(50), CatalogueStore(tmp_path / "cat2", CFG.dim), ExactItemIndex(CFG.dim), model, 5
@@ -103,7 +104,7 @@ def test_user_vector_uses_only_the_latest_history(tmp_path: Path, n_hist: int) -
     rec = make(tmp_path / str(n_hist), exact=True)
     rec.apply_catalogue(catalogue(60))
     rows = list(range(n_hist))
-    full = rec._user_vectors([rows])
-    tail = rec._user_vectors([rows[-CFG.history :]])
+    full = rec.model.encode_users([UserHistory("u", rows, n_hist)], rec._matrix, False).vectors
+    tail = rec.model.encode_users([UserHistory("u", rows[-CFG.history :], n_hist)], rec._matrix, False).vectors
     assert full.shape == (1, CFG.dim)
     assert abs(float((full * tail).sum()) - 1.0) < 1e-5

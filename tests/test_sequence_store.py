@@ -49,6 +49,7 @@ def test_redelivered_events_are_not_appended_twice(make_store: Factory) -> None:
     store.append_many([c("u1", "a", 1), c("u1", "b", 2)])
     again = store.append_many([c("u1", "b", 2), c("u1", "c", 3), c("u1", "c", 3)])
     assert again == [False, True, False], "duplicates across and inside batches are refused"
+    assert store.total("u1") == 3, "duplicates are not counted"
     assert store.sequence("u1") == ["a", "b", "c"]
 
 
@@ -60,6 +61,8 @@ def test_cap_keeps_the_latest(make_store: Factory, cap: int) -> None:
     store.append_many(clicks[2:])  # crosses the cap inside one batch
     assert store.sequence("u1") == [f"i{n}" for n in range(7)][-cap:]
     assert store.length("u1") == cap
+    assert store.total("u1") == 7, "total counts evicted clicks too"
+    assert store.total("nobody") == 0
     # A still-live event is a duplicate; an evicted one is not remembered any more.
     assert store.append(clicks[-1]) is False
     assert store.sequence("u1")[-1] == "i6"

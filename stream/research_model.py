@@ -1,0 +1,234 @@
+"""A trained MUFASA / CAMMSR / SASRec checkpoint behind the worker's `ServingModel` interface.
+
+Items: catalogue records become model features (title vector, attribute tokens, top-level
+category) with the training vocabularies; items seen in training keep their ID embedding, new
+items get the zero ID row and are placed by their content alone (the path `id_dropout` trains).
+Users: one slot of a `LiveEncoder` arena per active user (least recently used evicted), filled by
+a batched prefill on a miss and advanced by batched incremental steps on every click; the state
+is rebuilt lazily from the stored sequence after a restart. No Kafka here: plain code.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamrec.datasets import load_dataset
+from streamrec.datasets.schema import Item
+from streamrec.features import ItemCatalog, attribute_tokens, build_catalog, hashed_text_vectors
+from streamrec.models.checkpoint import load_checkpoint
+from streamrec.models.item_features import ItemFeatures
+from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig, window_start
+from streamrec.models.seqrec import SeqRec
+from streamrec.stream.schemas import CatalogueRecord
+from streamrec.stream.serving_model import UserEncoding, UserHistory
+
+
+@dataclass(frozen=True)
+class ResearchServingConfig:
+    state_memory_mb: int = 256  # bound on cached user state; sets the number of slots
+    max_slots: int = 65536
+    explain_top: int = 3  # history items named per recommendation
+    device: str = "auto"  # "auto" = CUDA when present, else CPU
+
+
+@dataclass
+class _Slot:
+    slot: int
+    start: int  # absolute click position where the encoder window starts
+    length: int  # positions of the window held in the slot
+    vector: np.ndarray  # the user vector after the last step
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class ResearchServingModel:
+    def __init__(
+        self,
+        model: SeqRec,
+        catalog: ItemCatalog,
+        titles: dict[str, str],
+        version: str,
+        text: str,
+        cfg: ResearchServingConfig | None = None,
+    ) -> None:
+        self.cfg = cfg or ResearchServingConfig()
+        self.device = pick_device(self.cfg.device)
+        self.model = model.to(self.device).eval()
+        self.catalog = catalog
+        self.titles = titles
+        self._version = version
+        self.text = text
+        self.max_len = model.cfg.encoder.max_len
+        probe = LiveEncoder(model.encoder, LiveEncoderConfig(slots=1))
+        per_slot = probe.state_bytes(self.max_len)
+        slots = int(min(self.cfg.max_slots, max(16, self.cfg.state_memory_mb * 2**20 // per_slot)))
+        self.live = LiveEncoder(model.encoder, LiveEncoderConfig(slots=slots))
+        self.slot_bytes = per_slot
+        self._users: OrderedDict[str, _Slot] = OrderedDict()
+        self._free = list(range(slots - 1, -1, -1))
+        self._weights: dict[str, np.ndarray] = {}
+        names = catalog.features.modality_names
+        self.modality_names = ["id", *names] if model.cfg.item_encoder == "cammsr" else names
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def dim(self) -> int:
+        return self.model.cfg.encoder.dim
+
+    # --- items -------------------------------------------------------------------------------
+
+    def _features(self, records: list[CatalogueRecord]) -> tuple[ItemFeatures, torch.Tensor]:
+        cat, f = self.catalog, self.catalog.features
+        n = len(records)
+        id_rows = torch.tensor([cat.row_of.get(r.item_id, 0) for r in records], dtype=torch.long)
+        title = torch.zeros(n, f.title.shape[1])
+        fresh = []
+        for i, (rec, row) in enumerate(zip(records, id_rows.tolist(), strict=True)):
+            if row and rec.title == self.titles.get(rec.item_id):
+                title[i] = f.title[row]  # the training-time vector of an unchanged title
+            else:
+                fresh.append(i)
+        if fresh:
+            texts = [records[i].title for i in fresh]
+            if self.text == "minilm":
+                from streamrec.text_encoder import encode_texts
+
+                vecs = encode_texts(texts)
+            else:
+                vecs = hashed_text_vectors(texts)
+            title[fresh] = torch.from_numpy(np.asarray(vecs, dtype=np.float32))
+        title_mask = torch.tensor([bool(r.title.strip()) for r in records])
+        attr = torch.zeros(n, f.attr_tokens.shape[1], dtype=torch.long)
+        category = torch.zeros(n, dtype=torch.long)
+        cat_index = {c: i for i, c in enumerate(cat.categories)}
+        for i, rec in enumerate(records):
+            item = Item(rec.item_id, rec.title, tuple(rec.category_path), rec.brand, rec.price)
+            toks = [cat.attr_vocab[t] for t in attribute_tokens(item) if t in cat.attr_vocab]  # unknown dropped
+            attr[i, : len(toks)] = torch.tensor(toks[: attr.shape[1]], dtype=torch.long)
+            category[i] = cat_index.get(item.top_category, 0)
+        # Dataset-specific precomputed vectors (e.g. audio) are not carried by catalogue records:
+        # known items keep theirs, new items have that modality masked.
+        extra = {k: v[id_rows] for k, v in f.extra.items()}
+        extra_mask = {k: m[id_rows] & (id_rows > 0) for k, m in f.extra_mask.items()}
+        feats = ItemFeatures(title, title_mask, attr, f.attr_vocab, category, f.n_categories, extra, extra_mask)
+        return feats, id_rows
+
+    @torch.no_grad()
+    def encode_items(self, records: list[CatalogueRecord]) -> np.ndarray:
+        feats, id_rows = self._features(records)
+        table = self.model.item_table(feats.to(self.device), id_rows.to(self.device))
+        vecs = table.vectors.float().cpu().numpy()
+        if table.modality_weight is not None:
+            w = table.modality_weight.float().cpu().numpy()
+            for rec, row in zip(records, w, strict=True):
+                self._weights[rec.item_id] = row
+        return vecs
+
+    def modality_weights(self, item_id: str) -> dict[str, float] | None:
+        w = self._weights.get(item_id)
+        if w is None:
+            return None
+        return {name: round(float(x), 3) for name, x in zip(self.modality_names, w, strict=False)}
+
+    # --- users -------------------------------------------------------------------------------
+
+    def _slot_for(self, user: str, busy: set[str]) -> int:
+        if self._free:
+            return self._free.pop()
+        for victim in self._users:  # least recently used first
+            if victim not in busy:
+                return self._users.pop(victim).slot
+        raise RuntimeError("more users in one batch than state slots: raise state_memory_mb")
+
+    @torch.no_grad()
+    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
+        busy = {h.user_id for h in histories}
+        fill: list[tuple[UserHistory, list[int], _Slot]] = []  # windows to prefill (all but the last item)
+        pending: dict[str, list[int]] = {}  # rows still to step, per user
+        windows: dict[str, list[int]] = {}
+        for h in histories:
+            assert h.rows, f"user {h.user_id} has no history"
+            start = window_start(h.total, self.max_len)
+            window = h.rows[-min(len(h.rows), h.total - start) :]
+            windows[h.user_id] = window
+            state = self._users.get(h.user_id)
+            if state is not None and state.start == start and 1 <= state.length <= len(window):
+                self._users.move_to_end(h.user_id)
+                pending[h.user_id] = window[state.length :]
+                continue
+            if state is not None:
+                self._users.pop(h.user_id)
+                self._free.append(state.slot)
+            state = _Slot(self._slot_for(h.user_id, busy), start, 0, np.zeros(self.dim, np.float32))
+            self._users[h.user_id] = state
+            fill.append((h, window[:-1], state))
+            pending[h.user_id] = window[-1:]
+        matrix = torch.from_numpy(item_matrix).to(self.device)
+        self._prefill([(rows, st) for _, rows, st in fill if rows], matrix)
+        for _, rows, st in fill:
+            if not rows:
+                self.live.length[st.slot] = 0
+        because: dict[str, list[int]] = {}
+        rnd = 0
+        while True:
+            users = [u for u, rows in pending.items() if len(rows) > rnd]
+            if not users:
+                break
+            slots = torch.tensor([self._users[u].slot for u in users], device=self.device)
+            items = matrix[torch.tensor([pending[u][rnd] for u in users], device=self.device)]
+            top = self.cfg.explain_top if explain else 0
+            vecs, why = self.live.step(slots, items, explain_top=top)
+            out = vecs.float().cpu().numpy()
+            for i, u in enumerate(users):
+                st = self._users[u]
+                st.length += 1
+                st.vector = out[i]
+                if why is not None:
+                    window = windows[u]
+                    because[u] = [window[p] for p in why.positions[i].tolist() if 0 <= p < len(window)]
+            rnd += 1
+        vectors = np.stack([self._users[h.user_id].vector for h in histories])
+        return UserEncoding(vectors, [because.get(h.user_id, []) for h in histories] if explain else [])
+
+    def _prefill(self, jobs: list[tuple[list[int], _Slot]], matrix: torch.Tensor) -> None:
+        if not jobs:
+            return
+        t_max = max(len(rows) for rows, _ in jobs)
+        idx = torch.zeros(len(jobs), t_max, dtype=torch.long, device=self.device)
+        for i, (rows, _) in enumerate(jobs):
+            idx[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+        items = matrix[idx]  # (B, T, D); padding positions hold row 0's vector, never attended causally
+        lengths = torch.tensor([len(rows) for rows, _ in jobs], device=self.device)
+        slots = torch.tensor([st.slot for _, st in jobs], device=self.device)
+        self.live.prefill(slots, items, lengths)
+        for rows, st in jobs:
+            st.length = len(rows)
+
+    def state_bytes_per_user(self, length: int) -> int:
+        """Cached state of a user whose history has `length` clicks (the window part of it)."""
+        return self.live.state_bytes(length - window_start(length, self.max_len))
+
+
+def load_research_model(
+    path: Path, data_dir: Path, features_dir: Path, cfg: ResearchServingConfig | None = None
+) -> ResearchServingModel:
+    """A checkpoint from `streamrec train`, with the item features of the dataset it was trained on."""
+    config, state, version, meta = load_checkpoint(path)
+    dataset = load_dataset(meta["dataset"], data_dir)
+    catalog = build_catalog(dataset, text=meta["text"], cache_dir=features_dir, progress=False)
+    model = SeqRec(config, catalog.features)
+    model.load_state_dict(state)
+    titles = {it.item_id: it.title for it in dataset.items}
+    return ResearchServingModel(model, catalog, titles, version, meta["text"], cfg)

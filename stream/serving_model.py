@@ -1,0 +1,93 @@
+"""What the worker's core needs from a model, and the content baseline behind that interface.
+
+`Recommender` talks to any `ServingModel`: it encodes catalogue records into item vectors, and
+turns users' histories (catalogue rows, oldest first) into user vectors for inner-product search
+over those item vectors, optionally with an explanation. Two implementations:
+
+- `BaselineServingModel` (here): the untrained content baseline of the walking skeleton;
+- `ResearchServingModel` (`stream/research_model.py`): a trained MUFASA / CAMMSR / SASRec checkpoint
+  with batched incremental user state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from streamrec.models.content_baseline import ContentBaseline
+from streamrec.stream.schemas import CatalogueRecord
+
+
+@dataclass
+class UserEncoding:
+    """User vectors for a batch, and per user the history rows that weighed most (may be empty)."""
+
+    vectors: np.ndarray  # (U, D) float32
+    because_rows: list[list[int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """A user's stored history as catalogue rows (oldest first) and how many clicks it ever had."""
+
+    user_id: str
+    rows: list[int]
+    total: int  # clicks ever appended, >= len(rows) once the sequence cap evicts old ones
+
+
+class ServingModel(Protocol):
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode_items(self, records: list[CatalogueRecord]) -> np.ndarray:
+        """(N, D) float32 item vectors; an all-zero row means the model cannot place the item."""
+        ...
+
+    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
+        """item_matrix (R, D): the vector of every catalogue row."""
+        ...
+
+    def modality_weights(self, item_id: str) -> dict[str, float] | None:
+        """How the item's representation weighs its modalities (None when the model has no gate)."""
+        ...
+
+
+class BaselineServingModel:
+    """The content baseline: hashed title/category/brand tokens, a recency-weighted mean for users."""
+
+    def __init__(self, model: ContentBaseline) -> None:
+        self.model = model
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def dim(self) -> int:
+        return self.model.cfg.dim
+
+    def encode_items(self, records: list[CatalogueRecord]) -> np.ndarray:
+        ids = [self.model.token_ids(r.title, r.category_path, r.brand) for r in records]
+        return self.model.encode_items(ids).numpy()
+
+    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
+        n = self.model.cfg.history
+        batch = np.zeros((len(histories), n, self.dim), dtype=np.float32)  # (B, L, D) right-aligned
+        mask = np.zeros((len(histories), n), dtype=bool)  # (B, L)
+        for b, h in enumerate(histories):
+            recent = [r for r in h.rows if np.any(item_matrix[r])][-n:]
+            if recent:
+                batch[b, n - len(recent) :] = item_matrix[recent]
+                mask[b, n - len(recent) :] = True
+        users = self.model.encode_users(torch.from_numpy(batch), torch.from_numpy(mask)).numpy()
+        because = [h.rows[-1:] for h in histories] if explain else []
+        return UserEncoding(users, because)
+
+    def modality_weights(self, item_id: str) -> dict[str, float] | None:
+        return None
