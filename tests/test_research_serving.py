@@ -159,3 +159,32 @@ def test_state_bytes_per_user_at_the_sequence_cap(checkpoint: Path, tmp_path: Pa
     # The window, not the stored sequence, bounds the state: at 2,048 clicks it holds <= MAX_LEN positions.
     assert model.state_bytes_per_user(2048) <= model.live.state_bytes(MAX_LEN)
     assert model.state_bytes_per_user(2048) == model.live.state_bytes(2048 - window_start(2048, MAX_LEN))
+
+
+@pytest.mark.integration
+def test_worker_serves_the_checkpoint_and_reports_its_version(
+    checkpoint: Path, stream_settings: Settings, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from streamrec.stream.rec_consumer import RecommendationReader
+    from streamrec.stream.replay import make_producer, publish_clicks
+    from tests.test_pipeline_integration import boot, read_until
+
+    settings = replace(stream_settings, model_path=str(checkpoint))
+    ds = load_dataset("ml-100k", settings.data_dir)
+    clicks = ds.events[:600]
+    worker = boot(settings, tmp_path, ds.items)
+    try:
+        assert worker.metric('streamrec_model_version_info{version="test-mufasa-v1"}') == 1
+        reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations)
+        producer = make_producer(settings.kafka_bootstrap)
+        publish_clicks(producer, settings.topics, clicks, rate=0, progress=False)
+        producer.close()
+        recs = read_until(reader, lambda got: len({r.event_id for r in got}) >= len(clicks))
+        reader.close()
+    finally:
+        assert worker.stop() == 0, f"worker did not stop cleanly; log {worker.log_path}"
+    assert {r.model_version for r in recs} == {"test-mufasa-v1"}
+    assert all(r.explanation is not None and r.explanation.modality_weights for r in recs)
+    assert all(len(r.items) == settings.top_k for r in recs)
