@@ -76,6 +76,11 @@ class ResearchServingModel:
         self._users: OrderedDict[str, _Slot] = OrderedDict()
         self._free = list(range(slots - 1, -1, -1))
         self._weights: dict[str, np.ndarray] = {}
+        if text == "minilm":
+            # Load the sentence encoder now: a first catalogue event must not wait seconds for it.
+            from streamrec.text_encoder import encode_texts
+
+            encode_texts(["warm-up"])
         names = catalog.features.modality_names
         self.modality_names = ["id", *names] if model.cfg.item_encoder == "cammsr" else names
 
