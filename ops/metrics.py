@@ -37,6 +37,7 @@ class Metrics:
     model_loaded: Gauge
     gate_decisions: Counter
     gate_ndcg: Gauge
+    caught_up: Counter
 
 
 # Stages of a click micro-batch, in order; each has its own latency series.
@@ -134,6 +135,11 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "streamrec_trainer_gate_ndcg_ratio",
             "NDCG@10 on the gate's held-out slice, for the serving and the candidate model",
             ["model"],
+            registry=registry,
+        ),
+        caught_up=Counter(
+            "streamrec_state_caught_up_clicks_total",
+            "Clicks read back from the clicks topic after a partition moved to this worker",
             registry=registry,
         ),
     )

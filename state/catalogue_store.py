@@ -20,6 +20,7 @@ _ITEM = b"i\x00"
 _VEC = b"v\x00"
 _NEXT = b"#next_row"
 _VERSION = b"#vectors_version"
+_OFFSET = b"#offset\x00"
 
 
 @dataclass
@@ -110,6 +111,18 @@ class CatalogueStore:
     def all_entries(self) -> list[CatalogueEntry]:
         """Every entry, withdrawn ones included (their rows stay valid in users' histories)."""
         return list(self._entries.values())
+
+    def offset(self, partition: int) -> int:
+        """Last catalogue-topic offset of `partition` applied here, -1 if none."""
+        raw = self._db.get(_OFFSET + str(partition).encode())
+        return int(raw) if raw is not None else -1
+
+    def record_offsets(self, offsets: dict[int, int]) -> None:
+        """Called after the records up to these offsets are applied (re-applying one is harmless)."""
+        batch = WriteBatch(raw_mode=True)
+        for part, offset in offsets.items():
+            batch.put(_OFFSET + str(part).encode(), str(offset).encode())
+        self._db.write(batch)
 
     @property
     def vectors_version(self) -> str:

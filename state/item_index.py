@@ -96,24 +96,56 @@ class ExactItemIndex(ItemIndex):
 
 
 class FaissItemIndex(ItemIndex):
-    """Exact FAISS inner-product index (`IndexFlatIP`) with explicit ids.
+    """FAISS inner-product index with explicit ids: exact (`IndexFlatIP`) for small catalogues,
+    approximate (`IndexIVFFlat`, trained on the catalogue it holds) once it reaches
+    `ann_threshold` items (0 = always exact).
 
-    Updates remove the old vector first, so an id is never held twice.
+    Updates remove the old vector first, so an id is never held twice. The IVF index probes
+    `nprobe` of its `nlist` lists; nprobe = nlist is exact. Recall against exact search is
+    measured by `streamrec bench index` (README, docs/results.md).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, ann_threshold: int = 0, nprobe: int = 16, nlist: int = 0) -> None:
         self.dim = dim
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.ann_threshold = ann_threshold
+        self.nprobe = nprobe
+        self.nlist = nlist  # 0 = about 4 sqrt(N) lists when the index turns approximate
+        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # Vectors by id, kept to (re)build the approximate index; 4 D bytes per item.
+        self._vectors: dict[int, np.ndarray] = {}
+        self.approximate = False
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         assert vectors.shape == (len(ids), self.dim), f"vectors must be ({len(ids)}, {self.dim})"
         assert len(set(ids.tolist())) == len(ids), "ids in one upsert must be distinct"
         self._index.remove_ids(ids)
-        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        self._index.add_with_ids(vectors, ids)
+        for i, v in zip(ids.tolist(), vectors, strict=True):
+            self._vectors[i] = v
+        if not self.approximate and self.ann_threshold and len(self._vectors) >= self.ann_threshold:
+            self._make_approximate()
+
+    def _make_approximate(self) -> None:
+        ids = np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors))
+        vecs = np.stack([self._vectors[int(i)] for i in ids])
+        nlist = min(len(ids), self.nlist or max(1, int(4 * np.sqrt(len(ids)))))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vecs)
+        ivf.add_with_ids(vecs, ids)
+        ivf.nprobe = min(self.nprobe, nlist)
+        self._quantizer = quantizer  # the IVF index refers to it: keep it alive
+        self._index = ivf
+        self.nlist = nlist
+        self.approximate = True
 
     def remove(self, ids: np.ndarray) -> int:
-        return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        for i in ids.tolist():
+            self._vectors.pop(i, None)
+        return int(self._index.remove_ids(ids))
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = self._index.search(queries, k)

@@ -6,6 +6,7 @@ sequence):
     m<0>{user}                -> "{start} {end}"          positions [start, end) are live
     s<0>{user}<0>{pos:012d}   -> "{item}<1f>{event_id}<1f>{event_time_ms}"
     e<0>{user}<0>{event_id}   -> "{pos}"                  de-duplication of redelivered events
+    o<0>{partition}           -> "{offset}"               last clicks-topic offset applied, per partition
 
 A user's sequence is capped at `max_len`: appending past the cap deletes the oldest record and its
 event key in the same write batch. Redelivery of an event still inside the cap is recognised by
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +50,16 @@ class SequenceStore(ABC):
     max_len: int
 
     @abstractmethod
-    def append_many(self, clicks: Sequence[ClickToAppend]) -> list[bool]:
-        """Append clicks in order; returns, per click, whether it was new (False = duplicate)."""
+    def append_many(self, clicks: Sequence[ClickToAppend], positions: Mapping[int, int] | None = None) -> list[bool]:
+        """Append clicks in order; returns, per click, whether it was new (False = duplicate).
+
+        positions: {source partition: offset of the last click of that partition in this call},
+        recorded atomically with the clicks, so a worker knows exactly what its state holds of
+        each input partition (see `applied_offset`)."""
+
+    @abstractmethod
+    def applied_offset(self, partition: int) -> int:
+        """The last source offset of `partition` applied to this store, -1 if none."""
 
     @abstractmethod
     def records(self, user_id: str) -> list[StoredClick]:
@@ -88,8 +97,14 @@ class InMemorySequenceStore(SequenceStore):
         self._seqs: dict[str, deque[StoredClick]] = {}
         self._events: dict[str, set[str]] = {}
         self._totals: dict[str, int] = {}
+        self._offsets: dict[int, int] = {}
 
-    def append_many(self, clicks: Sequence[ClickToAppend]) -> list[bool]:
+    def applied_offset(self, partition: int) -> int:
+        return self._offsets.get(partition, -1)
+
+    def append_many(self, clicks: Sequence[ClickToAppend], positions: Mapping[int, int] | None = None) -> list[bool]:
+        for part, offset in (positions or {}).items():
+            self._offsets[part] = max(offset, self._offsets.get(part, -1))
         applied = []
         for c in clicks:
             seen = self._events.setdefault(c.user_id, set())
@@ -133,6 +148,10 @@ def _event_key(user: str, event_id: str) -> bytes:
     return b"e" + SEP + user.encode() + SEP + event_id.encode()
 
 
+def _offset_key(partition: int) -> bytes:
+    return b"o" + SEP + str(partition).encode()
+
+
 def _encode_click(c: ClickToAppend | StoredClick) -> bytes:
     return f"{c.item_id}{FIELD}{c.event_id}{FIELD}{c.event_time_ms}".encode()
 
@@ -170,8 +189,15 @@ class RocksSequenceStore(SequenceStore):
         start, end = raw.split()
         return int(start), int(end)
 
-    def append_many(self, clicks: Sequence[ClickToAppend]) -> list[bool]:
+    def applied_offset(self, partition: int) -> int:
+        raw = self._db.get(_offset_key(partition))
+        return int(raw) if raw is not None else -1
+
+    def append_many(self, clicks: Sequence[ClickToAppend], positions: Mapping[int, int] | None = None) -> list[bool]:
         batch = WriteBatch(raw_mode=True)
+        for part, offset in (positions or {}).items():
+            if offset > self.applied_offset(part):
+                batch.put(_offset_key(part), str(offset).encode())
         pending: dict[str, tuple[int, int]] = {}
         # Event keys added or dropped inside this batch, which the database cannot see yet.
         added: set[bytes] = set()
@@ -211,7 +237,7 @@ class RocksSequenceStore(SequenceStore):
             pending[c.user_id] = (start, end)
             batch.put(_meta_key(c.user_id), f"{start} {end}".encode())
             applied.append(True)
-        if pending:
+        if pending or positions:
             self._db.write(batch)
         self._n_users += new_users
         return applied

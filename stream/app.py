@@ -16,10 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import EventT
 
 from streamrec.ops.metrics import Metrics
 from streamrec.settings import Settings
+from streamrec.stream.click_log import ClickLogReader
 from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import (
     DeadLetterRecord,
@@ -85,6 +87,40 @@ def decode_events(
     return records, kept, dead
 
 
+async def _wait_for_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 60.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} has no partitions: run `streamrec topics` first")
+        await consumer.topics()  # refreshes metadata
+        await asyncio.sleep(0.5)
+
+
+class StreamrecApp(faust.App):
+    """Faust app that hands its partitions over at once when stopped on purpose.
+
+    Workers join with a static member id so that a crashed worker, restarted, gets its partitions
+    back without a rebalance. But a static member does not leave the group on a clean stop
+    (KIP-345), so its partitions would stay unowned until the broker expires it (never, on
+    noida-db). On SIGTERM we therefore leave like a dynamic member: the other workers take the
+    partitions immediately (STREAMREC_LEAVE_GROUP_ON_STOP=0 keeps the static behaviour, e.g. for
+    rolling restarts on Apache Kafka)."""
+
+    leave_group_on_stop = True
+
+    async def on_stop(self) -> None:
+        if self.leave_group_on_stop:
+            # aiokafka sends LeaveGroup on close only when no group instance id is set; pinned
+            # versions (aiokafka 0.14, faust-streaming 0.15) keep the consumer here.
+            inner = getattr(getattr(self.consumer, "_thread", None), "_consumer", None)
+            if inner is not None:
+                inner._coordinator._group_instance_id = None
+        await super().on_stop()
+
+
 def build_app(
     settings: Settings,
     recommender: Recommender,
@@ -92,10 +128,10 @@ def build_app(
     on_recommendations: Callable[[list[RecommendationRecord]], None] | None = None,
 ) -> faust.App:
     """The worker's Faust app; `on_recommendations` sees every emitted batch (the dashboard page)."""
-    app = faust.App(settings.app_id, **faust_settings(settings))
+    app = StreamrecApp(settings.app_id, **faust_settings(settings))
+    app.leave_group_on_stop = settings.leave_group_on_stop
     topics = settings.topics
     clicks_topic = app.topic(topics.clicks, value_type=bytes, key_type=bytes)
-    catalogue_topic = app.topic(topics.catalogue, value_type=bytes, key_type=bytes)
     batch_size = settings.batch_size
     batch_wait = settings.batch_wait_ms / 1000.0
     metrics.model_info.labels(recommender.model_version).set(1)
@@ -115,22 +151,85 @@ def build_app(
             futures.append(await send_raw(topics.dead_letters, d.source_topic.encode(), encode(d)))
         return futures
 
-    @app.agent(catalogue_topic, name=f"{settings.app_id}-catalogue")
-    async def on_catalogue(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch_size, within=batch_wait):
-            metrics.events_in.labels(topics.catalogue).inc(len(events))
-            records, _kept, dead = decode_events(list(events), decode_catalogue)
-            if records:
-                recommender.apply_catalogue(records)
-                searchable = now_ms()
-                for rec in records:
-                    metrics.catalogue_latency.observe(max(0, searchable - rec.event_time) / 1000.0)
-            futures = await send_dead(dead)
-            if futures:
-                await asyncio.gather(*futures)
-            metrics.index_size.set(len(recommender.index))
-            if records:
-                metrics.index_updated.set(time.time())
+    @app.task
+    async def read_catalogue() -> None:
+        """Every worker reads every catalogue partition (no consumer group): each holds the whole
+        catalogue and its own index, while users are partitioned. Resumes from the offsets its
+        catalogue store recorded; re-applying an upsert or withdrawal is harmless."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = await _wait_for_partitions(consumer, topics.catalogue)
+            tps = [TopicPartition(topics.catalogue, p) for p in parts]
+            consumer.assign(tps)
+            for tp in tps:
+                stored = recommender.catalogue.offset(tp.partition)
+                if stored >= 0:
+                    consumer.seek(tp, stored + 1)
+                else:
+                    await consumer.seek_to_beginning(tp)
+            while True:
+                batches = await consumer.getmany(timeout_ms=int(1000 * batch_wait), max_records=batch_size)
+                for tp, messages in batches.items():
+                    metrics.events_in.labels(topics.catalogue).inc(len(messages))
+                    await apply_catalogue_messages(tp, messages)
+        finally:
+            await consumer.stop()
+
+    async def apply_catalogue_messages(tp: TopicPartition, messages: list[Any]) -> None:
+        records, dead = [], []
+        for msg in messages:
+            try:
+                records.append(decode_catalogue(msg.value))
+            except RecordError as err:
+                dead.append(
+                    DeadLetterRecord(
+                        tp.topic,
+                        tp.partition,
+                        msg.offset,
+                        err.reason,
+                        err.detail,
+                        (msg.value or b"")[:10_000].decode("utf-8", errors="replace"),
+                        now_ms(),
+                    )
+                )
+        if records:
+            recommender.apply_catalogue(records)
+            searchable = now_ms()
+            for rec in records:
+                metrics.catalogue_latency.observe(max(0, searchable - rec.event_time) / 1000.0)
+            metrics.index_updated.set(time.time())
+        futures = await send_dead(dead)
+        if futures:
+            await asyncio.gather(*futures)
+        recommender.catalogue.record_offsets({tp.partition: messages[-1].offset})
+        metrics.index_size.set(len(recommender.index))
+
+    click_log = ClickLogReader(settings.kafka_bootstrap, topics.clicks)
+
+    async def catch_up_partitions(events: list[EventT]) -> dict[int, int]:
+        """Apply clicks of this batch's partitions that another worker answered since this
+        worker's state last saw them; returns {partition: last offset} of the batch."""
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for e in events:
+            part, offset = e.message.partition, e.message.offset
+            first[part] = min(first.get(part, offset), offset)
+            last[part] = max(last.get(part, offset), offset)
+        for part, offset in first.items():
+            applied = recommender.sequences.applied_offset(part)
+            if offset <= applied + 1:
+                continue
+            loop = asyncio.get_running_loop()
+            raw = await loop.run_in_executor(None, click_log.read, part, applied + 1, offset)
+            missed = []
+            for _, value in raw:
+                try:
+                    missed.append(decode_click(value))
+                except RecordError:
+                    continue  # the worker that read it first sent it to dead letters
+            metrics.caught_up.inc(recommender.catch_up(missed, {part: offset - 1}))
+        return last
 
     @app.agent(clicks_topic, name=f"{settings.app_id}-clicks")
     async def on_clicks(stream: faust.StreamT) -> None:
@@ -141,10 +240,11 @@ def build_app(
             metrics.batch_size.observe(len(events))
             oldest = min(e.message.timestamp for e in events)
             metrics.batch_wait.observe(max(0.0, time.time() - oldest))
+            positions = await catch_up_partitions(events)
             t_decode = time.perf_counter()
             records, kept, dead = decode_events(events, decode_click)
             metrics.stage_latency.labels("decode").observe(time.perf_counter() - t_decode)
-            result = recommender.handle_clicks(records)
+            result = recommender.handle_clicks(records, positions)
             for stage, seconds in result.stage_seconds.items():
                 metrics.stage_latency.labels(stage).observe(seconds)
             t_send = time.perf_counter()

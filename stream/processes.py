@@ -31,6 +31,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_APP_ID=settings.app_id,
         STREAMREC_WORKER_ID=settings.worker_id,
         STREAMREC_PARTITIONS=str(settings.partitions),
+        STREAMREC_LEAVE_GROUP_ON_STOP="1" if settings.leave_group_on_stop else "0",
         STREAMREC_METRICS_PORT=str(settings.metrics_port),
         STREAMREC_DASHBOARD_PORT=str(settings.dashboard_port),
         STREAMREC_TOP_K=str(settings.top_k),
@@ -40,6 +41,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_PRODUCER_LINGER_MS=str(settings.producer_linger_ms),
         STREAMREC_COMMIT_INTERVAL_S=str(settings.commit_interval_s),
         STREAMREC_MODEL=settings.model_path,
+        STREAMREC_ANN_THRESHOLD=str(settings.ann_threshold),
+        STREAMREC_ANN_NPROBE=str(settings.ann_nprobe),
         STREAMREC_EXPLAIN="1" if settings.explain else "0",
         STREAMREC_STATE_MEMORY_MB=str(settings.state_memory_mb),
     )

@@ -130,7 +130,17 @@ class Recommender:
                 changed += 1
         return changed
 
-    def handle_clicks(self, clicks: list[ClickRecord]) -> ClickBatchResult:
+    def catch_up(self, clicks: list[ClickRecord], positions: dict[int, int]) -> int:
+        """Apply clicks another worker already answered (after a partition move): state only, no
+        recommendations. Returns how many were new."""
+        known = [c for c in clicks if self.catalogue.get(c.item_id) is not None]
+        applied = self.sequences.append_many(
+            [ClickToAppend(c.user_id, c.item_id, c.event_id, c.event_time) for c in known], positions
+        )
+        return sum(applied)
+
+    def handle_clicks(self, clicks: list[ClickRecord], positions: dict[int, int] | None = None) -> ClickBatchResult:
+        """positions: {partition: last offset} of the batch's input, recorded with the state."""
         result = ClickBatchResult()
         valid: list[ClickRecord] = []
         for pos, click in enumerate(clicks):
@@ -141,10 +151,12 @@ class Recommender:
             else:
                 valid.append(click)
         if not valid:
+            if positions:
+                self.sequences.append_many([], positions)
             return result
         t0 = time.perf_counter()
         applied = self.sequences.append_many(
-            [ClickToAppend(c.user_id, c.item_id, c.event_id, c.event_time) for c in valid]
+            [ClickToAppend(c.user_id, c.item_id, c.event_id, c.event_time) for c in valid], positions
         )
         result.duplicates = applied.count(False)
         users = list(dict.fromkeys(c.user_id for c in valid))

@@ -49,7 +49,7 @@ def open_recommender(settings: Settings) -> Recommender:
     root = worker_state_dir(settings)
     sequences = RocksSequenceStore(root / "sequences", max_len=settings.max_seq_len)
     catalogue = CatalogueStore(root / "catalogue", dim=model.dim)
-    index = FaissItemIndex(model.dim)
+    index = FaissItemIndex(model.dim, settings.ann_threshold, settings.ann_nprobe)
     return Recommender(sequences, catalogue, index, model, top_k=settings.top_k, explain=settings.explain)
 
 

@@ -81,6 +81,10 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.bench == "index":
+        from streamrec.bench.index_recall import run_index_bench
+
+        return run_index_bench(settings, args)
     if args.bench == "attention":
         from streamrec.bench.attention import run
 
@@ -153,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fixed-events", type=int, default=15000)
     b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
     b.add_argument("--out", default="bench/results/pipeline.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("index", help="recall and speed of the approximate FAISS index vs exact search")
+    b.add_argument("--dataset", default="amazon-beauty")
+    b.add_argument("--checkpoint", default=".state/models/amazon-beauty/mufasa-s0.pt")
+    b.add_argument("--users", type=int, default=2000)
+    b.add_argument("--k", type=int, default=10)
+    b.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64, 256])
+    b.add_argument("--out", default="bench/results/index.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("attention", help="dense vs sparse attention time/memory, incremental step cost")
     b.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")

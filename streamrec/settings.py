@@ -43,6 +43,18 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"setting {name} must be a number, got {raw!r}") from exc
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"setting {name} must be 1 or 0, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """Names of the Kafka topics; one prefix lets tests and benchmarks run side by side."""
@@ -86,6 +98,8 @@ class Settings:
     app_id: str = "streamrec-worker"
     # STREAMREC_WORKER_ID: stable identity of one worker (its static consumer-group member id).
     worker_id: str = "worker-1"
+    # STREAMREC_LEAVE_GROUP_ON_STOP: a cleanly stopped worker hands its partitions over at once (1/0).
+    leave_group_on_stop: bool = True
     # STREAMREC_PARTITIONS: partitions of clicks/recommendations when the topics are created.
     partitions: int = 4
     # STREAMREC_METRICS_HOST: exporter address; 127.0.0.1 locally (containers set their own).
@@ -107,6 +121,10 @@ class Settings:
     commit_interval_s: float = 1.0
     # STREAMREC_MODEL: checkpoint path of the serving model; empty = the content baseline.
     model_path: str = ""
+    # STREAMREC_ANN_THRESHOLD / STREAMREC_ANN_NPROBE: exact search below this many items, an IVF
+    # index above it (recall measured by `streamrec bench index`).
+    ann_threshold: int = 100_000
+    ann_nprobe: int = 64
     # STREAMREC_EXPLAIN: attach "why" (history items, modality weights) to recommendations (1/0).
     explain: bool = True
     # STREAMREC_STATE_MEMORY_MB: bound on the research model's cached user state per worker.
@@ -125,6 +143,7 @@ class Settings:
             app_id=env.get("STREAMREC_APP_ID", base.app_id),
             worker_id=env.get("STREAMREC_WORKER_ID", base.worker_id),
             partitions=_env_int("STREAMREC_PARTITIONS", base.partitions),
+            leave_group_on_stop=_env_bool("STREAMREC_LEAVE_GROUP_ON_STOP", base.leave_group_on_stop),
             metrics_host=env.get("STREAMREC_METRICS_HOST", base.metrics_host),
             metrics_port=_env_int("STREAMREC_METRICS_PORT", base.metrics_port),
             dashboard_port=_env_int("STREAMREC_DASHBOARD_PORT", base.dashboard_port),
@@ -135,7 +154,9 @@ class Settings:
             producer_linger_ms=_env_float("STREAMREC_PRODUCER_LINGER_MS", base.producer_linger_ms),
             commit_interval_s=_env_float("STREAMREC_COMMIT_INTERVAL_S", base.commit_interval_s),
             model_path=env.get("STREAMREC_MODEL", base.model_path),
-            explain=env.get("STREAMREC_EXPLAIN", "1").strip().lower() not in ("0", "false", "no", "off"),
+            ann_threshold=_env_int("STREAMREC_ANN_THRESHOLD", base.ann_threshold),
+            ann_nprobe=_env_int("STREAMREC_ANN_NPROBE", base.ann_nprobe),
+            explain=_env_bool("STREAMREC_EXPLAIN", base.explain),
             state_memory_mb=_env_int("STREAMREC_STATE_MEMORY_MB", base.state_memory_mb),
         )
 

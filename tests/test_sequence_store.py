@@ -88,3 +88,14 @@ def test_rocksdb_store_survives_reopen(tmp_path: Path) -> None:
     assert reopened.n_users() == 1
     assert reopened.append(c("u1", "i7", 7)) is False, "de-duplication survives a restart"
     reopened.close()
+
+
+def test_applied_offsets_are_recorded_with_the_clicks(make_store: Factory) -> None:
+    store = make_store(10)
+    assert store.applied_offset(0) == -1
+    store.append_many([c("u1", "a", 1), c("u2", "b", 2)], positions={0: 41, 3: 7})
+    assert store.applied_offset(0) == 41 and store.applied_offset(3) == 7
+    store.append_many([c("u1", "a", 1)], positions={0: 42})  # a duplicate still advances the offset
+    assert store.applied_offset(0) == 42
+    store.append_many([], positions={0: 40})  # never moves backwards
+    assert store.applied_offset(0) == 42
