@@ -35,7 +35,7 @@ def _search_all(
 
 
 def run_index_bench(settings: Settings, args: argparse.Namespace) -> int:
-    model = load_research_model(Path(args.checkpoint), settings.data_dir, settings.state_dir / "features")
+    model = load_research_model(Path(args.checkpoint), settings.data_dir, settings.feature_cache)
     ds = load_dataset(args.dataset, settings.data_dir)
     records = [
         CatalogueRecord(it.item_id, "upsert", 0, it.title, it.category_path, it.brand, it.price) for it in ds.items

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -25,14 +26,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset
+from streamrec.ops.dashboard_page import histogram_quantile
 from streamrec.settings import Settings, TopicNames
 from streamrec.stream.broker import LocalBroker, free_port
 from streamrec.stream.processes import settings_env, start_worker
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
+from streamrec.stream.schemas import CatalogueRecord, encode, now_ms
 from streamrec.stream.topics import ensure_topics
 
 
@@ -47,6 +50,8 @@ class RunResult:
     freshness_p99_ms: float | None = None
     peak_rss_mb: float | None = None
     settings: dict | None = None
+    catalogue_to_searchable_p99_s: float | None = None
+    new_items: int = 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -90,8 +95,42 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def worker_run(base: Settings, dataset: Dataset, name: str, clicks: int, rate: float, workdir: Path) -> RunResult:
-    """One worker over fresh topics: `rate` 0 = publish all first, then drain at max speed."""
+def new_items_during(producer: KafkaProducer, settings: Settings, dataset: Dataset, n: int, seconds: float) -> None:
+    """Publish `n` unseen items (new ids, new titles) spread over `seconds`: catalogue freshness."""
+    rng = random.Random(0)
+    for k in range(n):
+        base_item = dataset.items[rng.randrange(len(dataset.items))]
+        record = CatalogueRecord(
+            f"bench-new-{k}",
+            "upsert",
+            now_ms(),
+            f"{base_item.title} (new edition {k})",
+            base_item.category_path,
+            base_item.brand,
+            base_item.price,
+        )
+        producer.send(settings.topics.catalogue, key=record.item_id.encode(), value=encode(record))
+        producer.flush()
+        time.sleep(seconds / max(1, n))
+
+
+def catalogue_p99(metrics: dict[str, float]) -> float | None:
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), v)
+        for k, v in metrics.items()
+        if k.startswith("streamrec_index_catalogue_to_searchable_seconds_bucket")
+    )
+    return histogram_quantile(0.99, [b for b, _ in buckets], [c for _, c in buckets]) if buckets else None
+
+
+def worker_run(
+    base: Settings, dataset: Dataset, name: str, clicks: int, rate: float, workdir: Path, new_items: int = 0
+) -> RunResult:
+    """One worker over fresh topics: `rate` 0 = publish all first, then drain at max speed.
+
+    With `new_items`, that many unseen items are published during the run (catalogue freshness:
+    the worker's histogram of catalogue event time to searchable, measured after the catalogue
+    load so the bulk load does not count)."""
     settings = replace(
         base,
         topics=TopicNames(f"{name}-"),
@@ -105,12 +144,29 @@ def worker_run(base: Settings, dataset: Dataset, name: str, clicks: int, rate: f
         producer = make_producer(settings.kafka_bootstrap)
         n_items = publish_catalogue(producer, settings.topics, dataset.items)
         worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=120)
+        before = worker.metrics()
         events = dataset.events[:clicks]
         drain = Drain(settings.kafka_bootstrap, settings.topics.recommendations, len(events), timeout_s=900)
         drain.start()
+        feeder = None
+        if new_items:
+            cat_producer = make_producer(settings.kafka_bootstrap)
+            span_s = len(events) / rate if rate else 10.0
+            feeder = threading.Thread(
+                target=new_items_during, args=(cat_producer, settings, dataset, new_items, 0.8 * span_s)
+            )
+            feeder.start()
         publish_clicks(producer, settings.topics, events, rate, progress=False)
         producer.close()
         got = drain.result()
+        cat_p99 = None
+        if feeder is not None:
+            feeder.join()
+            cat_producer.close()
+            worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items + new_items, timeout_s=60)
+            after = worker.metrics()
+            delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+            cat_p99 = catalogue_p99(delta)
         rss = peak_rss_mb(worker.proc.pid)
     finally:
         worker.stop()
@@ -124,6 +180,7 @@ def worker_run(base: Settings, dataset: Dataset, name: str, clicks: int, rate: f
         "commit_interval_s": settings.commit_interval_s,
         "partitions": settings.partitions,
         "offered_rate": rate or "max",
+        "model": settings.model_path or "content baseline",
     }
     return RunResult(
         name,
@@ -135,6 +192,8 @@ def worker_run(base: Settings, dataset: Dataset, name: str, clicks: int, rate: f
         percentile(fresh, 0.99),
         rss,
         knobs,
+        cat_p99,
+        new_items,
     )
 
 
@@ -187,6 +246,33 @@ def print_table(results: list[RunResult]) -> None:
         )
 
 
+def state_bytes(settings: Settings, model_path: str, workdir: Path) -> dict[str, int]:
+    """Bytes kept per user whose sequence holds 2,048 clicks: the RocksDB sequence (on disk, after
+    compaction) and, with a research model, the cached encoder state of its window."""
+    from streamrec.state.sequence_store import ClickToAppend, RocksSequenceStore
+
+    path = workdir / "state-bytes"
+    store = RocksSequenceStore(path, max_len=2048)
+    users = 20
+    for u in range(users):
+        store.append_many(
+            [
+                ClickToAppend(f"user-{u:04d}", f"{1000 + (n * 7) % 5000}", f"ev-{u}-{n:06d}", 1_700_000_000_000 + n)
+                for n in range(2048)
+            ]
+        )
+    store.compact()
+    store.close()
+    disk = sum(f.stat().st_size for f in path.rglob("*.sst"))
+    out = {"sequence_on_disk": disk // users}
+    if model_path:
+        from streamrec.stream.research_model import load_research_model
+
+        model = load_research_model(Path(model_path), settings.data_dir, settings.feature_cache)
+        out["encoder_state"] = model.state_bytes_per_user(2048)
+    return out
+
+
 def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, settings.data_dir)
     clicks = len(dataset.events) if args.events <= 0 else min(args.events, len(dataset.events))
@@ -200,7 +286,12 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             # noida-db keeps every message in memory and slows as it fills: each run gets its own.
             broker = LocalBroker(workdir / f"broker-{name}", free_port()).start()
             base = replace(
-                settings, kafka_bootstrap=broker.bootstrap, state_dir=workdir / f"state-{name}", **(knobs or {})
+                settings,
+                kafka_bootstrap=broker.bootstrap,
+                state_dir=workdir / f"state-{name}",
+                features_dir=settings.feature_cache,
+                model_path=args.model,
+                **(knobs or {}),
             )
             try:
                 return run(base, *run_args)
@@ -210,7 +301,11 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         results.append(on_fresh_broker("max", worker_run, dataset, "worker-max", clicks, 0, workdir))
         results.append(on_fresh_broker("pass", passthrough_run, dataset, clicks, workdir))
         fixed = args.fixed_events
-        results.append(on_fresh_broker("fixed", worker_run, dataset, "worker-fixed", fixed, args.fixed_rate, workdir))
+        results.append(
+            on_fresh_broker(
+                "fixed", worker_run, dataset, "worker-fixed", fixed, args.fixed_rate, workdir, args.new_items
+            )
+        )
         if args.variants:
             n = min(clicks, 20_000)
             variants = {
@@ -226,6 +321,14 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     print_table(results)
     ceiling = results[1].clicks_per_s
     print(f"\nworker / passthrough ceiling: {results[0].clicks_per_s / ceiling:.0%}")
+    fixed_run = results[2]
+    if fixed_run.catalogue_to_searchable_p99_s is not None:
+        print(
+            f"catalogue event to searchable p99: {fixed_run.catalogue_to_searchable_p99_s:.3f} s "
+            f"({fixed_run.new_items} new items during the fixed-rate run; histogram estimate)"
+        )
+    state = state_bytes(settings, args.model, Path(tmp))
+    print("state per user at 2,048 clicks: " + ", ".join(f"{k} {v:,} B" for k, v in state.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -234,6 +337,9 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": [asdict(r) for r in results],
         "worker_over_ceiling": results[0].clicks_per_s / ceiling,
+        "state_bytes_per_user_at_2048": state,
+        "model": args.model or "content baseline",
+        "command": " ".join(["streamrec", "bench", "pipeline", *sys.argv[3:]]),
     }
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")

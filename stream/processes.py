@@ -41,6 +41,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_PRODUCER_LINGER_MS=str(settings.producer_linger_ms),
         STREAMREC_COMMIT_INTERVAL_S=str(settings.commit_interval_s),
         STREAMREC_MODEL=settings.model_path,
+        STREAMREC_FEATURES_DIR=str(settings.feature_cache),
         STREAMREC_ANN_THRESHOLD=str(settings.ann_threshold),
         STREAMREC_ANN_NPROBE=str(settings.ann_nprobe),
         STREAMREC_EXPLAIN="1" if settings.explain else "0",

@@ -41,7 +41,7 @@ def open_model(settings: Settings) -> ServingModel:
     if not path.is_file():
         raise SystemExit(f"STREAMREC_MODEL={settings.model_path}: no such checkpoint (make one with `streamrec train`)")
     cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb)
-    return load_research_model(path, settings.data_dir, settings.state_dir / "features", cfg)
+    return load_research_model(path, settings.data_dir, settings.feature_cache, cfg)
 
 
 def open_recommender(settings: Settings) -> Recommender:

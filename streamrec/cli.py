@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fixed-rate", type=float, default=500.0, help="offered clicks/s of the freshness run")
     b.add_argument("--fixed-events", type=int, default=15000)
     b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
+    b.add_argument("--model", default="", help="checkpoint to serve (default: the content baseline)")
+    b.add_argument("--new-items", type=int, default=100, help="unseen items published during the fixed-rate run")
     b.add_argument("--out", default="bench/results/pipeline.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("index", help="recall and speed of the approximate FAISS index vs exact search")

@@ -119,6 +119,8 @@ class Settings:
     producer_linger_ms: float = 5.0
     # STREAMREC_COMMIT_INTERVAL_S
     commit_interval_s: float = 1.0
+    # STREAMREC_FEATURES_DIR: cache of encoded item titles (default <state_dir>/features).
+    features_dir: Path | None = None
     # STREAMREC_MODEL: checkpoint path of the serving model; empty = the content baseline.
     model_path: str = ""
     # STREAMREC_ANN_THRESHOLD / STREAMREC_ANN_NPROBE: exact search below this many items, an IVF
@@ -154,11 +156,16 @@ class Settings:
             producer_linger_ms=_env_float("STREAMREC_PRODUCER_LINGER_MS", base.producer_linger_ms),
             commit_interval_s=_env_float("STREAMREC_COMMIT_INTERVAL_S", base.commit_interval_s),
             model_path=env.get("STREAMREC_MODEL", base.model_path),
+            features_dir=Path(env["STREAMREC_FEATURES_DIR"]) if env.get("STREAMREC_FEATURES_DIR") else None,
             ann_threshold=_env_int("STREAMREC_ANN_THRESHOLD", base.ann_threshold),
             ann_nprobe=_env_int("STREAMREC_ANN_NPROBE", base.ann_nprobe),
             explain=_env_bool("STREAMREC_EXPLAIN", base.explain),
             state_memory_mb=_env_int("STREAMREC_STATE_MEMORY_MB", base.state_memory_mb),
         )
+
+    @property
+    def feature_cache(self) -> Path:
+        return self.features_dir if self.features_dir is not None else self.state_dir / "features"
 
     @property
     def broker_dir(self) -> Path:

@@ -51,7 +51,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         torch.set_num_threads(args.threads)
     name = canonical_name(args.dataset)
     dataset = load_dataset(name, settings.data_dir)
-    catalog = build_catalog(dataset, text=args.text, cache_dir=settings.state_dir / "features", progress=not args.quiet)
+    catalog = build_catalog(dataset, text=args.text, cache_dir=settings.feature_cache, progress=not args.quiet)
     split = leave_one_out(catalog.sequences(dataset), len(catalog.item_ids))
     max_len = args.max_len or DEFAULT_MAX_LEN[name]
     cfg = replace(build_config(args.model, len(catalog.item_ids), max_len, args.dim), id_dropout=args.id_dropout)
@@ -108,7 +108,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     cfg, state, version, meta = load_checkpoint(Path(args.checkpoint))
     dataset = load_dataset(meta["dataset"], settings.data_dir)
-    catalog = build_catalog(dataset, text=meta["text"], cache_dir=settings.state_dir / "features")
+    catalog = build_catalog(dataset, text=meta["text"], cache_dir=settings.feature_cache)
     split = leave_one_out(catalog.sequences(dataset), len(catalog.item_ids))
     device = pick_device()
     model = SeqRec(cfg, catalog.features.to(device))
