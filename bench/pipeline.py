@@ -1,12 +1,14 @@
 """`streamrec bench pipeline`: the worker's throughput, freshness and memory on a real broker.
 
 In one run, on one fresh local broker:
-  1. max rate: the whole click stream is published first, then the worker drains it; sustained
-     clicks/s = recommendations / (last arrival - first arrival) at a plain downstream consumer;
+  1. max rate: the catalogue and the whole click stream are published before the worker starts
+     (so the publisher does not share the CPU with it), then the worker drains the backlog;
+     sustained clicks/s = recommendations / (last arrival - first arrival) at a plain downstream
+     consumer;
   2. fixed rate: clicks offered at `--fixed-rate`; freshness = arrival at the downstream consumer
      minus the click's event time (p50/p95/p99);
   3. ceiling: a bare Faust passthrough agent (consume, decode, send one message per input) drains
-     the same number of messages the same way;
+     the same backlog the same way;
   4. optionally (`--variants`) the max-rate run again under other Faust settings.
 Peak RSS is the worker process's VmHWM. Prints a table and writes JSON.
 """
@@ -52,6 +54,9 @@ class RunResult:
     settings: dict | None = None
     catalogue_to_searchable_p99_s: float | None = None
     new_items: int = 0
+    # from the worker's own metrics over the run: mean micro-batch size, seconds per stage
+    mean_batch: float | None = None
+    stage_seconds: dict[str, float] | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,14 +144,20 @@ def worker_run(
         dashboard_port=free_port(),
     )
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    events = dataset.events[:clicks]
+    producer = make_producer(settings.kafka_bootstrap)
+    n_items = publish_catalogue(producer, settings.topics, dataset.items)
+    drain = Drain(settings.kafka_bootstrap, settings.topics.recommendations, len(events), timeout_s=900)
+    if not rate:
+        # The backlog is in the broker before the worker starts, so the publisher does not compete
+        # with the worker for the CPU; the worker reads the catalogue before any click.
+        publish_clicks(producer, settings.topics, events, 0, progress=False)
     worker = start_worker(settings, workdir / f"{name}.log")
     try:
-        producer = make_producer(settings.kafka_bootstrap)
-        n_items = publish_catalogue(producer, settings.topics, dataset.items)
-        worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=120)
-        before = worker.metrics()
-        events = dataset.events[:clicks]
-        drain = Drain(settings.kafka_bootstrap, settings.topics.recommendations, len(events), timeout_s=900)
+        before: dict[str, float] = {}
+        if rate:
+            worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=120)
+            before = worker.metrics()
         drain.start()
         feeder = None
         if new_items:
@@ -156,7 +167,8 @@ def worker_run(
                 target=new_items_during, args=(cat_producer, settings, dataset, new_items, 0.8 * span_s)
             )
             feeder.start()
-        publish_clicks(producer, settings.topics, events, rate, progress=False)
+        if rate:
+            publish_clicks(producer, settings.topics, events, rate, progress=False)
         producer.close()
         got = drain.result()
         cat_p99 = None
@@ -164,8 +176,9 @@ def worker_run(
             feeder.join()
             cat_producer.close()
             worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items + new_items, timeout_s=60)
-            after = worker.metrics()
-            delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        after = worker.metrics()
+        delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        if feeder is not None:
             cat_p99 = catalogue_p99(delta)
         rss = peak_rss_mb(worker.proc.pid)
     finally:
@@ -182,6 +195,12 @@ def worker_run(
         "offered_rate": rate or "max",
         "model": settings.model_path or "content baseline",
     }
+    batches = delta.get("streamrec_stream_batch_size_events_count", 0.0)
+    stages = {
+        k.split('stage="')[1].split('"')[0]: round(v, 3)
+        for k, v in delta.items()
+        if k.startswith("streamrec_stream_stage_latency_seconds_sum")
+    }
     return RunResult(
         name,
         len(events),
@@ -194,12 +213,20 @@ def worker_run(
         knobs,
         cat_p99,
         new_items,
+        delta.get("streamrec_stream_batch_size_events_sum", 0.0) / batches if batches else None,
+        stages,
     )
 
 
 def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path) -> RunResult:
     topics = TopicNames("passthrough-")
     ensure_topics(base.kafka_bootstrap, topics, base.partitions)
+    producer = make_producer(base.kafka_bootstrap)
+    events = dataset.events[:clicks]
+    publish_clicks(producer, topics, events, 0, progress=False)  # the same backlog-first method
+    producer.close()
+    drain = Drain(base.kafka_bootstrap, topics.recommendations, len(events), timeout_s=900)
+    drain.start()
     log = open(workdir / "passthrough.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamrec.bench.passthrough", topics.clicks, topics.recommendations, "bench-pass"],
@@ -208,12 +235,6 @@ def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path
         stderr=subprocess.STDOUT,
     )
     try:
-        producer = make_producer(base.kafka_bootstrap)
-        events = dataset.events[:clicks]
-        drain = Drain(base.kafka_bootstrap, topics.recommendations, len(events), timeout_s=900)
-        drain.start()
-        publish_clicks(producer, topics, events, 0, progress=False)
-        producer.close()
         got = drain.result()
         rss = peak_rss_mb(proc.pid)
     finally:
@@ -319,6 +340,10 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             for vname, knobs in variants.items():
                 results.append(on_fresh_broker(vname, worker_run, dataset, f"var-{vname}", n, 0, workdir, knobs=knobs))
     print_table(results)
+    for r in results:
+        if r.stage_seconds:
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.stage_seconds.items()))
+            print(f"{r.name}: mean batch {r.mean_batch or 0:.0f} clicks; seconds per stage: {stages}")
     ceiling = results[1].clicks_per_s
     print(f"\nworker / passthrough ceiling: {results[0].clicks_per_s / ceiling:.0%}")
     fixed_run = results[2]

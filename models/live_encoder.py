@@ -9,6 +9,7 @@ encoded together with a handful of batched gathers instead of B separate small s
 
     prefill(slots, items, lengths)  full forward over whole windows (after a restart or a miss)
     step(slots, items)              one new item per slot, cost O(w + T/l + n l) per user
+    extend(slots, items, counts)    several new items per slot in one pass, O(P T) per user
 
 Both return what `SequenceEncoder.forward` returns at the user's last position (tests check it,
 with ragged lengths and the edge lengths around block boundaries). Everything is plain torch on
@@ -79,13 +80,13 @@ class LiveEncoder:
 
     # --- selection ---------------------------------------------------------------------------
 
-    def _select(self, layer: int, slots: torch.Tensor, q: torch.Tensor, t: torch.Tensor) -> None:
-        """Selection for query blocks starting at positions t (B,), q (B, H, dh): as `select_blocks`."""
+    def _choose(self, kc: torch.Tensor, q: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks chosen for query blocks starting at positions t (N,), from q (N, H, dh) and the
+        summaries kc (N, H, NB, dh), as `select_blocks` does -> idx, valid (N, n)."""
         sp = self.encoder.cfg.sparse
-        kc = self.kc[layer][slots].to(q.dtype)  # (B, H, NB, dh)
         nb = kc.shape[2]
         blocks = torch.arange(nb + 1, device=q.device)
-        complete = blocks[None, :nb] < (t // self.block)[:, None]  # (B, NB): ended before t
+        complete = blocks[None, :nb] < (t // self.block)[:, None]  # (N, NB): ended before t
         scores = torch.einsum("bhd,bhnd->bhn", q, kc) / self.dh**0.5
         probs = torch.softmax(scores.masked_fill(~complete[:, None], NEG), -1) * complete[:, None]
         imp = torch.full((len(t), nb + 1), float("-inf"), device=q.device)
@@ -95,8 +96,13 @@ class LiveEncoder:
         imp = torch.where(forced, FORCED + blocks.to(imp.dtype)[None], imp)
         imp = imp.masked_fill(blocks[None] > current, float("-inf"))
         top, idx = imp.topk(sp.num_selected, dim=-1)
+        return idx, torch.isfinite(top)
+
+    def _select(self, layer: int, slots: torch.Tensor, q: torch.Tensor, t: torch.Tensor) -> None:
+        """Selection for query blocks starting at positions t (B,), q (B, H, dh), kept in the slots."""
+        idx, valid = self._choose(self.kc[layer][slots].to(q.dtype), q, t)
         self.sel_idx[layer][slots] = idx
-        self.sel_valid[layer][slots] = torch.isfinite(top)
+        self.sel_valid[layer][slots] = valid
 
     # --- gathers -----------------------------------------------------------------------------
 
@@ -198,6 +204,124 @@ class LiveEncoder:
         return users, explanation
 
     @torch.no_grad()
+    def extend(
+        self, slots: torch.Tensor, items: torch.Tensor, counts: torch.Tensor, explain_top: int = 0
+    ) -> tuple[torch.Tensor, StepExplanation | None]:
+        """Several new items per slot in one pass: slots (B,) distinct, items (B, P, D) right-padded,
+        counts (B,) in 1..P -> user vectors after each slot's last new item (B, D).
+
+        Equals `counts[i]` calls of `step` (tests check it); the new queries attend to the cached
+        window under the reference masks, so a batch costs O(P T) per user instead of P rounds."""
+        b, p, d = items.shape
+        assert slots.shape == counts.shape == (b,) and d == self.encoder.cfg.dim, "slots, items, counts disagree"
+        assert len(torch.unique(slots)) == b, "each slot at most once per call"
+        assert bool((counts >= 1).all()) and int(counts.max()) <= p, "counts must be in 1..P"
+        dev = items.device
+        t0 = self.length[slots]  # (B,) position of each slot's first new item
+        total = t0 + counts
+        assert int(total.max()) <= self.max_len, f"a window would exceed max_len {self.max_len}: prefill instead"
+        ar_p = torch.arange(p, device=dev)
+        new = ar_p[None] < counts[:, None]  # (B, P) real (not padding) queries
+        pos = torch.minimum(t0[:, None] + ar_p, total[:, None] - 1)  # (B, P); padding repeats the last
+        t_max = int(total.max())
+        keys = torch.arange(t_max, device=dev)
+        causal = keys[None, None] <= pos[:, :, None]  # (B, P, T)
+        w_rows = slots[:, None].expand(b, p)[new]  # (N,) cache writes of the real queries only
+        w_pos = pos[new]
+        rows = torch.arange(b, device=dev)
+        last = counts - 1
+        x = items + self.encoder.pos.weight[pos]  # (B, P, D)
+        mass = None
+        gates = torch.zeros(b, 3, device=dev)
+        for layer, block in enumerate(self.encoder.blocks):
+            xn = block.norm1(x)
+            attn = block.attn
+            q, k_new, v_new = (split_heads(t, self.heads) for t in attn.qkv(xn).chunk(3, dim=-1))  # (B, H, P, dh)
+            self.k[layer][w_rows, :, w_pos] = k_new.permute(0, 2, 1, 3)[new].to(self.k[layer].dtype)
+            self.v[layer][w_rows, :, w_pos] = v_new.permute(0, 2, 1, 3)[new].to(self.v[layer].dtype)
+            ks = self.k[layer][slots, :, :t_max].to(q.dtype)  # (B, H, T, dh)
+            vs = self.v[layer][slots, :, :t_max].to(q.dtype)
+            if not self.sparse:
+                o, w = _attention_with_weights(q, ks, vs, causal[:, None])
+                x = x + attn.out(merge_heads(o))
+                mass = w[rows, :, last].sum(1)  # (B, T)
+            else:
+                o, mass, gates = self._extend_sparse(layer, attn, slots, xn, q, ks, vs, pos, t0, total, causal)
+                x = x + attn.out(merge_heads(o))
+            x = x + block.ffn(block.norm2(x))
+        self.length[slots] = total
+        users = self.encoder.norm(x)[rows, last]
+        explanation = None
+        if explain_top > 0 and mass is not None:
+            positions = keys.expand(b, -1)
+            explanation = _top_positions(positions, mass, explain_top, gates)
+        return users, explanation
+
+    def _extend_sparse(
+        self,
+        layer: int,
+        attn: SparseAttention,
+        slots: torch.Tensor,
+        xn: torch.Tensor,
+        q: torch.Tensor,
+        ks: torch.Tensor,
+        vs: torch.Tensor,
+        pos: torch.Tensor,
+        t0: torch.Tensor,
+        total: torch.Tensor,
+        causal: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sparse attention of the new queries q (B, H, P, dh) at positions pos (B, P) against the
+        slots' windows ks/vs (B, H, T, dh) -> output (B, H, P, dh), last query's mass (B, T), gates (B, 3)."""
+        sp = attn.cfg
+        b, h, p, dh = q.shape
+        t_max = ks.shape[2]
+        dev = q.device
+        rows = torch.arange(b, device=dev)
+        last = total - t0 - 1
+        nb = t_max // self.block
+        if nb:
+            # Summaries of every complete block (re-deriving old ones gives the same values);
+            # blocks still incomplete for a slot are masked below and rewritten once complete.
+            kc = compress_blocks(ks, self.block, attn.block_pos_k, attn.compress_k)
+            vc = compress_blocks(vs, self.block, attn.block_pos_v, attn.compress_v)
+            self.kc[layer][slots, :, :nb] = kc.to(self.kc[layer].dtype)
+            self.vc[layer][slots, :, :nb] = vc.to(self.vc[layer].dtype)
+        kc_all = self.kc[layer][slots].to(q.dtype)  # (B, H, NB, dh)
+        vc_all = self.vc[layer][slots].to(q.dtype)
+        n_cap = kc_all.shape[2]
+        # Selection per new query: its query block's choice, made at the block's first position
+        # (a new query there, or the choice the slot already holds for the block in progress).
+        start = (pos // self.block) * self.block  # (B, P)
+        fresh = start >= t0[:, None]
+        q_start = q.permute(0, 2, 1, 3)[rows[:, None], (start - t0[:, None]).clamp(min=0)]  # (B, P, H, dh)
+        kc_rep = kc_all[:, None].expand(b, p, h, n_cap, dh).reshape(b * p, h, n_cap, dh)
+        idx, valid = self._choose(kc_rep, q_start.reshape(b * p, h, dh), start.reshape(-1))
+        idx, valid = idx.view(b, p, -1), valid.view(b, p, -1)
+        held_idx, held_valid = self.sel_idx[layer][slots], self.sel_valid[layer][slots]  # (B, n)
+        idx = torch.where(fresh[..., None], idx, held_idx[:, None])
+        valid = torch.where(fresh[..., None], valid, held_valid[:, None])
+        self.sel_idx[layer][slots] = idx[rows, last]
+        self.sel_valid[layer][slots] = valid[rows, last]
+        n_all = t_max // self.block + 1
+        chosen = torch.zeros(b, p, n_all + 1, dtype=torch.bool, device=dev)
+        chosen.scatter_(2, torch.where(valid, idx, n_all), True)  # invalid slots go to a spare column
+        key_block = torch.arange(t_max, device=dev) // self.block
+        sel_mask = chosen[:, :, key_block] & causal  # (B, P, T)
+        diff = pos[:, :, None] - torch.arange(t_max, device=dev)[None, None]
+        win_mask = (diff >= 0) & (diff < sp.window)
+        ends = (torch.arange(n_cap, device=dev) + 1) * self.block - 1
+        cmp_mask = ends[None, None] <= pos[:, :, None]  # (B, P, NB)
+        o_cmp = masked_softmax_attention(q, kc_all, vc_all, cmp_mask[:, None])
+        o_sel, p_sel = _attention_with_weights(q, ks, vs, sel_mask[:, None])
+        o_win, p_win = _attention_with_weights(q, ks, vs, win_mask[:, None])
+        g = attn._gates(xn).permute(0, 2, 1, 3)  # (B, H, P, 3)
+        o = g[..., 0:1] * o_cmp + g[..., 1:2] * o_sel + g[..., 2:3] * o_win
+        g_last = g[rows, :, last]  # (B, H, 3)
+        mass = (g_last[..., 1:2] * p_sel[rows, :, last]).sum(1) + (g_last[..., 2:3] * p_win[rows, :, last]).sum(1)
+        return o, mass, g_last.mean(1)
+
+    @torch.no_grad()
     def prefill(self, slots: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """slots (B,), items (B, T, D) right-padded windows, lengths (B,) >= 1 -> user vectors (B, D).
 
@@ -232,7 +356,7 @@ class LiveEncoder:
 def _attention_with_weights(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`masked_softmax_attention` that also returns the weights (B, H, 1, S)."""
+    """`masked_softmax_attention` that also returns the weights (B, H, P, S)."""
     scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
     weights = torch.softmax(scores.masked_fill(~mask, NEG), dim=-1) * mask
     return weights @ v, weights

@@ -134,6 +134,7 @@ def build_app(
     clicks_topic = app.topic(topics.clicks, value_type=bytes, key_type=bytes)
     batch_size = settings.batch_size
     batch_wait = settings.batch_wait_ms / 1000.0
+    idle_s = settings.catalogue_idle_ms / 1000.0
     metrics.model_info.labels(recommender.model_version).set(1)
     metrics.model_loaded.set(time.time())
     metrics.index_size.set(len(recommender.index))
@@ -150,6 +151,10 @@ def build_app(
             metrics.dead_letters.labels(d.reason).inc()
             futures.append(await send_raw(topics.dead_letters, d.source_topic.encode(), encode(d)))
         return futures
+
+    # Set once the catalogue reader has caught up with the catalogue as it stood at start: clicks
+    # wait for it, so a fresh worker does not reject clicks on items it has not read yet.
+    catalogue_ready = asyncio.Event()
 
     @app.task
     async def read_catalogue() -> None:
@@ -168,11 +173,23 @@ def build_app(
                     consumer.seek(tp, stored + 1)
                 else:
                     await consumer.seek_to_beginning(tp)
+            ends = await consumer.end_offsets(tps)
             while True:
+                if not catalogue_ready.is_set():
+                    positions = {tp: await consumer.position(tp) for tp in tps}
+                    if all(positions[tp] >= ends[tp] for tp in tps):
+                        catalogue_ready.set()
                 batches = await consumer.getmany(timeout_ms=int(1000 * batch_wait), max_records=batch_size)
                 for tp, messages in batches.items():
                     metrics.events_in.labels(topics.catalogue).inc(len(messages))
                     await apply_catalogue_messages(tp, messages)
+                if not batches:
+                    # Nothing new: stop fetching for a moment. A broker that answers empty fetches
+                    # at once (noida-db) would otherwise keep this loop, which the click agent
+                    # shares, busy; it bounds the added catalogue latency by catalogue_idle_ms.
+                    consumer.pause(*tps)
+                    await asyncio.sleep(idle_s)
+                    consumer.resume(*tps)
         finally:
             await consumer.stop()
 
@@ -233,6 +250,7 @@ def build_app(
 
     @app.agent(clicks_topic, name=f"{settings.app_id}-clicks")
     async def on_clicks(stream: faust.StreamT) -> None:
+        await catalogue_ready.wait()
         async for events in stream.take_events(batch_size, within=batch_wait):
             started = time.monotonic()
             events = list(events)

@@ -46,6 +46,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_ANN_NPROBE=str(settings.ann_nprobe),
         STREAMREC_EXPLAIN="1" if settings.explain else "0",
         STREAMREC_STATE_MEMORY_MB=str(settings.state_memory_mb),
+        STREAMREC_CATALOGUE_IDLE_MS=str(settings.catalogue_idle_ms),
+        STREAMREC_TORCH_THREADS=str(settings.torch_threads),
     )
     return env
 

@@ -185,25 +185,33 @@ class ResearchServingModel:
         for _, rows, st in fill:
             if not rows:
                 self.live.length[st.slot] = 0
+        # Users with one new click take one batched step; users with several, one batched extend
+        # (all their new clicks in one pass): two calls per micro-batch, whatever the click mix.
         because: dict[str, list[int]] = {}
-        rnd = 0
-        while True:
-            users = [u for u, rows in pending.items() if len(rows) > rnd]
+        top = self.cfg.explain_top if explain else 0
+        single = [u for u, rows in pending.items() if len(rows) == 1]
+        multi = [u for u, rows in pending.items() if len(rows) > 1]
+        for users in (single, multi):
             if not users:
-                break
+                continue
             slots = torch.tensor([self._users[u].slot for u in users], device=self.device)
-            items = matrix[torch.tensor([pending[u][rnd] for u in users], device=self.device)]
-            top = self.cfg.explain_top if explain else 0
-            vecs, why = self.live.step(slots, items, explain_top=top)
+            if users is single:
+                items = matrix[torch.tensor([pending[u][0] for u in users], device=self.device)]  # (B, D)
+                vecs, why = self.live.step(slots, items, explain_top=top)
+            else:
+                counts = torch.tensor([len(pending[u]) for u in users], device=self.device)
+                idx = torch.zeros(len(users), int(counts.max()), dtype=torch.long, device=self.device)
+                for i, u in enumerate(users):
+                    idx[i, : len(pending[u])] = torch.tensor(pending[u], dtype=torch.long)
+                vecs, why = self.live.extend(slots, matrix[idx], counts, explain_top=top)  # items (B, P, D)
             out = vecs.float().cpu().numpy()
             for i, u in enumerate(users):
                 st = self._users[u]
-                st.length += 1
+                st.length += len(pending[u])
                 st.vector = out[i]
                 if why is not None:
                     window = windows[u]
                     because[u] = [window[p] for p in why.positions[i].tolist() if 0 <= p < len(window)]
-            rnd += 1
         vectors = np.stack([self._users[h.user_id].vector for h in histories])
         return UserEncoding(vectors, [because.get(h.user_id, []) for h in histories] if explain else [])
 

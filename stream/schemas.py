@@ -115,7 +115,28 @@ class DeadLetterRecord:
 
 
 def encode(record: Any) -> bytes:
+    if isinstance(record, RecommendationRecord):
+        return encode_recommendation(record)
     return json.dumps(asdict(record), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_recommendation(rec: RecommendationRecord) -> bytes:
+    """The same JSON as `asdict`, built by hand: `asdict` deep-copies every nested item, which
+    measured as a tenth of the worker's time per recommendation."""
+    why = rec.explanation
+    obj = {
+        "user_id": rec.user_id,
+        "items": [{"item_id": i.item_id, "score": i.score} for i in rec.items],
+        "model_version": rec.model_version,
+        "event_id": rec.event_id,
+        "event_time": rec.event_time,
+        "emitted_at": rec.emitted_at,
+        "explanation": None
+        if why is None
+        else {"because": list(why.because), "modality_weights": dict(why.modality_weights)},
+        "v": rec.v,
+    }
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from faust.worker import Worker
 from prometheus_client import CollectorRegistry
 
@@ -40,6 +41,8 @@ def open_model(settings: Settings) -> ServingModel:
     path = Path(settings.model_path)
     if not path.is_file():
         raise SystemExit(f"STREAMREC_MODEL={settings.model_path}: no such checkpoint (make one with `streamrec train`)")
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
     cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb)
     return load_research_model(path, settings.data_dir, settings.feature_cache, cfg)
 

@@ -131,6 +131,11 @@ class Settings:
     explain: bool = True
     # STREAMREC_STATE_MEMORY_MB: bound on the research model's cached user state per worker.
     state_memory_mb: int = 256
+    # STREAMREC_CATALOGUE_IDLE_MS: pause of the catalogue reader after an empty poll.
+    catalogue_idle_ms: float = 100.0
+    # STREAMREC_TORCH_THREADS: intra-op threads for the model in a worker; the Kafka consumer
+    # thread needs the other core of a 2-core machine (0 = torch's default).
+    torch_threads: int = 1
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -161,6 +166,8 @@ class Settings:
             ann_nprobe=_env_int("STREAMREC_ANN_NPROBE", base.ann_nprobe),
             explain=_env_bool("STREAMREC_EXPLAIN", base.explain),
             state_memory_mb=_env_int("STREAMREC_STATE_MEMORY_MB", base.state_memory_mb),
+            catalogue_idle_ms=_env_float("STREAMREC_CATALOGUE_IDLE_MS", base.catalogue_idle_ms),
+            torch_threads=_env_int("STREAMREC_TORCH_THREADS", base.torch_threads),
         )
 
     @property

@@ -68,6 +68,48 @@ def test_prefill_then_steps_equal_the_full_forward(attention: str) -> None:
         torch.testing.assert_close(got, expected[torch.arange(b), pos], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_extend_by_ragged_chunks_equals_the_full_forward_and_steps_continue_after_it(attention: str) -> None:
+    enc = make_encoder(attention, seed=2)
+    live = LiveEncoder(enc, LiveEncoderConfig(slots=16))
+    b, t_max = len(LENGTHS), 40
+    items = torch.randn(b, t_max, 16)
+    expected = full_outputs(enc, items)
+    rows = torch.arange(b)
+    slots = rows + 3
+    lengths = torch.tensor(LENGTHS)
+    live.prefill(slots, items[:, : max(LENGTHS)], lengths)
+    done = lengths.clone()
+    # Chunks of ragged sizes (1, block-1, block, block+1, ...) that cross block boundaries, so new
+    # blocks complete and new query blocks choose their blocks inside a chunk.
+    for sizes in ([1, 3, 4, 5, 2, 1, 6, 1], [5, 4, 1, 3, 4, 5, 1, 2]):
+        counts = torch.tensor(sizes)
+        p = int(counts.max())
+        chunk = torch.zeros(b, p, 16)
+        for i in range(b):
+            chunk[i, : sizes[i]] = items[i, done[i] : done[i] + sizes[i]]
+        got, why = live.extend(slots, chunk, counts, explain_top=2)
+        done = done + counts
+        torch.testing.assert_close(got, expected[rows, done - 1], atol=1e-5, rtol=1e-5)
+        assert why is not None and bool((why.positions < done[:, None]).all()), "explanations name past positions"
+    assert live.length[slots].tolist() == done.tolist()
+    for _ in range(3):  # the cached state it leaves behind is what steps need
+        got, _ = live.step(slots, items[rows, done])
+        torch.testing.assert_close(got, expected[rows, done], atol=1e-5, rtol=1e-5)
+        done = done + 1
+
+
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_extend_from_an_empty_slot_equals_prefill(attention: str) -> None:
+    enc = make_encoder(attention, seed=3)
+    live = LiveEncoder(enc, LiveEncoderConfig(slots=8))
+    items = torch.randn(3, 9, 16)
+    counts = torch.tensor([9, 1, BLOCK + 1])
+    got, _ = live.extend(torch.tensor([0, 1, 2]), items, counts)
+    expected = full_outputs(enc, items)
+    torch.testing.assert_close(got, expected[torch.arange(3), counts - 1], atol=1e-5, rtol=1e-5)
+
+
 def test_future_items_of_other_users_do_not_change_a_user_and_slots_are_independent() -> None:
     enc = make_encoder("sparse", seed=2)
     live = LiveEncoder(enc, LiveEncoderConfig(slots=4))

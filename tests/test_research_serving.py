@@ -78,7 +78,9 @@ def offline_top(model: ResearchServingModel, history: list[str], k: int) -> tupl
     return [cat.item_ids[r - 1] for r in top.indices.tolist()], top.values.numpy()
 
 
-def test_live_top_k_equals_the_offline_model_for_the_same_history(checkpoint: Path, tmp_path: Path) -> None:
+# Batches of 200 clicks (users with several clicks: extend) and of 7 (mostly one click: step).
+@pytest.mark.parametrize("batch", [200, 7])
+def test_live_top_k_equals_the_offline_model_for_the_same_history(checkpoint: Path, tmp_path: Path, batch: int) -> None:
     model = open_model(checkpoint, tmp_path)
     ds = load_dataset("ml-100k", Settings.from_env().data_dir)
     rec = make(tmp_path, model)
@@ -86,9 +88,9 @@ def test_live_top_k_equals_the_offline_model_for_the_same_history(checkpoint: Pa
     assert rec.model_version == "test-mufasa-v1"
     events = ds.events[:3000]  # sorted by time: many users interleaved, some past the window
     last: dict[str, object] = {}
-    for start in range(0, len(events), 200):  # micro-batches of 200 clicks
-        batch = [ClickRecord(e.event_id, e.user_id, e.item_id, 1000 + start) for e in events[start : start + 200]]
-        for r in rec.handle_clicks(batch).recommendations:
+    for start in range(0, len(events), batch):
+        clicks = [ClickRecord(e.event_id, e.user_id, e.item_id, 1000 + start) for e in events[start : start + batch]]
+        for r in rec.handle_clicks(clicks).recommendations:
             last[r.user_id] = r
     history: dict[str, list[str]] = {}
     for e in events:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
 from streamrec.stream.schemas import (
     CatalogueRecord,
     ClickRecord,
+    Explanation,
     RecommendationRecord,
     RecordError,
     ScoredItem,
@@ -90,3 +92,12 @@ def test_recommendation_round_trip() -> None:
     back = decode_recommendation(encode(rec))
     assert back == rec
     assert json.loads(encode(rec))["v"] == 1
+
+
+@pytest.mark.parametrize("explained", [False, True])
+def test_hand_built_recommendation_json_equals_the_generic_encoding(explained: bool) -> None:
+    why = Explanation(["x", "y"], {"title": 0.7, "attr": 0.3}) if explained else None
+    rec = RecommendationRecord("u1", [ScoredItem("a", 0.5)], "m-v2", "e1", NOW - 9, NOW, why)
+    generic = json.dumps(asdict(rec), separators=(",", ":"), ensure_ascii=False).encode()
+    assert encode(rec) == generic
+    assert decode_recommendation(encode(rec)) == rec
