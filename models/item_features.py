@@ -66,3 +66,18 @@ class ItemFeatures:
             {k: v[idx] for k, v in self.extra.items()},
             {k: v[idx] for k, v in self.extra_mask.items()},
         )
+
+    def append(self, more: ItemFeatures) -> ItemFeatures:
+        """These rows followed by `more`'s rows (new items joining the catalogue)."""
+        assert self.attr_vocab == more.attr_vocab and self.n_categories == more.n_categories, "vocabularies differ"
+        assert set(self.extra) == set(more.extra), "the same modalities on both sides"
+        return ItemFeatures(
+            torch.cat([self.title, more.title]),
+            torch.cat([self.title_mask, more.title_mask]),
+            torch.cat([self.attr_tokens, more.attr_tokens]),
+            self.attr_vocab,
+            torch.cat([self.category, more.category]),
+            self.n_categories,
+            {k: torch.cat([v, more.extra[k]]) for k, v in self.extra.items()},
+            {k: torch.cat([v, more.extra_mask[k]]) for k, v in self.extra_mask.items()},
+        )

@@ -38,6 +38,11 @@ class Metrics:
     gate_decisions: Counter
     gate_ndcg: Gauge
     caught_up: Counter
+    model_swap: Histogram
+    trainer_rounds_seconds: Histogram
+    trainer_sequences_per_s: Gauge
+    trainer_window_users: Gauge
+    trainer_events: Counter
 
 
 # Stages of a click micro-batch, in order; each has its own latency series.
@@ -141,6 +146,29 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "streamrec_state_caught_up_clicks_total",
             "Clicks read back from the clicks topic after a partition moved to this worker",
             registry=registry,
+        ),
+        model_swap=Histogram(
+            "streamrec_model_swap_seconds",
+            "Announcement to serving a new model version: load, encode the catalogue, switch",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=registry,
+        ),
+        trainer_rounds_seconds=Histogram(
+            "streamrec_trainer_fine_tune_seconds",
+            "Duration of one online fine-tune (training only, not the gate)",
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        ),
+        trainer_sequences_per_s=Gauge(
+            "streamrec_trainer_throughput_sequences_per_second",
+            "Training sequences per second of the last fine-tune (epochs counted)",
+            registry=registry,
+        ),
+        trainer_window_users=Gauge(
+            "streamrec_trainer_window_users_count", "Users in the trainer's recent window", registry=registry
+        ),
+        trainer_events=Counter(
+            "streamrec_trainer_events_in_total", "Records the trainer read", ["topic"], registry=registry
         ),
     )
 

@@ -35,6 +35,10 @@ class ItemIndex(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
+    @abstractmethod
+    def empty_like(self) -> ItemIndex:
+        """A new, empty index of the same kind and settings (the second index of a model swap)."""
+
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[set[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +79,9 @@ class ExactItemIndex(ItemIndex):
         self.dim = dim
         self._rows: dict[int, np.ndarray] = {}
 
+    def empty_like(self) -> ExactItemIndex:
+        return ExactItemIndex(self.dim)
+
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         assert vectors.shape == (len(ids), self.dim), f"vectors must be ({len(ids)}, {self.dim})"
         for i, v in zip(ids, vectors, strict=True):
@@ -114,6 +121,9 @@ class FaissItemIndex(ItemIndex):
         # Vectors by id, kept to (re)build the approximate index; 4 D bytes per item.
         self._vectors: dict[int, np.ndarray] = {}
         self.approximate = False
+
+    def empty_like(self) -> FaissItemIndex:
+        return FaissItemIndex(self.dim, self.ann_threshold, self.nprobe, self.nlist)
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)

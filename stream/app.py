@@ -29,9 +29,11 @@ from streamrec.stream.schemas import (
     RecordError,
     decode_catalogue,
     decode_click,
+    decode_model_announcement,
     encode,
     now_ms,
 )
+from streamrec.stream.serving_model import ServingModel
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -126,8 +128,10 @@ def build_app(
     recommender: Recommender,
     metrics: Metrics,
     on_recommendations: Callable[[list[RecommendationRecord]], None] | None = None,
+    load_version: Callable[[str], ServingModel] | None = None,
 ) -> faust.App:
-    """The worker's Faust app; `on_recommendations` sees every emitted batch (the dashboard page)."""
+    """The worker's Faust app; `on_recommendations` sees every emitted batch (the dashboard page);
+    `load_version` loads a model-store version named on the models topic (hot swap)."""
     app = StreamrecApp(settings.app_id, **faust_settings(settings))
     app.leave_group_on_stop = settings.leave_group_on_stop
     topics = settings.topics
@@ -221,6 +225,52 @@ def build_app(
             await asyncio.gather(*futures)
         recommender.catalogue.record_offsets({tp.partition: messages[-1].offset})
         metrics.index_size.set(len(recommender.index))
+
+    @app.task
+    async def watch_models() -> None:
+        """Switch models without a restart when the trainer (or `streamrec model rollback`)
+        announces a version: load it and encode the catalogue into a second index in a thread
+        while batches keep being answered, then switch between two batches."""
+        if load_version is None:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = await _wait_for_partitions(consumer, topics.models)
+            tps = [TopicPartition(topics.models, p) for p in parts]
+            consumer.assign(tps)
+            # Only announcements made from now on: at start the worker loaded the store's current version.
+            await consumer.seek_to_end(*tps)
+            loop = asyncio.get_running_loop()
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                if not batches:
+                    consumer.pause(*tps)
+                    await asyncio.sleep(idle_s)
+                    consumer.resume(*tps)
+                    continue
+                messages = [m for msgs in batches.values() for m in msgs]
+                try:
+                    announcement = decode_model_announcement(messages[-1].value)  # the latest wins
+                except RecordError as err:
+                    metrics.dead_letters.labels(err.reason).inc()
+                    continue
+                if announcement.version == recommender.model_version:
+                    continue
+                started = time.perf_counter()
+                old = recommender.model_version
+                model = await loop.run_in_executor(None, load_version, announcement.version)
+                prepared = await loop.run_in_executor(None, recommender.prepare_model, model)
+                # Batches are answered synchronously on this loop, so the switch falls between two.
+                recommender.swap_model(prepared)
+                metrics.model_info.labels(old).set(0)
+                metrics.model_info.labels(recommender.model_version).set(1)
+                metrics.model_loaded.set(time.time())
+                metrics.model_swap.observe(time.perf_counter() - started)
+                metrics.index_size.set(len(recommender.index))
+                metrics.index_updated.set(time.time())
+        finally:
+            await consumer.stop()
 
     click_log = ClickLogReader(settings.kafka_bootstrap, topics.clicks)
 

@@ -48,6 +48,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_STATE_MEMORY_MB=str(settings.state_memory_mb),
         STREAMREC_CATALOGUE_IDLE_MS=str(settings.catalogue_idle_ms),
         STREAMREC_TORCH_THREADS=str(settings.torch_threads),
+        STREAMREC_MODEL_STORE=str(settings.model_store_dir),
+        STREAMREC_TRAINER_EVERY_EVENTS=str(settings.trainer_every_events),
+        STREAMREC_TRAINER_EVERY_MINUTES=str(settings.trainer_every_minutes),
+        STREAMREC_TRAINER_EPOCHS=str(settings.trainer_epochs),
+        STREAMREC_TRAINER_TOLERANCE=str(settings.trainer_tolerance),
+        STREAMREC_TRAINER_METRICS_PORT=str(settings.trainer_metrics_port),
     )
     return env
 

@@ -41,6 +41,18 @@ class ClickBatchResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PreparedModel:
+    """A new model with every catalogue item's vector computed and a second index filled."""
+
+    model: ServingModel
+    index: ItemIndex
+    matrix: np.ndarray  # (rows, D)
+    entries: list[CatalogueEntry]
+    vectors: np.ndarray  # (N, D), one per entry
+    seconds: float
+
+
 class Recommender:
     """Applies catalogue records and clicks; returns recommendations."""
 
@@ -61,12 +73,12 @@ class Recommender:
         self.top_k = top_k
         self.explain = explain
         self._matrix = np.zeros((1024, model.dim), dtype=np.float32)  # (rows, D): every catalogue row's vector
+        # Items changed while a new model is being prepared (None when no swap is under way).
+        self._changed_during_swap: set[str] | None = None
         entries = catalogue.all_entries()
         if entries and catalogue.vectors_version != model.version:
             # Stored vectors came from another model: recompute them from the stored content.
-            records = [
-                CatalogueRecord(e.item_id, "upsert", 0, e.title, e.category_path, e.brand, e.price) for e in entries
-            ]
+            records = [_record_of(e) for e in entries]
             catalogue.put(entries, self._encode(records))
         catalogue.vectors_version = model.version
         for e in entries:
@@ -87,11 +99,58 @@ class Recommender:
         return np.concatenate(out).astype(np.float32)
 
     def _set_row(self, row: int, vec: np.ndarray) -> None:
-        if row >= len(self._matrix):
-            grown = np.zeros((max(row + 1, 2 * len(self._matrix)), self._matrix.shape[1]), dtype=np.float32)
-            grown[: len(self._matrix)] = self._matrix
-            self._matrix = grown
-        self._matrix[row] = vec
+        self._matrix = _set_row(self._matrix, row, vec)
+
+    # --- model swap ----------------------------------------------------------------------------
+
+    def prepare_model(self, model: ServingModel) -> PreparedModel:
+        """Every catalogue item encoded by `model` into a second index, without touching what is
+        served. Safe to run in a worker thread while the event loop keeps serving; items changed
+        meanwhile are recorded and redone by `swap_model`."""
+        assert model.dim == self.index.dim, "a swapped-in model must keep the vector size"
+        started = time.perf_counter()
+        self._changed_during_swap = set()
+        entries = self.catalogue.all_entries()
+        records = [_record_of(e) for e in entries]
+        vecs = np.zeros((0, model.dim), dtype=np.float32)
+        if records:
+            vecs = np.concatenate(
+                [model.encode_items(records[i : i + 1024]) for i in range(0, len(records), 1024)]
+            ).astype(np.float32)  # (N, D)
+        matrix = np.zeros((max(1024, len(self._matrix)), model.dim), dtype=np.float32)
+        index = self.index.empty_like()
+        keep = [i for i, e in enumerate(entries) if e.active and np.linalg.norm(vecs[i]) > 0]
+        for e, v in zip(entries, vecs, strict=True):
+            matrix = _set_row(matrix, e.row, v)
+        if keep:
+            index.upsert(np.array([entries[i].row for i in keep], dtype=np.int64), vecs[keep])
+        return PreparedModel(model, index, matrix, entries, vecs, time.perf_counter() - started)
+
+    def swap_model(self, prepared: PreparedModel) -> int:
+        """Serve `prepared` from the next batch on (call between batches, in the serving thread).
+        Returns how many items changed during preparation and were re-encoded here."""
+        changed = sorted(self._changed_during_swap or ())
+        self._changed_during_swap = None
+        model, index, matrix = prepared.model, prepared.index, prepared.matrix
+        redo = [e for e in (self.catalogue.get(i) for i in changed) if e is not None]
+        if redo:
+            records = [_record_of(e) for e in redo]
+            vecs = model.encode_items(records)
+            for e, v in zip(redo, vecs, strict=True):
+                matrix = _set_row(matrix, e.row, v)
+                rows = np.array([e.row], dtype=np.int64)
+                if e.active and np.linalg.norm(v) > 0:
+                    index.upsert(rows, v[None])
+                else:
+                    index.remove(rows)
+        self.model, self.index, self._matrix = model, index, matrix
+        # Stored vectors follow the served model, so a restart does not recompute them.
+        if prepared.entries:
+            self.catalogue.put(prepared.entries, prepared.vectors)
+        if redo:
+            self.catalogue.put(redo, np.stack([matrix[e.row] for e in redo]))
+        self.catalogue.vectors_version = model.version
+        return len(redo)
 
     def title_of(self, item_id: str) -> str:
         entry = self.catalogue.get(item_id)
@@ -103,6 +162,8 @@ class Recommender:
         latest: dict[str, CatalogueRecord] = {}
         for rec in records:
             latest[rec.item_id] = rec
+        if self._changed_during_swap is not None:
+            self._changed_during_swap.update(latest)
         upserts = [r for r in latest.values() if r.op == "upsert"]
         withdrawn = [r for r in latest.values() if r.op == "withdraw"]
         changed = 0
@@ -205,3 +266,18 @@ class Recommender:
     def close(self) -> None:
         self.sequences.close()
         self.catalogue.close()
+
+
+def _set_row(matrix: np.ndarray, row: int, vec: np.ndarray) -> np.ndarray:
+    """matrix (rows, D) with `row` set to vec, grown (doubled) when too small."""
+    if row >= len(matrix):
+        grown = np.zeros((max(row + 1, 2 * len(matrix)), matrix.shape[1]), dtype=np.float32)
+        grown[: len(matrix)] = matrix
+        matrix = grown
+    matrix[row] = vec
+    return matrix
+
+
+def _record_of(entry: CatalogueEntry) -> CatalogueRecord:
+    """A stored entry as the catalogue record that would (re)create it, to encode it again."""
+    return CatalogueRecord(entry.item_id, "upsert", 0, entry.title, entry.category_path, entry.brand, entry.price)

@@ -59,8 +59,13 @@ class ResearchServingModel:
         version: str,
         text: str,
         cfg: ResearchServingConfig | None = None,
+        meta: dict | None = None,
     ) -> None:
         self.cfg = cfg or ResearchServingConfig()
+        # What the checkpoint says about itself (dataset, text encoder, parent, items grown since
+        # training): the online trainer carries it forward into the versions it makes.
+        self.meta = dict(meta or {})
+        self.grown_items: list[dict] = list(self.meta.get("grown_items", []))
         self.device = pick_device(self.cfg.device)
         self.model = model.to(self.device).eval()
         self.catalog = catalog
@@ -94,45 +99,12 @@ class ResearchServingModel:
 
     # --- items -------------------------------------------------------------------------------
 
-    def _features(self, records: list[CatalogueRecord]) -> tuple[ItemFeatures, torch.Tensor]:
-        cat, f = self.catalog, self.catalog.features
-        n = len(records)
-        id_rows = torch.tensor([cat.row_of.get(r.item_id, 0) for r in records], dtype=torch.long)
-        title = torch.zeros(n, f.title.shape[1])
-        fresh = []
-        for i, (rec, row) in enumerate(zip(records, id_rows.tolist(), strict=True)):
-            if row and rec.title == self.titles.get(rec.item_id):
-                title[i] = f.title[row]  # the training-time vector of an unchanged title
-            else:
-                fresh.append(i)
-        if fresh:
-            texts = [records[i].title for i in fresh]
-            if self.text == "minilm":
-                from streamrec.text_encoder import encode_texts
-
-                vecs = encode_texts(texts)
-            else:
-                vecs = hashed_text_vectors(texts)
-            title[fresh] = torch.from_numpy(np.asarray(vecs, dtype=np.float32))
-        title_mask = torch.tensor([bool(r.title.strip()) for r in records])
-        attr = torch.zeros(n, f.attr_tokens.shape[1], dtype=torch.long)
-        category = torch.zeros(n, dtype=torch.long)
-        cat_index = {c: i for i, c in enumerate(cat.categories)}
-        for i, rec in enumerate(records):
-            item = Item(rec.item_id, rec.title, tuple(rec.category_path), rec.brand, rec.price)
-            toks = [cat.attr_vocab[t] for t in attribute_tokens(item) if t in cat.attr_vocab]  # unknown dropped
-            attr[i, : len(toks)] = torch.tensor(toks[: attr.shape[1]], dtype=torch.long)
-            category[i] = cat_index.get(item.top_category, 0)
-        # Dataset-specific precomputed vectors (e.g. audio) are not carried by catalogue records:
-        # known items keep theirs, new items have that modality masked.
-        extra = {k: v[id_rows] for k, v in f.extra.items()}
-        extra_mask = {k: m[id_rows] & (id_rows > 0) for k, m in f.extra_mask.items()}
-        feats = ItemFeatures(title, title_mask, attr, f.attr_vocab, category, f.n_categories, extra, extra_mask)
-        return feats, id_rows
+    def content_features(self, records: list[CatalogueRecord]) -> tuple[ItemFeatures, torch.Tensor]:
+        return content_features(self.catalog, self.titles, self.text, records)
 
     @torch.no_grad()
     def encode_items(self, records: list[CatalogueRecord]) -> np.ndarray:
-        feats, id_rows = self._features(records)
+        feats, id_rows = self.content_features(records)
         table = self.model.item_table(feats.to(self.device), id_rows.to(self.device))
         vecs = table.vectors.float().cpu().numpy()
         if table.modality_weight is not None:
@@ -234,14 +206,76 @@ class ResearchServingModel:
         return self.live.state_bytes(length - window_start(length, self.max_len))
 
 
+def content_features(
+    catalog: ItemCatalog, titles: dict[str, str], text: str, records: list[CatalogueRecord]
+) -> tuple[ItemFeatures, torch.Tensor]:
+    """Features of catalogue records in the checkpoint's vocabularies, and each one's ID row
+    (0 for items the model has no ID row for: placed by content alone)."""
+    cat, f = catalog, catalog.features
+    n = len(records)
+    id_rows = torch.tensor([cat.row_of.get(r.item_id, 0) for r in records], dtype=torch.long)
+    title = torch.zeros(n, f.title.shape[1])
+    fresh = []
+    for i, (rec, row) in enumerate(zip(records, id_rows.tolist(), strict=True)):
+        if row and rec.title == titles.get(rec.item_id):
+            title[i] = f.title[row]  # the training-time vector of an unchanged title
+        else:
+            fresh.append(i)
+    if fresh:
+        texts = [records[i].title for i in fresh]
+        if text == "minilm":
+            from streamrec.text_encoder import encode_texts
+
+            vecs = encode_texts(texts)
+        else:
+            vecs = hashed_text_vectors(texts)
+        title[fresh] = torch.from_numpy(np.asarray(vecs, dtype=np.float32))
+    title_mask = torch.tensor([bool(r.title.strip()) for r in records])
+    attr = torch.zeros(n, f.attr_tokens.shape[1], dtype=torch.long)
+    category = torch.zeros(n, dtype=torch.long)
+    cat_index = {c: i for i, c in enumerate(cat.categories)}
+    for i, rec in enumerate(records):
+        item = Item(rec.item_id, rec.title, tuple(rec.category_path), rec.brand, rec.price)
+        toks = [cat.attr_vocab[t] for t in attribute_tokens(item) if t in cat.attr_vocab]  # unknown dropped
+        attr[i, : len(toks)] = torch.tensor(toks[: attr.shape[1]], dtype=torch.long)
+        category[i] = cat_index.get(item.top_category, 0)
+    # Dataset-specific precomputed vectors (e.g. audio) are not carried by catalogue records:
+    # known items keep theirs, new items have that modality masked.
+    extra = {k: v[id_rows] for k, v in f.extra.items()}
+    extra_mask = {k: m[id_rows] & (id_rows > 0) for k, m in f.extra_mask.items()}
+    feats = ItemFeatures(title, title_mask, attr, f.attr_vocab, category, f.n_categories, extra, extra_mask)
+    return feats, id_rows
+
+
+def grown_catalog(catalog: ItemCatalog, titles: dict[str, str], text: str, grown: list[dict]) -> ItemCatalog:
+    """The training catalogue plus items added by online fine-tuning (rows n+1.. in order); their
+    content travels in the checkpoint's metadata because the dataset does not have them."""
+    if not grown:
+        return catalog
+    records = [CatalogueRecord(**g) for g in grown]
+    feats, _ = content_features(catalog, titles, text, records)
+    ids = catalog.item_ids + [r.item_id for r in records]
+    return ItemCatalog(
+        ids,
+        {item: row + 1 for row, item in enumerate(ids)},
+        catalog.features.append(feats),
+        catalog.categories,
+        catalog.attr_vocab,
+    )
+
+
 def load_research_model(
     path: Path, data_dir: Path, features_dir: Path, cfg: ResearchServingConfig | None = None
 ) -> ResearchServingModel:
-    """A checkpoint from `streamrec train`, with the item features of the dataset it was trained on."""
+    """A checkpoint from `streamrec train` (or the online trainer), with the item features of the
+    dataset it was trained on and of the items it grew to since."""
     config, state, version, meta = load_checkpoint(path)
     dataset = load_dataset(meta["dataset"], data_dir)
     catalog = build_catalog(dataset, text=meta["text"], cache_dir=features_dir, progress=False)
+    titles = {it.item_id: it.title for it in dataset.items}
+    grown = meta.get("grown_items", [])
+    catalog = grown_catalog(catalog, titles, meta["text"], grown)
+    titles.update({g["item_id"]: g["title"] for g in grown})
     model = SeqRec(config, catalog.features)
     model.load_state_dict(state)
-    titles = {it.item_id: it.title for it in dataset.items}
-    return ResearchServingModel(model, catalog, titles, version, meta["text"], cfg)
+    return ResearchServingModel(model, catalog, titles, version, meta["text"], cfg, meta)

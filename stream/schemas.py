@@ -101,6 +101,16 @@ class RecommendationRecord:
 
 
 @dataclass(frozen=True)
+class ModelAnnouncement:
+    """`models` topic: the model store's current version changed (promotion or rollback)."""
+
+    version: str
+    action: str  # "promote" or "rollback"
+    at: int  # ms
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
 class DeadLetterRecord:
     """`dead-letters` topic: what was wrong and the original bytes (UTF-8 with replacement)."""
 
@@ -241,3 +251,13 @@ def decode_recommendation(raw: bytes) -> RecommendationRecord:
         emitted_at=obj["emitted_at"],
         explanation=Explanation(list(why["because"]), dict(why["modality_weights"])) if why else None,
     )
+
+
+def decode_model_announcement(raw: bytes) -> ModelAnnouncement:
+    obj = _load_object(raw)
+    version, action = obj.get("version"), obj.get("action")
+    if not isinstance(version, str) or not version:
+        raise RecordError("missing_field", "a model announcement needs a version")
+    if action not in ("promote", "rollback"):
+        raise RecordError("bad_value", f"action must be promote or rollback, got {action!r}")
+    return ModelAnnouncement(version, action, int(obj.get("at", 0)))

@@ -20,10 +20,11 @@ from streamrec.ops.metrics import create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
+from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app
 from streamrec.stream.recommender import Recommender
-from streamrec.stream.research_model import ResearchServingConfig, load_research_model
+from streamrec.stream.research_model import ResearchServingConfig, ResearchServingModel, load_research_model
 from streamrec.stream.serving_model import BaselineServingModel, ServingModel
 from streamrec.stream.topics import ensure_topics
 
@@ -35,12 +36,20 @@ def worker_state_dir(settings: Settings) -> Path:
 
 
 def open_model(settings: Settings) -> ServingModel:
-    """The checkpoint named by STREAMREC_MODEL, or the content baseline when none is named."""
+    """The model store's current version; else the checkpoint named by STREAMREC_MODEL; else the
+    content baseline."""
+    current = ModelStore(settings.model_store_dir).current() if settings.model_store_dir.is_dir() else None
+    if current is not None:
+        return load_serving_version(settings, current.path)
     if not settings.model_path:
         return BaselineServingModel(ContentBaseline(ContentBaselineConfig()))
     path = Path(settings.model_path)
     if not path.is_file():
         raise SystemExit(f"STREAMREC_MODEL={settings.model_path}: no such checkpoint (make one with `streamrec train`)")
+    return load_serving_version(settings, path)
+
+
+def load_serving_version(settings: Settings, path: Path) -> ResearchServingModel:
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb)
@@ -69,7 +78,14 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     if settings.dashboard_port:
         page = DashboardServer(registry, recent, settings.dashboard_port, settings.metrics_host).start()
         print(f"streamrec worker: live page on {page.url}", flush=True)
-    app = build_app(settings, recommender, metrics, on_recommendations=recent.add)
+    store = ModelStore(settings.model_store_dir)
+    app = build_app(
+        settings,
+        recommender,
+        metrics,
+        on_recommendations=recent.add,
+        load_version=lambda version: load_serving_version(settings, store.get(version).path),
+    )
     worker = Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

@@ -9,6 +9,8 @@
     streamrec data fetch ml-100k
     streamrec train --dataset amazon-beauty --model sasrec|mufasa|cammsr|... [--seed N]
     streamrec eval --checkpoint PATH
+    streamrec trainer [--backfill N] [--max-rounds N]
+    streamrec model list|rollback|import PATH
 
 Runtime settings come from the environment (see streamrec/settings.py and the README).
 """
@@ -51,6 +53,19 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         f"resume with --start {report.first_offset + report.clicks}"
     )
     return 0
+
+
+def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.stream.trainer_process import run_trainer
+
+    run_trainer(settings, backfill=args.backfill, max_rounds=args.max_rounds)
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.stream.trainer_process import model_command
+
+    return model_command(settings, args.action, args.checkpoint)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -126,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one stream worker (Faust)")
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("trainer", help="online trainer: fine-tune from the stream, gate, promote, announce")
+    p.add_argument("--backfill", type=int, default=20_000, help="clicks per partition re-read at start")
+    p.add_argument("--max-rounds", type=int, default=0, help="stop after this many rounds (0 = run until stopped)")
+    p.set_defaults(func=_cmd_trainer)
+
+    p = sub.add_parser("model", help="the model store: list versions, roll back, import a checkpoint")
+    p.add_argument("action", choices=["list", "rollback", "import"])
+    p.add_argument("checkpoint", nargs="?", default="", help="for import: a checkpoint from `streamrec train`")
+    p.set_defaults(func=_cmd_model)
 
     p = sub.add_parser("replay", help="publish a dataset as live events")
     p.add_argument("--dataset", default="ml-100k")

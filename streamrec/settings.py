@@ -133,6 +133,17 @@ class Settings:
     state_memory_mb: int = 256
     # STREAMREC_CATALOGUE_IDLE_MS: pause of the catalogue reader after an empty poll.
     catalogue_idle_ms: float = 100.0
+    # STREAMREC_MODEL_STORE: versioned model directory shared by the trainer and the workers
+    # (default <state_dir>/model-store). A worker serves its current version when it has one,
+    # else STREAMREC_MODEL.
+    model_store: Path | None = None
+    # Online trainer (`streamrec trainer`): STREAMREC_TRAINER_EVERY_EVENTS, _EVERY_MINUTES,
+    # _EPOCHS, _TOLERANCE (relative NDCG@10 loss the gate accepts), _METRICS_PORT.
+    trainer_every_events: int = 5000
+    trainer_every_minutes: float = 10.0
+    trainer_epochs: int = 2
+    trainer_tolerance: float = 0.02
+    trainer_metrics_port: int = 9466
     # STREAMREC_TORCH_THREADS: intra-op threads for the model in a worker; the Kafka consumer
     # thread needs the other core of a 2-core machine (0 = torch's default).
     torch_threads: int = 1
@@ -167,12 +178,22 @@ class Settings:
             explain=_env_bool("STREAMREC_EXPLAIN", base.explain),
             state_memory_mb=_env_int("STREAMREC_STATE_MEMORY_MB", base.state_memory_mb),
             catalogue_idle_ms=_env_float("STREAMREC_CATALOGUE_IDLE_MS", base.catalogue_idle_ms),
+            model_store=Path(env["STREAMREC_MODEL_STORE"]) if env.get("STREAMREC_MODEL_STORE") else None,
+            trainer_every_events=_env_int("STREAMREC_TRAINER_EVERY_EVENTS", base.trainer_every_events),
+            trainer_every_minutes=_env_float("STREAMREC_TRAINER_EVERY_MINUTES", base.trainer_every_minutes),
+            trainer_epochs=_env_int("STREAMREC_TRAINER_EPOCHS", base.trainer_epochs),
+            trainer_tolerance=_env_float("STREAMREC_TRAINER_TOLERANCE", base.trainer_tolerance),
+            trainer_metrics_port=_env_int("STREAMREC_TRAINER_METRICS_PORT", base.trainer_metrics_port),
             torch_threads=_env_int("STREAMREC_TORCH_THREADS", base.torch_threads),
         )
 
     @property
     def feature_cache(self) -> Path:
         return self.features_dir if self.features_dir is not None else self.state_dir / "features"
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.model_store if self.model_store is not None else self.state_dir / "model-store"
 
     @property
     def broker_dir(self) -> Path:

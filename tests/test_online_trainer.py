@@ -1,0 +1,124 @@
+"""Online fine-tuning rounds on real data, a real model store and real checkpoints (no Kafka)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamrec.datasets import load_dataset
+from streamrec.features import build_catalog
+from streamrec.models.checkpoint import save_checkpoint
+from streamrec.models.presets import build_config
+from streamrec.models.seqrec import SeqRec
+from streamrec.settings import Settings
+from streamrec.state.model_store import ModelStore
+from streamrec.stream.online_trainer import OnlineTrainer, OnlineTrainerConfig, RecentWindow, import_checkpoint
+from streamrec.stream.research_model import ResearchServingConfig, load_research_model
+from streamrec.stream.schemas import CatalogueRecord
+
+MAX_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained small MUFASA on MovieLens-100K: fine-tuning on real clicks must beat it."""
+    ds = load_dataset("ml-100k", Settings.from_env().data_dir)
+    catalog = build_catalog(ds, text="hashed", progress=False)
+    torch.manual_seed(0)
+    model = SeqRec(build_config("mufasa", len(catalog.item_ids), MAX_LEN, 32), catalog.features)
+    path = tmp_path_factory.mktemp("ckpt") / "mufasa.pt"
+    meta = {"dataset": "ml-100k", "model": "mufasa", "text": "hashed"}
+    save_checkpoint(path, model, model.cfg, "ml-100k-mufasa-base", meta)
+    return path
+
+
+def make_trainer(checkpoint: Path, tmp_path: Path) -> tuple[OnlineTrainer, ModelStore]:
+    settings = Settings.from_env()
+    store = ModelStore(tmp_path / "store")
+    stored = import_checkpoint(store, checkpoint)
+    serving = load_research_model(
+        stored.path, settings.data_dir, tmp_path / "features", ResearchServingConfig(state_memory_mb=1)
+    )
+    cfg = OnlineTrainerConfig(every_events=3000, epochs=2, lr=2e-3, max_minutes=2.0)
+    trainer = OnlineTrainer(cfg, store, serving, torch.device("cpu"))
+    ds = load_dataset("ml-100k", settings.data_dir)
+    new = [
+        CatalogueRecord("new-film-1", "upsert", 0, "A Brand New Film (2026)", ("Drama",)),
+        CatalogueRecord("new-film-2", "upsert", 0, "Another New Film (2026)", ("Comedy",)),
+    ]
+    for rec in new:
+        trainer.observe_catalogue(rec)
+    for n, e in enumerate(ds.events[:6000]):
+        trainer.observe_click(e.user_id, e.item_id)
+        if n % 50 == 0:  # the new items are clicked too
+            trainer.observe_click(e.user_id, new[n % 2].item_id)
+    return trainer, store
+
+
+def test_recent_window_keeps_the_latest_clicks_of_the_latest_users() -> None:
+    w = RecentWindow(max_users=2, max_len=3)
+    for user, item in [("a", "1"), ("b", "2"), ("a", "3"), ("a", "4"), ("a", "5"), ("c", "6")]:
+        w.add(user, item)
+    assert w.sequences() == {"a": ["3", "4", "5"], "c": ["6"]}  # b was least recently active
+
+
+def test_a_round_fine_tunes_grows_new_items_passes_the_gate_and_promotes(checkpoint: Path, tmp_path: Path) -> None:
+    trainer, store = make_trainer(checkpoint, tmp_path)
+    assert trainer.due()
+    result = trainer.run_round()
+    assert result.decision == "promoted", result.reason
+    assert result.candidate_ndcg10 > result.serving_ndcg10, "fine-tuning on real clicks beats an untrained model"
+    assert result.new_items == 2 and result.eval_users >= 30 and result.sequences_per_s > 0
+    current = store.current()
+    assert current is not None and current.version == result.candidate_version
+    assert current.meta["parent"] == "ml-100k-mufasa-base"
+    # The promoted checkpoint loads on its own, with rows for the items it grew to.
+    settings = Settings.from_env()
+    served = load_research_model(current.path, settings.data_dir, tmp_path / "features", ResearchServingConfig(1))
+    assert served.version == result.candidate_version
+    n = len(served.catalog.item_ids)
+    assert served.catalog.row_of["new-film-1"] == n - 1 and served.catalog.row_of["new-film-2"] == n
+    assert served.model.id_emb.weight[n].abs().sum() > 0, "the new item's ID row was learned from its clicks"
+    assert trainer.serving.version == result.candidate_version, "later rounds start from the promoted model"
+
+
+def test_the_gate_refuses_a_deliberately_worse_candidate(checkpoint: Path, tmp_path: Path) -> None:
+    trainer, store = make_trainer(checkpoint, tmp_path)
+
+    def sabotage(model: SeqRec) -> None:
+        with torch.no_grad():
+            model.id_emb.weight.copy_(model.id_emb.weight[torch.randperm(model.id_emb.weight.shape[0])])
+            for p in model.encoder.parameters():
+                p.add_(torch.randn_like(p))
+
+    first = trainer.run_round()  # a trained serving model, so "worse" means something
+    assert first.decision == "promoted", first.reason
+    ds = load_dataset("ml-100k", Settings.from_env().data_dir)
+    for e in ds.events[6000:9000]:
+        trainer.observe_click(e.user_id, e.item_id)
+    result = trainer.run_round(after_fine_tune=sabotage)
+    assert result.decision == "refused", result.reason
+    assert result.serving_ndcg10 > 0 and result.candidate_ndcg10 < result.serving_ndcg10 * (1 - 0.02)
+    assert store.current().version == first.candidate_version
+    assert [v.version for v in store.versions()] == ["ml-100k-mufasa-base", first.candidate_version]
+    assert trainer.serving.version == first.candidate_version
+
+
+def test_a_crash_mid_fine_tune_leaves_the_serving_model_and_the_store_untouched(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    trainer, store = make_trainer(checkpoint, tmp_path)
+    serving_before = {k: v.clone() for k, v in trainer.serving.model.state_dict().items()}
+
+    def crash(model: SeqRec) -> None:
+        raise RuntimeError("the trainer died mid-round")
+
+    with pytest.raises(RuntimeError):
+        trainer.run_round(after_fine_tune=crash)
+    assert store.current().version == "ml-100k-mufasa-base"
+    assert [v.version for v in store.versions()] == ["ml-100k-mufasa-base"]
+    assert not list((tmp_path / "store").glob(".tmp-*"))
+    after = trainer.serving.model.state_dict()
+    assert all(torch.equal(serving_before[k], after[k]) for k in serving_before), "warm start copied, not mutated"
