@@ -196,6 +196,12 @@ class OnlineTrainer:
                 "candidate_ndcg10": result.candidate_ndcg10,
                 "eval_users": result.eval_users,
             },
+            "fine_tune": {
+                "seconds": result.fine_tune_seconds,
+                "sequences_per_s": result.sequences_per_s,
+                "train_sequences": result.train_sequences,
+                "epochs": trained.epochs_run,
+            },
         }
         stored = self.store.put(
             version,

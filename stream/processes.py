@@ -123,3 +123,19 @@ def start_worker(settings: Settings, log_path: Path, extra_args: tuple[str, ...]
     worker = WorkerProcess(proc, settings.metrics_port, log_path, settings.dashboard_port)
     worker.wait_until("streamrec_index_size_items", lambda v: v >= 0, timeout_s=60)
     return worker
+
+
+def start_trainer(settings: Settings, log_path: Path, extra_args: tuple[str, ...] = ()) -> WorkerProcess:
+    """`streamrec trainer` as a child process (its metrics on settings.trainer_metrics_port)."""
+    assert settings.trainer_metrics_port != 0, "give the trainer a concrete metrics port"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "trainer", *extra_args],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    trainer = WorkerProcess(proc, settings.trainer_metrics_port, log_path)
+    trainer.wait_until("streamrec_trainer_window_users_count", lambda v: v >= 0, timeout_s=120)
+    return trainer

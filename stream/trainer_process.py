@@ -67,7 +67,8 @@ def record_round(metrics: Metrics, result: RoundResult) -> None:
 
 
 def run_trainer(settings: Settings, backfill: int = 20_000, max_rounds: int = 0) -> None:
-    """Blocks until SIGINT/SIGTERM (or `max_rounds` rounds, for tests and experiments)."""
+    """Blocks until SIGINT/SIGTERM (or `max_rounds` rounds that reached the gate, for tests and
+    experiments)."""
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
@@ -135,7 +136,8 @@ def run_trainer(settings: Settings, backfill: int = 20_000, max_rounds: int = 0)
                 print("streamrec trainer: " + json.dumps(result.__dict__), flush=True)
                 if result.decision == "promoted":
                     announce(settings, store.get(result.candidate_version), "promote")
-                rounds += 1
+                if result.decision != "skipped":  # too little data is not a round
+                    rounds += 1
                 if max_rounds and rounds >= max_rounds:
                     break
     finally:

@@ -100,6 +100,14 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.bench.index_recall import run_index_bench
 
         return run_index_bench(settings, args)
+    if args.bench == "online":
+        from streamrec.bench.online import run_online_bench
+
+        return run_online_bench(settings, args)
+    if args.bench == "drift":
+        from streamrec.bench.drift import run_drift_bench
+
+        return run_drift_bench(settings, args)
     if args.bench == "attention":
         from streamrec.bench.attention import run
 
@@ -192,6 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--k", type=int, default=10)
     b.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     b.add_argument("--out", default="bench/results/index.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("online", help="trainer + worker: fine-tune speed, event to served model, swap time")
+    b.add_argument("--dataset", default="ml-100k")
+    b.add_argument("--model", default=".state/models/ml-100k/mufasa-s0.pt")
+    b.add_argument("--every", type=int, default=5000)
+    b.add_argument("--rate", type=float, default=500.0)
+    b.add_argument("--clicks", type=int, default=20000)
+    b.add_argument("--out", default="bench/results/online.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("drift", help="frozen vs continuously fine-tuned model over the last 20%% of the time span")
+    b.add_argument("--dataset", default="ml-100k")
+    b.add_argument("--model", default="mufasa")
+    b.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
+    b.add_argument("--max-len", type=int, default=0)
+    b.add_argument("--base-minutes", type=float, default=6.0)
+    b.add_argument("--every", type=int, default=2000, help="tail clicks per chunk (one round after each)")
+    b.add_argument("--epochs", type=int, default=2)
+    b.add_argument("--lr", type=float, default=5e-4)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--tail-limit", type=int, default=0, help="only the first N tail clicks (0 = all)")
+    b.add_argument("--out", default="bench/results/drift.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("attention", help="dense vs sparse attention time/memory, incremental step cost")
     b.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
