@@ -100,6 +100,10 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.bench.index_recall import run_index_bench
 
         return run_index_bench(settings, args)
+    if args.bench == "coldstart":
+        from streamrec.bench.coldstart import run_coldstart_bench
+
+        return run_coldstart_bench(settings, args)
     if args.bench == "online":
         from streamrec.bench.online import run_online_bench
 
@@ -200,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--k", type=int, default=10)
     b.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     b.add_argument("--out", default="bench/results/index.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("coldstart", help="quality on items held out of training, placed by content alone")
+    b.add_argument("--dataset", default="amazon-beauty")
+    b.add_argument("--model", default="mufasa")
+    b.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
+    b.add_argument("--id-dropout", type=float, default=0.3)
+    b.add_argument("--holdout", type=float, default=0.1, help="share of the catalogue held out of training")
+    b.add_argument("--minutes", type=float, default=10.0)
+    b.add_argument("--max-len", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--out", default="bench/results/coldstart.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("online", help="trainer + worker: fine-tune speed, event to served model, swap time")
     b.add_argument("--dataset", default="ml-100k")
