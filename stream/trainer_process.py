@@ -44,15 +44,18 @@ def load_for_training(settings: Settings, stored: StoredVersion) -> ResearchServ
     )
 
 
-def open_store(settings: Settings) -> tuple[ModelStore, StoredVersion]:
-    """The store, with a current version: imported from STREAMREC_MODEL on first use."""
+def open_store(settings: Settings, poll_s: float = 10.0) -> tuple[ModelStore, StoredVersion]:
+    """The store, with a current version: imported from STREAMREC_MODEL on first use; without
+    one, wait until an operator imports a version (`streamrec model import PATH`)."""
     store = ModelStore(settings.model_store_dir)
     store.clean()  # leftovers of a trainer that died mid-write
     current = store.current()
-    if current is None:
-        if not settings.model_path:
-            raise SystemExit("the model store is empty: set STREAMREC_MODEL to a checkpoint from `streamrec train`")
+    if current is None and settings.model_path:
         current = import_checkpoint(store, Path(settings.model_path))
+    while current is None:
+        print(f"streamrec trainer: model store {store.root} is empty; waiting for `streamrec model import`", flush=True)
+        time.sleep(poll_s)
+        current = store.current()
     return store, current
 
 

@@ -44,3 +44,15 @@ def test_prometheus_scrapes_the_worker_port() -> None:
     port = load("docker-compose.yml")["services"]["worker-1"]["environment"]["STREAMREC_METRICS_PORT"]
     assert {f"worker-1:{port}", f"worker-2:{port}"} <= set(targets)
     assert Path(PROJECT_ROOT / "Dockerfile").read_text().count("torch==2.13.0") == 1
+
+
+def test_compose_runs_the_trainer_beside_the_workers_on_one_model_store() -> None:
+    compose = load("docker-compose.yml")["services"]
+    trainer = compose["trainer"]
+    assert trainer["command"] == ["trainer"]
+    port = trainer["environment"]["STREAMREC_TRAINER_METRICS_PORT"]
+    prom = load("ops/prometheus/prometheus.yml")
+    targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert f"trainer:{port}" in targets
+    for name in ("worker-1", "worker-2", "trainer"):
+        assert "model-store:/models" in compose[name]["volumes"], f"{name} does not share the model store"

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.ops.metrics import create_metrics, scrape, serve_metrics
 
-NAME = re.compile(r"^streamrec_[a-z]+_[a-z_]+_(total|seconds|events|items|count|messages|info|ratio)$")
+NAME = re.compile(r"^streamrec_[a-z]+_[a-z_]+_(total|seconds|events|items|count|messages|info|ratio|per_second)$")
 
 
 def test_names_follow_the_convention() -> None:
