@@ -1,7 +1,8 @@
 """`streamrec bench coldstart`: how well items never seen in training are recommended.
 
 A random share of the catalogue (`--holdout`, seeded) is held out: every click on those items is
-removed from training, so the model never learns their ID rows. At evaluation they are placed the
+removed from training and they are left out of the training softmax (they do not exist yet), so
+the model never learns their ID rows nor pushes them down. At evaluation they are placed the
 way live serving places an unseen item: by content alone (ID row zeroed, see docs/models.md,
 "Live serving"). Test cases are the users whose last click (leave-one-out, by time) is a held-out
 item; their history is the earlier clicks minus held-out items. Ranking is over the whole
@@ -61,6 +62,9 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     cfg = replace(build_config(args.model, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout)
     model = SeqRec(cfg, catalog.features)
+    # Held-out items do not exist at training time: not negatives either (they would be pushed
+    # down by every training step while never being a target).
+    model.excluded_rows = torch.tensor(sorted(cold))
     started = time.monotonic()
     run = train(model, split, TrainConfig(max_minutes=args.minutes, seed=args.seed), device, progress=False)
     warm = evaluate(model, split.test, 512, device)["excl_history"]

@@ -70,6 +70,9 @@ class SeqRec(nn.Module):
             self.moe = CategoryMoE(features, d, cfg.moe)
         self.encoder = SequenceEncoder(cfg.encoder)
         self.features = features
+        # Rows outside the training catalogue (the cold-start protocol's held-out items): never a
+        # negative of the training softmax, as items that do not exist yet at training time.
+        self.excluded_rows: torch.Tensor | None = None
 
     def _id_vectors(self, rows: torch.Tensor | None) -> torch.Tensor:
         w = self.id_emb.weight if rows is None else self.id_emb(rows)
@@ -124,6 +127,8 @@ class SeqRec(nn.Module):
         valid = targets > 0
         logits = hidden[valid] @ table.vectors.T  # (V, N+1)
         logits[:, 0] = float("-inf")
+        if self.excluded_rows is not None:
+            logits[:, self.excluded_rows] = float("-inf")
         losses = {"rec": F.cross_entropy(logits, targets[valid])}
         items = torch.unique(targets[valid])
         f = self.features

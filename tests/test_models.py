@@ -196,3 +196,17 @@ def test_cuda_matches_cpu() -> None:
     a = cpu.recommend_scores(seqs, lengths, cpu.item_table())
     b = gpu.recommend_scores(seqs.cuda(), lengths.cuda(), gpu.item_table()).cpu()
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_excluded_items_are_not_negatives_of_the_training_softmax() -> None:
+    torch.manual_seed(0)
+    model = SeqRec(tiny("sasrec"))
+    seqs = torch.randint(1, N_ITEMS // 2, (4, 12))
+    targets = torch.randint(1, N_ITEMS // 2, (4, 12))  # no target among the upper half of the catalogue
+    excluded = torch.arange(N_ITEMS // 2 + 1, N_ITEMS + 1)
+    model.training_losses(seqs, targets)["rec"].backward()
+    assert model.id_emb.weight.grad[excluded].abs().sum() > 0, "without exclusion every item is a negative"
+    model.zero_grad()
+    model.excluded_rows = excluded
+    model.training_losses(seqs, targets)["rec"].backward()
+    assert model.id_emb.weight.grad[excluded].abs().sum() == 0, "excluded items get no push from the softmax"
