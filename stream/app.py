@@ -101,6 +101,21 @@ async def _wait_for_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s
         await asyncio.sleep(0.5)
 
 
+async def _assigned_consumer(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A started consumer outside any group, assigned every partition of `topic` (the caller seeks
+    and stops it)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = await _wait_for_partitions(consumer, topic)
+    except BaseException:
+        await consumer.stop()
+        raise
+    tps = [TopicPartition(topic, p) for p in parts]
+    consumer.assign(tps)
+    return consumer, tps
+
+
 class StreamrecApp(faust.App):
     """Faust app that hands its partitions over at once when stopped on purpose.
 
@@ -165,12 +180,8 @@ def build_app(
         """Every worker reads every catalogue partition (no consumer group): each holds the whole
         catalogue and its own index, while users are partitioned. Resumes from the offsets its
         catalogue store recorded; re-applying an upsert or withdrawal is harmless."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
+        consumer, tps = await _assigned_consumer(settings.kafka_bootstrap, topics.catalogue)
         try:
-            parts = await _wait_for_partitions(consumer, topics.catalogue)
-            tps = [TopicPartition(topics.catalogue, p) for p in parts]
-            consumer.assign(tps)
             for tp in tps:
                 stored = recommender.catalogue.offset(tp.partition)
                 if stored >= 0:
@@ -233,12 +244,8 @@ def build_app(
         while batches keep being answered, then switch between two batches."""
         if load_version is None:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
+        consumer, tps = await _assigned_consumer(settings.kafka_bootstrap, topics.models)
         try:
-            parts = await _wait_for_partitions(consumer, topics.models)
-            tps = [TopicPartition(topics.models, p) for p in parts]
-            consumer.assign(tps)
             # Only announcements made from now on: at start the worker loaded the store's current version.
             await consumer.seek_to_end(*tps)
             loop = asyncio.get_running_loop()

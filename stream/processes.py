@@ -110,32 +110,42 @@ class WorkerProcess:
         self.proc.wait()
 
 
-def start_worker(settings: Settings, log_path: Path, extra_args: tuple[str, ...] = ()) -> WorkerProcess:
-    assert settings.metrics_port != 0, "give the worker a concrete metrics port so callers can find it"
+def _start(
+    command: str,
+    settings: Settings,
+    port: int,
+    log_path: Path,
+    extra_args: tuple[str, ...],
+    ready: str,
+    timeout_s: float,
+) -> WorkerProcess:
+    """`streamrec <command>` as a child process, returned once its metric `ready` is exported."""
+    assert port != 0, f"give the {command} a concrete metrics port so callers can find it"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "worker", *extra_args],
+        [sys.executable, "-m", "streamrec.cli", command, *extra_args],
         env=settings_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    worker = WorkerProcess(proc, settings.metrics_port, log_path, settings.dashboard_port)
-    worker.wait_until("streamrec_index_size_items", lambda v: v >= 0, timeout_s=60)
-    return worker
+    child = WorkerProcess(proc, port, log_path, settings.dashboard_port if command == "worker" else 0)
+    child.wait_until(ready, lambda v: v >= 0, timeout_s=timeout_s)
+    return child
+
+
+def start_worker(settings: Settings, log_path: Path, extra_args: tuple[str, ...] = ()) -> WorkerProcess:
+    return _start("worker", settings, settings.metrics_port, log_path, extra_args, "streamrec_index_size_items", 60)
 
 
 def start_trainer(settings: Settings, log_path: Path, extra_args: tuple[str, ...] = ()) -> WorkerProcess:
-    """`streamrec trainer` as a child process (its metrics on settings.trainer_metrics_port)."""
-    assert settings.trainer_metrics_port != 0, "give the trainer a concrete metrics port"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "trainer", *extra_args],
-        env=settings_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    """`streamrec trainer` (its metrics on settings.trainer_metrics_port)."""
+    return _start(
+        "trainer",
+        settings,
+        settings.trainer_metrics_port,
+        log_path,
+        extra_args,
+        "streamrec_trainer_window_users_count",
+        120,
     )
-    trainer = WorkerProcess(proc, settings.trainer_metrics_port, log_path)
-    trainer.wait_until("streamrec_trainer_window_users_count", lambda v: v >= 0, timeout_s=120)
-    return trainer
