@@ -257,10 +257,15 @@ def build_app(
                     consumer.resume(*tps)
                     continue
                 messages = [m for msgs in batches.values() for m in msgs]
+                last = messages[-1]
                 try:
-                    announcement = decode_model_announcement(messages[-1].value)  # the latest wins
+                    announcement = decode_model_announcement(last.value)  # the latest wins
                 except RecordError as err:
-                    metrics.dead_letters.labels(err.reason).inc()
+                    raw = (last.value or b"")[:10_000].decode("utf-8", errors="replace")
+                    dead = DeadLetterRecord(
+                        topics.models, last.partition, last.offset, err.reason, err.detail, raw, now_ms()
+                    )
+                    await asyncio.gather(*await send_dead([dead]))
                     continue
                 if announcement.version == recommender.model_version:
                     continue

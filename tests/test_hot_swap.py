@@ -6,6 +6,7 @@ unanswered, and every recommendation emitted after a switch carries the version 
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -59,6 +60,11 @@ def test_swap_and_rollback_under_load_lose_no_click_and_switch_every_later_recom
             lambda got: len(got) >= 200,
         )
         reader_probe.close()
+        # A malformed announcement first: it must be dead-lettered and change nothing.
+        bad = make_producer(settings.kafka_bootstrap)
+        bad.send(settings.topics.models, key=b"model", value=b"not an announcement")
+        bad.flush()
+        bad.close()
         # Promote v2 the way the trainer does: into the store, then announced on the models topic.
         stored = import_checkpoint(store, v2_file, promote=True)
         announce(settings, stored, "promote")
@@ -73,10 +79,14 @@ def test_swap_and_rollback_under_load_lose_no_click_and_switch_every_later_recom
         recs = read_until(reader, lambda got: len({r.event_id for r in got}) >= len(clicks), timeout_s=120)
         reader.close()
         swaps = worker.metric("streamrec_model_swap_seconds_count")
+        dead_reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.dead_letters)
+        dead = [json.loads(raw) for raw in dead_reader.read_raw(2000)]
+        dead_reader.close()
     finally:
         assert worker.stop() == 0, f"worker did not stop cleanly; log {worker.log_path}"
     assert store.current().version == "swap-v1" and store.history() == ["swap-v1"]
     assert swaps == 2
+    assert [(d["source_topic"], d["reason"]) for d in dead] == [(settings.topics.models, "undecodable")]
     assert {r.event_id for r in recs} == {e.event_id for e in clicks}, "every click answered"
     assert swapped_at < rolled_back_at
     by_time = sorted(recs, key=lambda r: r.emitted_at)

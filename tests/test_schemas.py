@@ -11,11 +11,13 @@ from streamrec.stream.schemas import (
     CatalogueRecord,
     ClickRecord,
     Explanation,
+    ModelAnnouncement,
     RecommendationRecord,
     RecordError,
     ScoredItem,
     decode_catalogue,
     decode_click,
+    decode_model_announcement,
     decode_recommendation,
     encode,
 )
@@ -101,3 +103,16 @@ def test_hand_built_recommendation_json_equals_the_generic_encoding(explained: b
     generic = json.dumps(asdict(rec), separators=(",", ":"), ensure_ascii=False).encode()
     assert encode(rec) == generic
     assert decode_recommendation(encode(rec)) == rec
+
+
+def test_model_announcements_round_trip_and_bad_ones_are_refused() -> None:
+    good = ModelAnnouncement("ml-100k-mufasa-ft3", "rollback", NOW)
+    assert decode_model_announcement(encode(good)) == good
+    for raw, reason in [
+        (b'{"v": 1, "action": "promote"}', "missing_field"),
+        (b'{"v": 1, "version": "x", "action": "delete"}', "bad_value"),
+        (b"not json", "undecodable"),
+    ]:
+        with pytest.raises(RecordError) as err:
+            decode_model_announcement(raw)
+        assert err.value.reason == reason
