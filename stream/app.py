@@ -59,17 +59,23 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def dead_letter(event: EventT, error: RecordError) -> DeadLetterRecord:
-    raw = event.value if isinstance(event.value, bytes) else bytes(str(event.value), "utf-8")
+def dead_letter_of(topic: str, partition: int, offset: int, value: object, error: RecordError) -> DeadLetterRecord:
+    """The dead letter of one input message, with its payload (truncated) for replaying it."""
+    raw = value if isinstance(value, bytes) else bytes(str(value or ""), "utf-8")
     return DeadLetterRecord(
-        source_topic=event.message.topic,
-        partition=event.message.partition,
-        offset=event.message.offset,
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
         reason=error.reason,
         detail=error.detail,
         payload=raw[:10_000].decode("utf-8", errors="replace"),
         at=now_ms(),
     )
+
+
+def dead_letter(event: EventT, error: RecordError) -> DeadLetterRecord:
+    m = event.message
+    return dead_letter_of(m.topic, m.partition, m.offset, event.value, error)
 
 
 def decode_events(
@@ -214,17 +220,7 @@ def build_app(
             try:
                 records.append(decode_catalogue(msg.value))
             except RecordError as err:
-                dead.append(
-                    DeadLetterRecord(
-                        tp.topic,
-                        tp.partition,
-                        msg.offset,
-                        err.reason,
-                        err.detail,
-                        (msg.value or b"")[:10_000].decode("utf-8", errors="replace"),
-                        now_ms(),
-                    )
-                )
+                dead.append(dead_letter_of(tp.topic, tp.partition, msg.offset, msg.value, err))
         if records:
             recommender.apply_catalogue(records)
             searchable = now_ms()
@@ -261,10 +257,7 @@ def build_app(
                 try:
                     announcement = decode_model_announcement(last.value)  # the latest wins
                 except RecordError as err:
-                    raw = (last.value or b"")[:10_000].decode("utf-8", errors="replace")
-                    dead = DeadLetterRecord(
-                        topics.models, last.partition, last.offset, err.reason, err.detail, raw, now_ms()
-                    )
+                    dead = dead_letter_of(topics.models, last.partition, last.offset, last.value, err)
                     await asyncio.gather(*await send_dead([dead]))
                     continue
                 if announcement.version == recommender.model_version:
