@@ -43,7 +43,12 @@ def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Same as `masked_softmax_attention` through PyTorch's fused kernel, for masks in which every
-    query row allows at least one key (the fused kernel returns NaN on empty rows)."""
+    query row allows at least one key (the fused kernel returns NaN on empty rows).
+
+    The mask is given four dimensions because PyTorch's CPU dispatcher sends 2-d and 3-d masks to
+    the unfused math kernel (4-5x slower here at T = 8,192); a leading 1 broadcasts the same way."""
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -91,7 +96,9 @@ def select_blocks(
 
     The block holding the query and the `num_recent` blocks before it are always chosen; the rest
     of the n slots go to the most important earlier complete blocks. Slots beyond what exists are
-    invalid."""
+    invalid. Slots come in descending score order, so slot 0 is always the query's own block (the
+    forced score grows with the block index) and the valid slots come first: min(n, blocks up to
+    the query's own) of them. The efficient selection kernel relies on this layout."""
     b, tq, nb_c = importance.shape
     n_total = int(pos.max().item()) // block + 1 if tq else 0
     scores = torch.full((b, tq, n_total), float("-inf"), device=importance.device)
@@ -165,27 +172,53 @@ def nsa_reference(
     return _mix(gates, [o_cmp, o_sel, o_win])
 
 
+def _compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, block: int, chunk: int) -> torch.Tensor:
+    """Attention over complete-block summaries, `chunk` queries at a time: (B, H, T, dh).
+
+    A chunk's queries can see at most the summaries completed by its last position, so each chunk
+    is given only those: about half the (query, summary) pairs of one masked call over all of them.
+    The first block - 1 positions see no summary and get zeros (the fused kernel would give NaN)."""
+    b, h, t, dh = q.shape
+    nb = kc.shape[2]
+    first = min(t, block - 1)
+    outs = [q.new_zeros(b, h, first, dh)]
+    pos = torch.arange(t, device=q.device)
+    for s0 in range(first, t, chunk):
+        s1 = min(t, s0 + chunk)
+        visible = min(nb, s1 // block)  # summaries complete by position s1 - 1
+        mask = compressed_mask(pos[s0:s1], visible, block)  # (c, visible); each row sees block 0
+        outs.append(sdpa_attention(q[:, :, s0:s1], kc[:, :, :visible], vc[:, :, :visible], mask))
+    return torch.cat(outs, dim=2)
+
+
 def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, chunk: int = 64) -> torch.Tensor:
-    """Sliding-window causal attention, `chunk` queries at a time against chunk + window keys: O(T (c + w))."""
+    """Sliding-window causal attention, `chunk` queries at a time against the keys of their own
+    chunk and the r = ceil(window / chunk) chunks before it: O(T (r + 1) c).
+
+    The key span of each chunk is built by concatenating r + 1 shifted views of the chunked keys (a
+    contiguous copy; an overlapping `unfold` view costs a strided copy of the same size), and the
+    band mask depends only on the chunk, so it broadcasts over batch and heads."""
     b, h, t, dh = q.shape
     c = min(chunk, t)
     n_chunks = (t + c - 1) // c
     t_pad = n_chunks * c
-    span = c + window
-    # Keys padded in front by `window` (never visible), queries padded at the end (dropped).
-    kp = F.pad(k, (0, 0, window, t_pad - t))
-    vp = F.pad(v, (0, 0, window, t_pad - t))
-    # Chunk i holds queries [i c, (i+1) c) and keys [i c - window, (i+1) c).
-    # Heads and chunks share one batch dimension: the fused CPU kernel takes 4-d inputs only.
-    qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h * n_chunks, c, dh)
-    kw = kp.unfold(2, span, c).transpose(-1, -2).reshape(b, h * n_chunks, span, dh)
-    vw = vp.unfold(2, span, c).transpose(-1, -2).reshape(b, h * n_chunks, span, dh)
-    qi = torch.arange(c, device=q.device)[:, None] + window  # query offset within the key span
+    r = (window + c - 1) // c
+    span = (r + 1) * c
+    # Keys padded in front by r chunks (never visible), queries padded at the end (dropped).
+    kp = F.pad(k, (0, 0, r * c, t_pad - t)).view(b, h, n_chunks + r, c, dh)
+    vp = F.pad(v, (0, 0, r * c, t_pad - t)).view(b, h, n_chunks + r, c, dh)
+    # Chunk i holds queries [i c, (i+1) c) and keys [(i - r) c, (i+1) c).
+    kw = torch.cat([kp[:, :, j : j + n_chunks] for j in range(r + 1)], dim=3)  # (B, H, n_chunks, span, dh)
+    vw = torch.cat([vp[:, :, j : j + n_chunks] for j in range(r + 1)], dim=3)
+    qp = F.pad(q, (0, 0, 0, t_pad - t)).view(b, h * n_chunks, c, dh)
+    qi = torch.arange(c, device=q.device)[:, None] + r * c  # query offset within the key span
     kj = torch.arange(span, device=q.device)[None, :]
-    key_pos = torch.arange(n_chunks, device=q.device)[:, None, None] * c - window + kj  # (n_chunks, 1, span)
+    key_pos = torch.arange(n_chunks, device=q.device)[:, None, None] * c - r * c + kj  # (n_chunks, 1, span)
     mask = (kj <= qi) & (kj > qi - window) & (key_pos >= 0)  # (n_chunks, c, span); each row sees itself
-    out = sdpa_attention(qp, kw, vw, mask.repeat(h, 1, 1))  # (B, H n_chunks, c, dh)
-    return out.reshape(b, h, t_pad, dh)[:, :, :t]
+    out = sdpa_attention(
+        qp, kw.view(b, h * n_chunks, span, dh), vw.view(b, h * n_chunks, span, dh), mask.repeat(h, 1, 1)[None]
+    )  # (B, H n_chunks, c, dh)
+    return out.view(b, h, t_pad, dh)[:, :, :t]
 
 
 def _selected_attention(
@@ -193,35 +226,44 @@ def _selected_attention(
 ) -> torch.Tensor:
     """Token attention over the gathered selected blocks only, one gather per query block: O(T n l).
 
-    idx, valid: (B, nqb, n) per query block. Query blocks are processed `chunk // block` at a time
-    to bound memory."""
+    idx, valid: (B, nqb, n) per query block, laid out as `select_blocks` promises (slot 0 the own
+    block, valid slots first, as many for every batch row). That makes the mask a function of the
+    query block alone: query blocks go into the kernel's batch dimension, batch rows and heads
+    share its head dimension, and one (l, n l) mask per query block broadcasts over both. Query
+    blocks are processed `chunk // block` at a time to bound memory."""
     b, h, t, dh = q.shape
     n = idx.shape[-1]
     nqb = (t + block - 1) // block
     t_pad = nqb * block
-    # Rows of (block x dh) keys, one per (batch, head, block): a selected block is one row copy.
-    kb = F.pad(k, (0, 0, 0, t_pad - t)).reshape(b * h * nqb, block * dh)
-    vb = F.pad(v, (0, 0, 0, t_pad - t)).reshape(b * h * nqb, block * dh)
-    qb = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h, nqb, block, dh)
-    base = (torch.arange(b * h, device=q.device) * nqb).view(b, h, 1, 1)
+    qblocks = torch.arange(nqb, device=q.device)
+    assert bool((idx[:, :, 0] == qblocks).all()), "slot 0 must hold the query's own block"
+    n_valid = valid[0].sum(-1)  # (nqb,)
+    assert bool((valid.sum(-1) == n_valid).all()), "every batch row must have as many valid slots"
+    # Blocks of (block, dh) keys, one per (source block, batch, head): a selected block is one row copy.
+    # Kept 3-d: index_select on 2-d rows this wide takes a path about ten times slower on CPU.
+    kb = F.pad(k, (0, 0, 0, t_pad - t)).reshape(b, h, nqb, block, dh).permute(2, 0, 1, 3, 4).reshape(-1, block, dh)
+    vb = F.pad(v, (0, 0, 0, t_pad - t)).reshape(b, h, nqb, block, dh).permute(2, 0, 1, 3, 4).reshape(-1, block, dh)
+    qb = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h, nqb, block, dh).permute(2, 0, 1, 3, 4)  # (nqb, B, H, l, dh)
+    bh = (torch.arange(b, device=q.device)[:, None] * h + torch.arange(h, device=q.device)).view(1, b, h, 1)
     offs = torch.arange(block, device=q.device)
+    slot = torch.arange(n, device=q.device).repeat_interleave(block)  # (n l,) slot of each gathered key
+    key_off = offs.repeat(n)  # (n l,) offset of each gathered key inside its block
     step = max(1, chunk // block)
     outs = []
     for s0 in range(0, nqb, step):
         s1 = min(nqb, s0 + step)
         c = s1 - s0
-        ci = idx[:, s0:s1]  # (B, c, n)
-        rows = (base + ci[:, None]).reshape(-1)  # (B H c n,)
-        ks = kb.index_select(0, rows).view(b, h * c, n * block, dh)
-        vs = vb.index_select(0, rows).view(b, h * c, n * block, dh)
-        key_pos = (ci[..., None] * block + offs).reshape(b, c, 1, n * block)  # (B, c, 1, n l)
-        q_pos = (torch.arange(s0, s1, device=q.device)[:, None] * block + offs)[None, :, :, None]  # (1, c, l, 1)
-        ok = (key_pos <= q_pos) & valid[:, s0:s1].repeat_interleave(block, dim=-1)[:, :, None, :]  # (B, c, l, n l)
-        mask = ok[:, None].expand(b, h, c, block, n * block).reshape(b, h * c, block, n * block)
-        # Every query row sees itself: its own block is always selected.
-        out = sdpa_attention(qb[:, :, s0:s1].reshape(b, h * c, block, dh), ks, vs, mask)
-        outs.append(out.view(b, h, c, block, dh))
-    return torch.cat(outs, dim=2).reshape(b, h, t_pad, dh)[:, :, :t]
+        ci = idx[:, s0:s1].transpose(0, 1)  # (c, B, n)
+        rows = (ci[:, :, None, :] * (b * h) + bh).reshape(-1)  # (c B H n,)
+        ks = kb.index_select(0, rows).view(c, b * h, n * block, dh)
+        vs = vb.index_select(0, rows).view(c, b * h, n * block, dh)
+        # Own block (slot 0): causal inside it; other slots: fully visible when valid.
+        own = (slot == 0) & (key_off[None, :] <= offs[:, None])  # (l, n l)
+        other = (slot > 0) & (slot < n_valid[s0:s1, None])  # (c, n l)
+        mask = own[None] | other[:, None, :]  # (c, l, n l); every row sees itself
+        out = sdpa_attention(qb[s0:s1].reshape(c, b * h, block, dh), ks, vs, mask[:, None])
+        outs.append(out.view(c, b, h, block, dh))
+    return torch.cat(outs, dim=0).permute(1, 2, 0, 3, 4).reshape(b, h, t_pad, dh)[:, :, :t]
 
 
 def nsa_efficient(
@@ -239,12 +281,7 @@ def nsa_efficient(
 ) -> torch.Tensor:
     """Same contract as `nsa_reference`, computing only what each query attends to."""
     t = q.shape[2]
-    pos = torch.arange(t, device=q.device)
-    # Queries before the first block completes see no summary: zeros, and the fused kernel for the rest.
-    first = min(t, block - 1)
-    o_cmp = torch.zeros_like(q)
-    if first < t and kc.shape[2] > 0:
-        o_cmp[:, :, first:] = sdpa_attention(q[:, :, first:], kc, vc, compressed_mask(pos[first:], kc.shape[2], block))
+    o_cmp = _compressed_attention(q, kc, vc, block, chunk)
     idx, valid = select_per_query_block(q, kc, t, block, num_selected, num_recent)
     o_sel = _selected_attention(q, k, v, idx, valid, block, chunk)
     o_win = _window_attention(q, k, v, window)

@@ -10,10 +10,14 @@ import torch
 
 from streamrec.models.sparse_attention import DenseCausalAttention, SparseAttention, SparseAttentionConfig
 from streamrec.models.sparse_attention_math import (
+    _compressed_attention,
+    _window_attention,
     causal_mask,
+    compressed_mask,
     masked_softmax_attention,
     nsa_efficient,
     nsa_reference,
+    window_mask,
 )
 
 BLOCK = 4
@@ -44,6 +48,34 @@ def test_reference_equals_efficient_outputs_and_gradients(t: int) -> None:
     torch.testing.assert_close(eff, ref)
     for a, b in zip(grads_eff, grads_ref, strict=True):
         torch.testing.assert_close(a if a is not None else torch.zeros_like(b), b)
+
+
+@pytest.mark.parametrize("t", [1, 3, 4, 5, 17, 40])
+@pytest.mark.parametrize(("window", "chunk"), [(1, 2), (5, 2), (5, 3), (12, 8), (8, 8), (3, 16)])
+def test_chunked_window_kernel_equals_masked_dense(t: int, window: int, chunk: int) -> None:
+    """The window kernel's chunking (key span of several chunks, window not a multiple of the chunk,
+    chunk longer than the sequence) changes cost only."""
+    q, k, v = (x.requires_grad_() for x in inputs(t)[:3])
+    ref = masked_softmax_attention(q, k, v, window_mask(t, window))
+    eff = _window_attention(q, k, v, window, chunk)
+    torch.testing.assert_close(eff, ref)
+    for a, b in zip(torch.autograd.grad(eff.sum(), (q, k, v)), torch.autograd.grad(ref.sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("t", [1, BLOCK - 1, BLOCK, BLOCK + 1, 23])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64])
+def test_chunked_compressed_kernel_equals_masked_dense(t: int, chunk: int) -> None:
+    """Each query chunk gets only the summaries complete by its end: same result as one masked call."""
+    q, _, _, kc, vc, _ = inputs(t)
+    q, kc, vc = (x.requires_grad_() for x in (q, kc, vc))
+    ref = masked_softmax_attention(q, kc, vc, compressed_mask(torch.arange(t), kc.shape[2], BLOCK))
+    eff = _compressed_attention(q, kc, vc, BLOCK, chunk)
+    torch.testing.assert_close(eff, ref)
+    if kc.shape[2]:
+        args = (q, kc, vc)
+        for a, b in zip(torch.autograd.grad(eff.sum(), args), torch.autograd.grad(ref.sum(), args), strict=True):
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("impl", [nsa_reference, nsa_efficient])
