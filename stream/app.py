@@ -37,10 +37,15 @@ from streamrec.stream.serving_model import ServingModel
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
-    """Faust/aiokafka settings; the throughput figures behind them are in the README."""
+    """Faust/aiokafka settings; the throughput figures behind them are in the README. Creates the
+    parent of Faust's data directory (Faust creates only the last level)."""
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     return {
         "broker": ",".join(f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")),
         "store": "memory://",
+        # Faust's default data directory is "<app id>-data" in the working directory; keep it
+        # with the rest of the state so that tests and benchmarks leave nothing behind.
+        "datadir": str(settings.state_dir / "faust" / settings.app_id),
         "value_serializer": "raw",
         "key_serializer": "raw",
         "consumer_auto_offset_reset": "earliest",
