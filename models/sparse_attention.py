@@ -41,10 +41,11 @@ class SparseAttentionConfig:
     num_recent: int = 1  # complete blocks before the query's own that are always selected
     window: int = 32  # sliding window w
     branches: tuple[str, ...] = BRANCHES  # ablation: any subset of ("cmp", "sel", "win")
-    # "efficient", "reference" (identical results, different cost) or "auto": the reference below
-    # `auto_threshold` items, where dense masked attention is cheaper than gathering blocks.
+    # "efficient", "reference" (identical results, different cost) or "auto": the reference up to
+    # `auto_threshold` items, where dense masked attention is cheaper than gathering blocks
+    # (crossover measured near 100 items for training batches; docs/models.md).
     impl: str = "auto"
-    auto_threshold: int = 512
+    auto_threshold: int = 96
     chunk: int = 512  # queries per chunk in the efficient selection branch
 
     def __post_init__(self) -> None:

@@ -205,12 +205,12 @@ def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     r = (window + c - 1) // c
     span = (r + 1) * c
     # Keys padded in front by r chunks (never visible), queries padded at the end (dropped).
-    kp = F.pad(k, (0, 0, r * c, t_pad - t)).view(b, h, n_chunks + r, c, dh)
-    vp = F.pad(v, (0, 0, r * c, t_pad - t)).view(b, h, n_chunks + r, c, dh)
+    kp = F.pad(k, (0, 0, r * c, t_pad - t)).reshape(b, h, n_chunks + r, c, dh)
+    vp = F.pad(v, (0, 0, r * c, t_pad - t)).reshape(b, h, n_chunks + r, c, dh)
     # Chunk i holds queries [i c, (i+1) c) and keys [(i - r) c, (i+1) c).
     kw = torch.cat([kp[:, :, j : j + n_chunks] for j in range(r + 1)], dim=3)  # (B, H, n_chunks, span, dh)
     vw = torch.cat([vp[:, :, j : j + n_chunks] for j in range(r + 1)], dim=3)
-    qp = F.pad(q, (0, 0, 0, t_pad - t)).view(b, h * n_chunks, c, dh)
+    qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h * n_chunks, c, dh)
     qi = torch.arange(c, device=q.device)[:, None] + r * c  # query offset within the key span
     kj = torch.arange(span, device=q.device)[None, :]
     key_pos = torch.arange(n_chunks, device=q.device)[:, None, None] * c - r * c + kj  # (n_chunks, 1, span)

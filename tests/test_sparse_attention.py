@@ -106,7 +106,9 @@ def test_causality_future_items_do_not_change_the_past(impl: str) -> None:
     assert not torch.allclose(out_x[:, 13:], out_y[:, 13:])
 
 
-@pytest.mark.parametrize("t", LENGTHS)
+# 64 and 128: multiples of the window kernel's chunk, where padding is a no-op and the kernel sees
+# the heads as split (non-contiguous) views.
+@pytest.mark.parametrize("t", [*LENGTHS, 64, 128])
 def test_module_reference_equals_efficient_with_parameter_gradients(t: int) -> None:
     torch.manual_seed(1)
     layer = SparseAttention(16, 2, CFG).double()
