@@ -3,7 +3,7 @@
 For each length T: forward and forward+backward time of PyTorch SDPA (dense, causal) and of the
 sparse attention (block compression + the efficient three-branch kernel), each in a fresh child
 process so that its peak memory (max RSS above the process's baseline after inputs are built) is
-its own; and the per-event cost of the incremental step against a cache of T positions versus a
+its own, once after the forward passes (inference) and once after forward+backward (training); and the per-event cost of the incremental step against a cache of T positions versus a
 full recompute of the layer. Prints a table, writes JSON and a PNG plot.
 """
 
@@ -60,8 +60,16 @@ def measure_one(kind: str, t: int, repeats: int) -> dict:
 
     with torch.no_grad():
         fwd = _time(forward, repeats)
+    fwd_peak = _rss_mb() - base  # max RSS only grows: measured before any backward pass
     fwd_bwd = _time(lambda: forward().sum().backward(), repeats)
-    return {"kind": kind, "T": t, "forward_s": fwd, "forward_backward_s": fwd_bwd, "peak_mb": _rss_mb() - base}
+    return {
+        "kind": kind,
+        "T": t,
+        "forward_s": fwd,
+        "forward_backward_s": fwd_bwd,
+        "forward_peak_mb": fwd_peak,
+        "peak_mb": _rss_mb() - base,
+    }
 
 
 def measure_step(t: int, repeats: int = 20) -> dict:
@@ -97,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
             r = rows[-1]
             print(
                 f"T={t:>6} {kind:<6} fwd {r['forward_s']:.4f}s  fwd+bwd {r['forward_backward_s']:.4f}s"
-                f"  peak {r['peak_mb']:.0f} MB",
+                f"  peak fwd {r['forward_peak_mb']:.0f} MB, fwd+bwd {r['peak_mb']:.0f} MB",
                 flush=True,
             )
     steps = [measure_step(t) for t in lengths if t <= args.step_max]
     print(
         f"\n{'T':>6} {'dense fwd':>10} {'sparse fwd':>11} {'x':>6} {'dense f+b':>10} {'sparse f+b':>11} {'x':>6}"
-        f" {'dense MB':>9} {'sparse MB':>10}"
+        f" {'fwd MB d/s':>11} {'f+b MB d/s':>11}"
     )
     for t in lengths:
         d = next(r for r in rows if r["T"] == t and r["kind"] == "dense")
@@ -111,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{t:>6} {d['forward_s']:>10.4f} {s['forward_s']:>11.4f} {d['forward_s'] / s['forward_s']:>6.1f}"
             f" {d['forward_backward_s']:>10.4f} {s['forward_backward_s']:>11.4f}"
-            f" {d['forward_backward_s'] / s['forward_backward_s']:>6.1f} {d['peak_mb']:>9.0f} {s['peak_mb']:>10.0f}"
+            f" {d['forward_backward_s'] / s['forward_backward_s']:>6.1f}"
+            f" {d['forward_peak_mb']:>5.0f}/{s['forward_peak_mb']:<5.0f} {d['peak_mb']:>5.0f}/{s['peak_mb']:<5.0f}"
         )
     print(f"\n{'T':>6} {'step ms':>9} {'full ms':>9} {'x':>7}")
     for s in steps:
@@ -145,7 +154,8 @@ def _plot(rows: list[dict], path: Path) -> None:
         ts = [r["T"] for r in rs]
         axes[0].plot(ts, [r["forward_s"] for r in rs], style, label=kind)
         axes[1].plot(ts, [r["forward_backward_s"] for r in rs], style, label=kind)
-        axes[2].plot(ts, [r["peak_mb"] for r in rs], style, label=kind)
+        axes[2].plot(ts, [r["peak_mb"] for r in rs], style, label=f"{kind} fwd+bwd")
+        axes[2].plot(ts, [r["forward_peak_mb"] for r in rs], style, alpha=0.5, label=f"{kind} fwd")
     for ax, title in zip(axes, ("forward (s)", "forward + backward (s)", "peak memory (MB)"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
