@@ -3,8 +3,9 @@
 For each length T: forward and forward+backward time of PyTorch SDPA (dense, causal) and of the
 sparse attention (block compression + the efficient three-branch kernel), each in a fresh child
 process so that its peak memory (max RSS above the process's baseline after inputs are built) is
-its own, once after the forward passes (inference) and once after forward+backward (training); and the per-event cost of the incremental step against a cache of T positions versus a
-full recompute of the layer. Prints a table, writes JSON and a PNG plot.
+its own, once after the forward passes (inference) and once after forward+backward (training);
+and the per-event cost of the incremental step against a cache of T positions versus a full
+recompute of the layer. Prints a table, writes JSON and a PNG plot.
 """
 
 from __future__ import annotations
