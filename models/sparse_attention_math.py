@@ -195,9 +195,11 @@ def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     """Sliding-window causal attention, `chunk` queries at a time against the keys of their own
     chunk and the r = ceil(window / chunk) chunks before it: O(T (r + 1) c).
 
-    The key span of each chunk is built by concatenating r + 1 shifted views of the chunked keys (a
-    contiguous copy; an overlapping `unfold` view costs a strided copy of the same size), and the
-    band mask depends only on the chunk, so it broadcasts over batch and heads."""
+    The key span of each chunk is an overlapping `unfold` view of the padded keys (no copy): batch
+    and heads go into the kernel's batch dimension and chunks into its head dimension, a layout
+    the fused kernel reads through strides (folding chunks into the batch dimension instead would
+    force a copy of every span). The band mask depends only on the chunk, so it broadcasts over
+    batch and heads."""
     b, h, t, dh = q.shape
     c = min(chunk, t)
     n_chunks = (t + c - 1) // c
@@ -205,20 +207,18 @@ def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     r = (window + c - 1) // c
     span = (r + 1) * c
     # Keys padded in front by r chunks (never visible), queries padded at the end (dropped).
-    kp = F.pad(k, (0, 0, r * c, t_pad - t)).reshape(b, h, n_chunks + r, c, dh)
-    vp = F.pad(v, (0, 0, r * c, t_pad - t)).reshape(b, h, n_chunks + r, c, dh)
+    kp = F.pad(k, (0, 0, r * c, t_pad - t)).reshape(b * h, (n_chunks + r) * c, dh)
+    vp = F.pad(v, (0, 0, r * c, t_pad - t)).reshape(b * h, (n_chunks + r) * c, dh)
     # Chunk i holds queries [i c, (i+1) c) and keys [(i - r) c, (i+1) c).
-    kw = torch.cat([kp[:, :, j : j + n_chunks] for j in range(r + 1)], dim=3)  # (B, H, n_chunks, span, dh)
-    vw = torch.cat([vp[:, :, j : j + n_chunks] for j in range(r + 1)], dim=3)
-    qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b, h * n_chunks, c, dh)
+    kw = kp.unfold(1, span, c).transpose(2, 3)  # (B H, n_chunks, span, dh), overlapping view
+    vw = vp.unfold(1, span, c).transpose(2, 3)
+    qp = F.pad(q, (0, 0, 0, t_pad - t)).reshape(b * h, n_chunks, c, dh)
     qi = torch.arange(c, device=q.device)[:, None] + r * c  # query offset within the key span
     kj = torch.arange(span, device=q.device)[None, :]
     key_pos = torch.arange(n_chunks, device=q.device)[:, None, None] * c - r * c + kj  # (n_chunks, 1, span)
     mask = (kj <= qi) & (kj > qi - window) & (key_pos >= 0)  # (n_chunks, c, span); each row sees itself
-    out = sdpa_attention(
-        qp, kw.view(b, h * n_chunks, span, dh), vw.view(b, h * n_chunks, span, dh), mask.repeat(h, 1, 1)[None]
-    )  # (B, H n_chunks, c, dh)
-    return out.view(b, h, t_pad, dh)[:, :, :t]
+    out = sdpa_attention(qp, kw, vw, mask[None])  # (B H, n_chunks, c, dh)
+    return out.reshape(b, h, t_pad, dh)[:, :, :t]
 
 
 def _selected_attention(
