@@ -138,6 +138,34 @@ def test_incremental_steps_equal_full_recompute(layer_kind: str) -> None:
     assert cache.length == x.shape[1]
 
 
+@pytest.mark.parametrize("layer_kind", ["sparse", "dense"])
+def test_in_place_cache_growth_keeps_older_caches_valid(layer_kind: str) -> None:
+    """Without autograd, steps append into a doubling buffer; stepping again from an older cache
+    (a prefix of the same buffer) must neither see nor overwrite the newer positions."""
+    torch.manual_seed(3)
+    layer = (SparseAttention(16, 2, CFG) if layer_kind == "sparse" else DenseCausalAttention(16, 2)).double()
+    x = torch.randn(2, 2 * BLOCK * 3 + 1, 16, dtype=torch.float64)
+    alt = torch.randn(2, 1, 16, dtype=torch.float64)
+    with torch.no_grad():
+        full = layer(x)
+        cache = layer.empty_cache(2)
+        caches = []
+        for t in range(x.shape[1]):
+            out_t, cache = layer.step(x[:, t : t + 1], cache)
+            torch.testing.assert_close(out_t, full[:, t : t + 1])
+            caches.append(cache)
+        assert cache.extra["kv"] is not None, "no autograd: the cache must grow in place"
+        # Branch from the cache after BLOCK + 1 positions with a different next item.
+        mid = BLOCK + 1
+        branched, _ = layer.step(alt, caches[mid - 1])
+        expected = layer(torch.cat([x[:, :mid], alt], dim=1))[:, -1:]
+        torch.testing.assert_close(branched, expected)
+        # The newest cache is untouched by the branch: its next step still equals the full pass.
+        x_next = torch.randn(2, 1, 16, dtype=torch.float64)
+        out_next, _ = layer.step(x_next, cache)
+        torch.testing.assert_close(out_next, layer(torch.cat([x, x_next], dim=1))[:, -1:])
+
+
 def test_branch_ablation_zeroes_the_branch_gate() -> None:
     layer = SparseAttention(16, 2, SparseAttentionConfig(block=4, num_selected=3, window=5, branches=("sel", "win")))
     gates = layer.gate_values(torch.randn(1, 9, 16))
