@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from streamrec.models.sparse_attention import AttentionCache, KVStore, SparseAttention, SparseAttentionConfig
+from streamrec.models.sparse_attention import (
+    AttentionCache,
+    DenseCausalAttention,
+    KVStore,
+    SparseAttention,
+    SparseAttentionConfig,
+    split_heads,
+)
 from streamrec.models.sparse_attention_math import block_importance, compress_blocks, nsa_efficient, select_blocks
 
 B, H, DH = 8, 2, 32
@@ -105,7 +112,23 @@ def measure_step(t: int, repeats: int = 2 * BENCH_CFG.block) -> dict:
             _, cache = layer.step(x[:, t + i : t + i + 1], cache)
         step = (time.perf_counter() - t0) / repeats
         full = _time(lambda: layer(x[:, : t + 1], impl="efficient"), 3)
-    return {"T": t, "step_s": step, "full_recompute_s": full, "speedup": full / step}
+        dense_step = _dense_step(x, t, repeats)
+    return {"T": t, "step_s": step, "full_recompute_s": full, "speedup": full / step, "dense_step_s": dense_step}
+
+
+def _dense_step(x: torch.Tensor, t: int, repeats: int) -> float:
+    """For reference: a dense layer's one-query step against t cached keys (same buffers), s/event."""
+    dense = DenseCausalAttention(H * DH, H).eval()
+    _, k, v = (split_heads(p, H) for p in dense.qkv(x[:, :t]).chunk(3, dim=-1))  # (B, H, t, dh)
+    store = KVStore(k.new_empty(B, H, 2 * t + repeats, DH), v.new_empty(B, H, 2 * t + repeats, DH), t)
+    store.k[:, :, :t], store.v[:, :, :t] = k, v
+    cache = AttentionCache(store.k[:, :, :t], store.v[:, :, :t], k[:, :, :0], v[:, :, :0], {"kv": store})
+    dense.step(x[:, t : t + 1], cache)  # warm-up; the timed run restarts from `cache`
+    store.used = t
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        _, cache = dense.step(x[:, t + i : t + i + 1], cache)
+    return (time.perf_counter() - t0) / repeats
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,9 +163,12 @@ def run(args: argparse.Namespace) -> int:
             f" {d['forward_backward_s'] / s['forward_backward_s']:>6.1f}"
             f" {d['forward_peak_mb']:>5.0f}/{s['forward_peak_mb']:<5.0f} {d['peak_mb']:>5.0f}/{s['peak_mb']:<5.0f}"
         )
-    print(f"\n{'T':>6} {'step ms':>9} {'full ms':>9} {'x':>7}")
+    print(f"\n{'T':>6} {'step ms':>9} {'full ms':>9} {'x':>7} {'dense step ms':>14}")
     for s in steps:
-        print(f"{s['T']:>6} {s['step_s'] * 1000:>9.2f} {s['full_recompute_s'] * 1000:>9.1f} {s['speedup']:>7.0f}")
+        print(
+            f"{s['T']:>6} {s['step_s'] * 1000:>9.2f} {s['full_recompute_s'] * 1000:>9.1f} {s['speedup']:>7.0f}"
+            f" {s['dense_step_s'] * 1000:>14.2f}"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
