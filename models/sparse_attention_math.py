@@ -144,9 +144,15 @@ def selection_token_mask(idx: torch.Tensor, valid: torch.Tensor, t: int, block: 
 
 
 def _mix(gates: torch.Tensor, outs: list[torch.Tensor]) -> torch.Tensor:
-    """gates: (B, T, H, 3); outs: three (B, H, T, dh) -> (B, H, T, dh)."""
-    g = gates.permute(0, 2, 1, 3)  # (B, H, T, 3)
-    return sum(g[..., i : i + 1] * o for i, o in enumerate(outs))
+    """gates: (B, T, H, 3); outs: three (B, H, T, dh) -> (B, H, T, dh).
+
+    The gates are made contiguous per branch first: broadcasting a strided gate slice over each
+    output ran the multiply-adds at about a third of the speed (the mix was 10% of the forward)."""
+    g = gates.permute(0, 2, 3, 1).contiguous().unsqueeze(-1)  # (B, H, 3, T, 1)
+    out = outs[0] * g[:, :, 0]
+    for i in (1, 2):
+        out = torch.addcmul(out, g[:, :, i], outs[i])
+    return out
 
 
 def nsa_reference(
