@@ -5,13 +5,15 @@ sparse attention (block compression + the efficient three-branch kernel), each i
 process so that its peak memory (max RSS above the process's baseline after inputs are built) is
 its own, once after the forward passes (inference) and once after forward+backward (training);
 and the per-event cost of the incremental step against a cache of T positions versus a full
-recompute of the layer. Prints a table, writes JSON and a PNG plot.
+recompute of the layer. Timings are taken under glibc's default allocator settings and under
+settings that keep freed memory for reuse (see ALLOCATORS). Prints tables, writes JSON and a PNG plot.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from streamrec.models.sparse_attention import (
 from streamrec.models.sparse_attention_math import block_importance, compress_blocks, nsa_efficient, select_blocks
 
 B, H, DH = 8, 2, 32
+KINDS = ("dense", "sparse")
 BENCH_CFG = SparseAttentionConfig(block=32, num_selected=8, num_recent=1, window=128, chunk=512, impl="efficient")
 
 
@@ -77,6 +80,7 @@ def measure_one(kind: str, t: int, repeats: int) -> dict:
         "forward_backward_s": fwd_bwd,
         "forward_peak_mb": fwd_peak,
         "peak_mb": _rss_mb() - base,
+        "malloc_env": {k: os.environ[k] for k in ALLOCATORS["retain"] if k in os.environ},
     }
 
 
@@ -131,38 +135,62 @@ def _dense_step(x: torch.Tensor, t: int, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def run(args: argparse.Namespace) -> int:
-    lengths = [int(x) for x in args.lengths.split(",")]
-    rows = []
-    for t in lengths:
-        for kind in ("dense", "sparse"):
-            out = subprocess.run(
-                [sys.executable, "-m", "streamrec.bench.attention", "--child", kind, str(t), str(args.repeats)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(
-                f"T={t:>6} {kind:<6} fwd {r['forward_s']:.4f}s  fwd+bwd {r['forward_backward_s']:.4f}s"
-                f"  peak fwd {r['forward_peak_mb']:.0f} MB, fwd+bwd {r['peak_mb']:.0f} MB",
-                flush=True,
-            )
-    steps = [measure_step(t) for t in lengths if t <= args.step_max]
+# glibc returns freed blocks above its mmap threshold to the system, so every large temporary is
+# page-faulted in afresh; the sparse layer makes many (gathers, branch outputs) where dense SDPA
+# makes one. These settings make glibc keep freed memory for reuse, as a caching allocator
+# (jemalloc, tcmalloc) would. Both the default and this setting are measured, for both kinds.
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "default": {},
+    "retain": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**33)},
+}
+
+
+def _child(kind: str, t: int, repeats: int, allocator: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATORS["retain"]} | ALLOCATORS[allocator]
+    out = subprocess.run(
+        [sys.executable, "-m", "streamrec.bench.attention", "--child", kind, str(t), str(repeats)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"allocator": allocator}
+
+
+def _print_table(rows: list[dict], lengths: list[int], allocator: str) -> None:
+    print(f"\nallocator: {allocator}")
     print(
-        f"\n{'T':>6} {'dense fwd':>10} {'sparse fwd':>11} {'x':>6} {'dense f+b':>10} {'sparse f+b':>11} {'x':>6}"
+        f"{'T':>6} {'dense fwd':>10} {'sparse fwd':>11} {'x':>6} {'dense f+b':>10} {'sparse f+b':>11} {'x':>6}"
         f" {'fwd MB d/s':>11} {'f+b MB d/s':>11}"
     )
     for t in lengths:
-        d = next(r for r in rows if r["T"] == t and r["kind"] == "dense")
-        s = next(r for r in rows if r["T"] == t and r["kind"] == "sparse")
+        d, s = (next(r for r in rows if (r["T"], r["kind"], r["allocator"]) == (t, k, allocator)) for k in KINDS)
         print(
             f"{t:>6} {d['forward_s']:>10.4f} {s['forward_s']:>11.4f} {d['forward_s'] / s['forward_s']:>6.1f}"
             f" {d['forward_backward_s']:>10.4f} {s['forward_backward_s']:>11.4f}"
             f" {d['forward_backward_s'] / s['forward_backward_s']:>6.1f}"
             f" {d['forward_peak_mb']:>5.0f}/{s['forward_peak_mb']:<5.0f} {d['peak_mb']:>5.0f}/{s['peak_mb']:<5.0f}"
         )
+
+
+def run(args: argparse.Namespace) -> int:
+    lengths = [int(x) for x in args.lengths.split(",")]
+    allocators = list(ALLOCATORS) if args.allocator == "both" else [args.allocator]
+    rows = []
+    for allocator in allocators:
+        for t in lengths:
+            for kind in KINDS:
+                r = _child(kind, t, args.repeats, allocator)
+                rows.append(r)
+                print(
+                    f"{allocator:<8} T={t:>6} {kind:<6} fwd {r['forward_s']:.4f}s"
+                    f"  fwd+bwd {r['forward_backward_s']:.4f}s  peak fwd {r['forward_peak_mb']:.0f} MB,"
+                    f" fwd+bwd {r['peak_mb']:.0f} MB",
+                    flush=True,
+                )
+    steps = [measure_step(t) for t in lengths if t <= args.step_max]
+    for allocator in allocators:
+        _print_table(rows, lengths, allocator)
     print(f"\n{'T':>6} {'step ms':>9} {'full ms':>9} {'x':>7} {'dense step ms':>14}")
     for s in steps:
         print(
@@ -176,17 +204,19 @@ def run(args: argparse.Namespace) -> int:
         "heads": H,
         "head_dim": DH,
         "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
         "sparse_config": {k: getattr(BENCH_CFG, k) for k in ("block", "num_selected", "num_recent", "window")},
+        "allocators": {a: ALLOCATORS[a] for a in allocators},
         "attention": rows,
         "incremental_step": steps,
     }
     out.write_text(json.dumps(payload, indent=2))
-    _plot(rows, out.with_suffix(".png"))
+    _plot([r for r in rows if r["allocator"] == allocators[0]], out.with_suffix(".png"), allocators[0])
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, allocator: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +236,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("sequence length T")
         ax.set_title(title)
         ax.legend()
-    fig.suptitle(f"dense SDPA vs sparse attention, batch {B}, {H} heads, head dim {DH}, CPU")
+    fig.suptitle(f"dense SDPA vs sparse attention, batch {B}, {H} heads, head dim {DH}, CPU, allocator {allocator}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

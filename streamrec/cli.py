@@ -241,8 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("attention", help="dense vs sparse attention time/memory, incremental step cost")
     b.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
-    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5, help="timed runs per point after a warm-up; the best is kept")
     b.add_argument("--step-max", type=int, default=8192, help="largest T for the incremental-step measurement")
+    b.add_argument(
+        "--allocator",
+        choices=("default", "retain", "both"),
+        default="both",
+        help="glibc settings of the timed child processes (retain: keep freed memory for reuse)",
+    )
     b.add_argument("--out", default="bench/results/attention.json")
     b.set_defaults(func=_cmd_bench)
 
