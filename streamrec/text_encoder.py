@@ -42,7 +42,9 @@ def cached_title_vectors(titles: Sequence[str], cache_dir: Path, name: str, prog
         return np.load(path)
     vecs = encode_texts(titles, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    # A name of its own per process: two runs started together both encode, and must not write
+    # into (or rename away) each other's temporary file.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, vecs)
     tmp.replace(path)
     return vecs
