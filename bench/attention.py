@@ -36,6 +36,14 @@ from streamrec.models.sparse_attention_math import block_importance, compress_bl
 
 B, H, DH = 8, 2, 32
 KINDS = ("dense", "sparse")
+# glibc returns freed blocks above its mmap threshold to the system, so every large temporary is
+# page-faulted in afresh; the sparse layer makes many (gathers, branch outputs) where dense SDPA
+# makes one. These settings make glibc keep freed memory for reuse, as a caching allocator
+# (jemalloc, tcmalloc) would. Both the default and this setting are measured, for both kinds.
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "default": {},
+    "retain": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**33)},
+}
 BENCH_CFG = SparseAttentionConfig(block=32, num_selected=8, num_recent=1, window=128, chunk=512, impl="efficient")
 
 
@@ -133,16 +141,6 @@ def _dense_step(x: torch.Tensor, t: int, repeats: int) -> float:
     for i in range(repeats):
         _, cache = dense.step(x[:, t + i : t + i + 1], cache)
     return (time.perf_counter() - t0) / repeats
-
-
-# glibc returns freed blocks above its mmap threshold to the system, so every large temporary is
-# page-faulted in afresh; the sparse layer makes many (gathers, branch outputs) where dense SDPA
-# makes one. These settings make glibc keep freed memory for reuse, as a caching allocator
-# (jemalloc, tcmalloc) would. Both the default and this setting are measured, for both kinds.
-ALLOCATORS: dict[str, dict[str, str]] = {
-    "default": {},
-    "retain": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**33)},
-}
 
 
 def _child(kind: str, t: int, repeats: int, allocator: str) -> dict:

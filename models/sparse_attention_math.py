@@ -70,22 +70,22 @@ def compressed_mask(pos: torch.Tensor, n_blocks: int, block: int) -> torch.Tenso
     return ends[None, :] <= pos[:, None]
 
 
-def compress_blocks(x: torch.Tensor, block: int, pos_emb: torch.Tensor, mlp: torch.nn.Module) -> torch.Tensor:
+def compress_blocks(x: torch.Tensor, block: int, pos_emb: torch.Tensor, mlp: torch.nn.Sequential) -> torch.Tensor:
     """x: (B, H, T, dh) -> (B, H, T // block, dh): an MLP over each complete block plus intra-block positions.
 
-    When the MLP opens with a linear layer, the positions are folded into its bias
-    (W (x + p) + b = W x + (W p + b)): the blocks are then read in place instead of being copied
-    with the positions added, which was a quarter of this function's time at T = 8,192."""
+    The positions are folded into the MLP's first (linear) layer's bias, W (x + p) + b = W x + (W p + b):
+    the blocks are then read in place instead of being copied with the positions added, which was a
+    quarter of this function's time at T = 8,192."""
     b, h, t, dh = x.shape
     nb = t // block
     assert pos_emb.shape == (block, dh), "one position vector per offset inside a block"
+    first = mlp[0]
+    assert isinstance(first, torch.nn.Linear), "the compression MLP opens with a linear layer"
     flat = x[:, :, : nb * block].reshape(b, h, nb, block * dh)  # (B, H, nb, l dh), a view when x is contiguous
-    first = mlp[0] if isinstance(mlp, torch.nn.Sequential) else None
-    if isinstance(first, torch.nn.Linear):
-        pos_bias = first.weight @ pos_emb.reshape(-1)  # (hidden,)
-        bias = pos_bias if first.bias is None else first.bias + pos_bias
-        return mlp[1:](F.linear(flat, first.weight, bias))
-    return mlp(flat + pos_emb.reshape(-1))
+    bias = first.weight @ pos_emb.reshape(-1)  # (hidden,)
+    if first.bias is not None:
+        bias = bias + first.bias
+    return mlp[1:](F.linear(flat, first.weight, bias))
 
 
 def block_importance(q: torch.Tensor, kc: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tensor:
@@ -302,12 +302,10 @@ def _selected_attention(
         c = s1 - s0
         ci = idx[:, s0:s1].transpose(0, 1)  # (c, B, n)
         rows = (ci[:, :, None, :] + row0).reshape(-1)  # (c B H n,)
-        if reuse:
-            ks = torch.index_select(kb, 0, rows, out=buf_k[: rows.numel()]).view(c, b * h, n * block, dh)
-            vs = torch.index_select(vb, 0, rows, out=buf_v[: rows.numel()]).view(c, b * h, n * block, dh)
-        else:
-            ks = kb.index_select(0, rows).view(c, b * h, n * block, dh)
-            vs = vb.index_select(0, rows).view(c, b * h, n * block, dh)
+        m = rows.numel()
+        ks = kb.index_select(0, rows) if buf_k is None else torch.index_select(kb, 0, rows, out=buf_k[:m])
+        vs = vb.index_select(0, rows) if buf_v is None else torch.index_select(vb, 0, rows, out=buf_v[:m])
+        ks, vs = ks.view(c, b * h, n * block, dh), vs.view(c, b * h, n * block, dh)
         other = (slot > 0) & (slot < n_valid[s0:s1, None])  # (c, n l): other slots, visible when valid
         mask = own[None] | other[:, None, :]  # (c, l, n l); every row sees itself
         o = sdpa_attention(qb[:, s0:s1].transpose(0, 1), ks, vs, mask[:, None])  # (c, B H, l, dh)
