@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 # Freshness and latency buckets span 1 ms to 1 min: healthy values sit well under a second.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Freshness goes on to hours, so that a worker far behind reads as far behind (p99 of a histogram
+# whose last bucket is a minute reads one minute however late recommendations are).
+FRESHNESS_BUCKETS = (*LATENCY_BUCKETS, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -43,6 +46,10 @@ class Metrics:
     trainer_sequences_per_s: Gauge
     trainer_window_users: Gauge
     trainer_events: Counter
+    agent_up: Gauge
+    agent_crashes: Counter
+    discontinuities: Counter
+    already_answered: Counter
 
 
 # Stages of a click micro-batch, in order; each has its own latency series.
@@ -90,14 +97,14 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         freshness=Histogram(
             "streamrec_stream_freshness_seconds",
             "Recommendation emission time minus the triggering click's event time",
-            buckets=LATENCY_BUCKETS,
+            buckets=FRESHNESS_BUCKETS,
             registry=registry,
         ),
         index_size=Gauge("streamrec_index_size_items", "Items in the serving index", registry=registry),
         users=Gauge("streamrec_state_users_count", "Users with a sequence in local state", registry=registry),
         consumer_lag=Gauge(
             "streamrec_stream_consumer_lag_messages",
-            "High-water mark minus consumer position, per topic partition",
+            "High-water mark minus the next offset to process (not the fetch position), per topic partition",
             ["topic", "partition"],
             registry=registry,
         ),
@@ -169,6 +176,29 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         ),
         trainer_events=Counter(
             "streamrec_trainer_events_in_total", "Records the trainer read", ["topic"], registry=registry
+        ),
+        agent_up=Gauge(
+            "streamrec_worker_agent_running_info",
+            "1 while the agent or task is running, 0 once it stopped (the worker is then not consuming)",
+            ["agent"],
+            registry=registry,
+        ),
+        agent_crashes=Counter(
+            "streamrec_worker_agent_crashes_total",
+            "Agents or tasks that died of an error (the worker exits so that it is restarted)",
+            ["agent"],
+            registry=registry,
+        ),
+        discontinuities=Counter(
+            "streamrec_stream_log_discontinuities_total",
+            "Times a partition's log went backwards: processed beyond its end, or offsets reused",
+            ["topic", "partition", "kind"],
+            registry=registry,
+        ),
+        already_answered=Counter(
+            "streamrec_stream_already_answered_clicks_total",
+            "Clicks redelivered after a restart that had been answered already (not answered again)",
+            registry=registry,
         ),
     )
 

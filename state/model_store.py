@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,8 +30,24 @@ META = "meta.json"
 POINTER = "pointer.json"
 
 
+# Version names: one rule on every read and write (no path separators, no dot files), so a name
+# that arrives from outside (an announcement on the models topic) can never reach a path outside
+# the store.
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class ModelStoreError(RuntimeError):
     pass
+
+
+def valid_version_name(version: object) -> bool:
+    return isinstance(version, str) and VERSION_NAME.fullmatch(version) is not None
+
+
+def _checked(version: object) -> str:
+    if not valid_version_name(version):
+        raise ModelStoreError(f"{version!r} is not a version name (letters, digits, '.', '_', '-'; no leading dot)")
+    return str(version)
 
 
 @dataclass(frozen=True)
@@ -59,8 +76,7 @@ class ModelStore:
     def put(self, version: str, write_checkpoint: Callable[[Path], None], meta: dict[str, Any]) -> StoredVersion:
         """Store a new version: `write_checkpoint(path)` writes the checkpoint file. Not served
         until `promote`."""
-        assert version and "/" not in version and not version.startswith("."), f"bad version name {version!r}"
-        final = self.root / version
+        final = self.root / _checked(version)
         if final.exists():
             raise ModelStoreError(f"version {version} already exists in {self.root}")
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{version}-"))
@@ -76,17 +92,22 @@ class ModelStore:
         return StoredVersion(version, final / CHECKPOINT, full_meta)
 
     def get(self, version: str) -> StoredVersion:
-        d = self.root / version
+        d = self.root / _checked(version)
         if not (d / META).is_file() or not (d / CHECKPOINT).is_file():
             raise ModelStoreError(f"no version {version} in {self.root}")
         return StoredVersion(version, d / CHECKPOINT, json.loads((d / META).read_text()))
+
+    def has(self, version: str) -> bool:
+        """Whether `version` is a valid name of a complete version in the store."""
+        d = self.root / version
+        return valid_version_name(version) and (d / META).is_file() and (d / CHECKPOINT).is_file()
 
     def versions(self) -> list[StoredVersion]:
         """Complete versions, oldest first; half-written ones (`.tmp-*`) are not versions."""
         found = [
             self.get(d.name)
             for d in self.root.iterdir()
-            if d.is_dir() and not d.name.startswith(".") and (d / META).is_file() and (d / CHECKPOINT).is_file()
+            if d.is_dir() and valid_version_name(d.name) and (d / META).is_file() and (d / CHECKPOINT).is_file()
         ]
         return sorted(found, key=lambda v: (v.meta.get("stored_at", 0.0), v.version))
 

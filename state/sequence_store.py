@@ -62,6 +62,10 @@ class SequenceStore(ABC):
         """The last source offset of `partition` applied to this store, -1 if none."""
 
     @abstractmethod
+    def has_event(self, user_id: str, event_id: str) -> bool:
+        """Whether the user's live sequence holds this event (an evicted one no longer counts)."""
+
+    @abstractmethod
     def records(self, user_id: str) -> list[StoredClick]:
         """The user's live clicks, oldest first (empty for an unknown user)."""
 
@@ -119,6 +123,9 @@ class InMemorySequenceStore(SequenceStore):
                 seen.discard(seq.popleft().event_id)
             applied.append(True)
         return applied
+
+    def has_event(self, user_id: str, event_id: str) -> bool:
+        return event_id in self._events.get(user_id, ())
 
     def records(self, user_id: str) -> list[StoredClick]:
         return list(self._seqs.get(user_id, ()))
@@ -245,6 +252,9 @@ class RocksSequenceStore(SequenceStore):
             self._db.write(batch)
         self._n_users += new_users
         return applied
+
+    def has_event(self, user_id: str, event_id: str) -> bool:
+        return self._db.get(_event_key(user_id, event_id)) is not None
 
     def records(self, user_id: str) -> list[StoredClick]:
         bounds = self._bounds(user_id, {})

@@ -4,36 +4,95 @@ Each agent takes a micro-batch of events (bounded by size and wait), decodes the
 into plain code, sends what comes back, waits for the broker to acknowledge those sends, and
 records metrics. Only then does Faust acknowledge the input events, so a crash replays at most the
 unacknowledged batch; the sequence store recognises those clicks by event id (at-least-once
-delivery, idempotent effect). Bad input never raises out of an agent: it goes to the dead-letter
-topic with its reason.
+delivery, idempotent effect), and the batch journal keeps clicks answered before a crash from being
+answered twice. What happens to each message is decided in `stream/handling.py`, which never
+raises: bad input goes to the dead-letter topic with its reason.
+
+Every agent and task runs supervised: if one dies anyway, the worker does not stay up doing
+nothing. It logs one line saying why, counts it, and exits with status 70 so that its supervisor
+(systemd, Kubernetes, compose `restart:`) starts it again; the batch journal then knows which
+messages were in flight, and a message that kills the worker twice is dead-lettered as poison.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.types import EventT
 
 from streamrec.ops.metrics import Metrics
 from streamrec.settings import Settings
+from streamrec.state.batch_journal import BatchJournal
 from streamrec.stream.click_log import ClickLogReader
-from streamrec.stream.recommender import Recommender
-from streamrec.stream.schemas import (
-    DeadLetterRecord,
-    RecommendationRecord,
-    RecordError,
-    decode_catalogue,
-    decode_click,
-    decode_model_announcement,
-    encode,
-    now_ms,
+from streamrec.stream.handling import (
+    Message,
+    encode_dead,
+    handle_catalogue_messages,
+    handle_click_messages,
+    handle_model_messages,
 )
+from streamrec.stream.recommender import Recommender
+from streamrec.stream.schemas import DeadLetterRecord, RecommendationRecord, RecordError, decode_click, now_ms
 from streamrec.stream.serving_model import ServingModel
+
+log = logging.getLogger(__name__)
+
+# Exit status of a worker whose agent or task died (EX_SOFTWARE): restart me.
+EXIT_AGENT_DIED = 70
+# After a partition's log went backwards, how far before its end the worker reads it again.
+# Re-reading is safe: applied clicks are recognised by event id and answered ones are not re-sent.
+REWIND_MESSAGES = 10_000
+
+
+def exit_for_restart(name: str, exc: BaseException) -> None:
+    """Leave at once with EXIT_AGENT_DIED. No clean shutdown on purpose: the batch in flight stays
+    in the journal (so a poison message can be recognised), RocksDB recovers from its log, and
+    uncommitted offsets are redelivered."""
+    log.critical(
+        "streamrec worker: %s stopped: %s: %s; exiting with status %d so that it is restarted "
+        "(docs/operations.md, 'An agent died')",
+        name,
+        type(exc).__name__,
+        str(exc)[:300],
+        EXIT_AGENT_DIED,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_AGENT_DIED)
+
+
+async def supervised(name: str, metrics: Metrics, body: Callable[[], Awaitable[None]]) -> None:
+    """Run an agent's or task's body; `streamrec_worker_agent_running_info{agent=name}` says whether it runs."""
+    metrics.agent_up.labels(name).set(1)
+    try:
+        await body()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: die loudly, never idle
+        metrics.agent_up.labels(name).set(0)
+        metrics.agent_crashes.labels(name).inc()
+        exit_for_restart(name, exc)
+    finally:
+        metrics.agent_up.labels(name).set(0)
+
+
+def rewind_target(next_offset: int, highwater: int, low: int = 0) -> int | None:
+    """Where to read a partition again when the worker is past its end (`next_offset` >
+    `highwater`: the broker lost messages and will reuse their offsets), else None."""
+    if next_offset <= highwater:
+        return None
+    return max(low, highwater - (next_offset - highwater) - REWIND_MESSAGES)
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -62,42 +121,6 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_enabled": False,
         "web_host": "127.0.0.1",
     }
-
-
-def dead_letter_of(topic: str, partition: int, offset: int, value: object, error: RecordError) -> DeadLetterRecord:
-    """The dead letter of one input message, with its payload (truncated) for replaying it."""
-    raw = value if isinstance(value, bytes) else bytes(str(value or ""), "utf-8")
-    return DeadLetterRecord(
-        source_topic=topic,
-        partition=partition,
-        offset=offset,
-        reason=error.reason,
-        detail=error.detail,
-        payload=raw[:10_000].decode("utf-8", errors="replace"),
-        at=now_ms(),
-    )
-
-
-def dead_letter(event: EventT, error: RecordError) -> DeadLetterRecord:
-    m = event.message
-    return dead_letter_of(m.topic, m.partition, m.offset, event.value, error)
-
-
-def decode_events(
-    events: list[EventT], decode: Callable[[bytes], Any]
-) -> tuple[list[Any], list[EventT], list[DeadLetterRecord]]:
-    """Decoded records with their events, and dead letters for those that failed."""
-    records, kept, dead = [], [], []
-    for event in events:
-        try:
-            raw = event.value
-            if not isinstance(raw, bytes):
-                raise RecordError("undecodable", f"value of type {type(raw).__name__}")
-            records.append(decode(raw))
-            kept.append(event)
-        except RecordError as err:
-            dead.append(dead_letter(event, err))
-    return records, kept, dead
 
 
 async def _wait_for_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 60.0) -> list[int]:
@@ -155,9 +178,13 @@ def build_app(
     metrics: Metrics,
     on_recommendations: Callable[[list[RecommendationRecord]], None] | None = None,
     load_version: Callable[[str], ServingModel] | None = None,
+    journal: BatchJournal | None = None,
+    has_version: Callable[[str], bool] = lambda version: True,
 ) -> faust.App:
     """The worker's Faust app; `on_recommendations` sees every emitted batch (the dashboard page);
-    `load_version` loads a model-store version named on the models topic (hot swap)."""
+    `load_version` loads a model-store version named on the models topic (hot swap) and
+    `has_version` says whether the store has one; `journal`
+    records batches in flight and answered offsets (poison detection, no double answers)."""
     app = StreamrecApp(settings.app_id, **faust_settings(settings))
     app.leave_group_on_stop = settings.leave_group_on_stop
     topics = settings.topics
@@ -169,6 +196,10 @@ def build_app(
     metrics.model_loaded.set(time.time())
     metrics.index_size.set(len(recommender.index))
     metrics.users.set(recommender.sequences.n_users())
+    # Next offset to process per clicks partition, from what was handled (the fetch position runs
+    # ahead of it by whatever Faust has buffered): the base of the lag metric and of the check
+    # that the log did not go backwards.
+    next_offset: dict[int, int] = {}
 
     async def send_raw(topic: str, key: bytes, value: bytes) -> Any:
         # The producer directly, with bytes already encoded: Faust's topic.send adds per-message
@@ -179,7 +210,8 @@ def build_app(
         futures = []
         for d in dead:
             metrics.dead_letters.labels(d.reason).inc()
-            futures.append(await send_raw(topics.dead_letters, d.source_topic.encode(), encode(d)))
+            key, value = encode_dead(d)
+            futures.append(await send_raw(topics.dead_letters, key, value))
         return futures
 
     # Set once the catalogue reader has caught up with the catalogue as it stood at start: clicks
@@ -188,6 +220,9 @@ def build_app(
 
     @app.task
     async def read_catalogue() -> None:
+        await supervised("catalogue", metrics, catalogue_loop)
+
+    async def catalogue_loop() -> None:
         """Every worker reads every catalogue partition (no consumer group): each holds the whole
         catalogue and its own index, while users are partitioned. Resumes from the offsets its
         catalogue store recorded; re-applying an upsert or withdrawal is harmless."""
@@ -208,7 +243,9 @@ def build_app(
                 batches = await consumer.getmany(timeout_ms=int(1000 * batch_wait), max_records=batch_size)
                 for tp, messages in batches.items():
                     metrics.events_in.labels(topics.catalogue).inc(len(messages))
-                    await apply_catalogue_messages(tp, messages)
+                    await apply_catalogue_messages(
+                        [Message(tp.topic, tp.partition, m.offset, m.value, m.timestamp) for m in messages]
+                    )
                 if not batches:
                     # Nothing new: stop fetching for a moment. A broker that answers empty fetches
                     # at once (noida-db) would otherwise keep this loop, which the click agent
@@ -219,32 +256,34 @@ def build_app(
         finally:
             await consumer.stop()
 
-    async def apply_catalogue_messages(tp: TopicPartition, messages: list[Any]) -> None:
-        records, dead = [], []
-        for msg in messages:
-            try:
-                records.append(decode_catalogue(msg.value))
-            except RecordError as err:
-                dead.append(dead_letter_of(tp.topic, tp.partition, msg.offset, msg.value, err))
-        if records:
-            recommender.apply_catalogue(records)
+    async def apply_catalogue_messages(messages: list[Message]) -> None:
+        outcome = handle_catalogue_messages(recommender, messages, journal)
+        if outcome.applied:
             searchable = now_ms()
-            for rec in records:
+            for rec in outcome.applied:
                 metrics.catalogue_latency.observe(max(0, searchable - rec.event_time) / 1000.0)
             metrics.index_updated.set(time.time())
-        futures = await send_dead(dead)
+        futures = await send_dead(outcome.dead)
         if futures:
             await asyncio.gather(*futures)
-        recommender.catalogue.record_offsets({tp.partition: messages[-1].offset})
+        # The offset is saved once every record of the batch is applied or dead-lettered, so a
+        # restart never meets the same bad record again.
+        recommender.catalogue.record_offsets(outcome.last)
+        if journal is not None:
+            journal.done(messages[0].topic, outcome.last, outcome.offsets)
         metrics.index_size.set(len(recommender.index))
 
     @app.task
     async def watch_models() -> None:
+        if load_version is not None:
+            await supervised("models", metrics, models_loop)
+
+    async def models_loop() -> None:
         """Switch models without a restart when the trainer (or `streamrec model rollback`)
         announces a version: load it and encode the catalogue into a second index in a thread
-        while batches keep being answered, then switch between two batches."""
-        if load_version is None:
-            return
+        while batches keep being answered, then switch between two batches. An announcement that
+        names a version the store lacks, or one that does not load, is a dead letter."""
+        assert load_version is not None, "models_loop needs load_version"
         consumer, tps = await _assigned_consumer(settings.kafka_bootstrap, topics.models)
         try:
             # Only announcements made from now on: at start the worker loaded the store's current version.
@@ -257,20 +296,21 @@ def build_app(
                     await asyncio.sleep(idle_s)
                     consumer.resume(*tps)
                     continue
-                messages = [m for msgs in batches.values() for m in msgs]
-                last = messages[-1]
-                try:
-                    announcement = decode_model_announcement(last.value)  # the latest wins
-                except RecordError as err:
-                    dead = dead_letter_of(topics.models, last.partition, last.offset, last.value, err)
-                    await asyncio.gather(*await send_dead([dead]))
-                    continue
-                if announcement.version == recommender.model_version:
-                    continue
+                messages = [
+                    Message(m.topic, m.partition, m.offset, m.value, m.timestamp)
+                    for msgs in batches.values()
+                    for m in msgs
+                ]
                 started = time.perf_counter()
                 old = recommender.model_version
-                model = await loop.run_in_executor(None, load_version, announcement.version)
-                prepared = await loop.run_in_executor(None, recommender.prepare_model, model)
+                announced = await loop.run_in_executor(
+                    None, handle_model_messages, messages, old, load_version, has_version
+                )
+                if announced.dead:
+                    await asyncio.gather(*await send_dead(announced.dead))
+                if announced.model is None:
+                    continue
+                prepared = await loop.run_in_executor(None, recommender.prepare_model, announced.model)
                 # Batches are answered synchronously on this loop, so the switch falls between two.
                 recommender.swap_model(prepared)
                 metrics.model_info.labels(old).set(0)
@@ -284,15 +324,12 @@ def build_app(
 
     click_log = ClickLogReader(settings.kafka_bootstrap, topics.clicks)
 
-    async def catch_up_partitions(events: list[EventT]) -> dict[int, int]:
+    async def catch_up_partitions(messages: list[Message]) -> None:
         """Apply clicks of this batch's partitions that another worker answered since this
-        worker's state last saw them; returns {partition: last offset} of the batch."""
+        worker's state last saw them."""
         first: dict[int, int] = {}
-        last: dict[int, int] = {}
-        for e in events:
-            part, offset = e.message.partition, e.message.offset
-            first[part] = min(first.get(part, offset), offset)
-            last[part] = max(last.get(part, offset), offset)
+        for m in messages:
+            first[m.partition] = min(first.get(m.partition, m.offset), m.offset)
         for part, offset in first.items():
             applied = recommender.sequences.applied_offset(part)
             if offset <= applied + 1:
@@ -306,49 +343,109 @@ def build_app(
                 except RecordError:
                     continue  # the worker that read it first sent it to dead letters
             metrics.caught_up.inc(recommender.catch_up(missed, {part: offset - 1}))
-        return last
+
+    def note_rewinds(messages: list[Message]) -> None:
+        """Offsets going backwards inside one process: the consumer was reset (e.g. the broker
+        answered that its position was out of range)."""
+        for m in messages:
+            expected = next_offset.get(m.partition)
+            if expected is not None and m.offset < expected - 1:
+                metrics.discontinuities.labels(m.topic, str(m.partition), "rewind").inc()
+                log.warning(
+                    "streamrec worker: %s[%d] went back from offset %d to %d; re-reading (applied clicks "
+                    "are recognised by event id)",
+                    m.topic,
+                    m.partition,
+                    expected,
+                    m.offset,
+                )
+            next_offset[m.partition] = m.offset + 1
 
     @app.agent(clicks_topic, name=f"{settings.app_id}-clicks")
     async def on_clicks(stream: faust.StreamT) -> None:
-        await catalogue_ready.wait()
-        async for events in stream.take_events(batch_size, within=batch_wait):
-            started = time.monotonic()
-            events = list(events)
-            metrics.events_in.labels(topics.clicks).inc(len(events))
-            metrics.batch_size.observe(len(events))
-            oldest = min(e.message.timestamp for e in events)
-            metrics.batch_wait.observe(max(0.0, time.time() - oldest))
-            positions = await catch_up_partitions(events)
-            t_decode = time.perf_counter()
-            records, kept, dead = decode_events(events, decode_click)
-            metrics.stage_latency.labels("decode").observe(time.perf_counter() - t_decode)
-            result = recommender.handle_clicks(records, positions)
-            for stage, seconds in result.stage_seconds.items():
-                metrics.stage_latency.labels(stage).observe(seconds)
-            t_send = time.perf_counter()
-            dead += [dead_letter(kept[pos], err) for pos, err in result.rejected]
-            metrics.duplicates.inc(result.duplicates)
-            futures = await send_dead(dead)
-            for rec in result.recommendations:
-                futures.append(await send_raw(topics.recommendations, rec.user_id.encode(), encode(rec)))
-            if futures:
-                await asyncio.gather(*futures)
-            metrics.stage_latency.labels("send").observe(time.perf_counter() - t_send)
-            if on_recommendations is not None:
-                on_recommendations(result.recommendations)
-            for rec in result.recommendations:
-                metrics.freshness.observe(max(0, rec.emitted_at - rec.event_time) / 1000.0)
-            metrics.recommendations.inc(len(result.recommendations))
-            metrics.users.set(recommender.sequences.n_users())
-            metrics.processing_latency.observe(time.monotonic() - started)
+        async def body() -> None:
+            await catalogue_ready.wait()
+            async for events in stream.take_events(batch_size, within=batch_wait):
+                await answer_clicks([_message_of(e) for e in events])
 
-    @app.timer(interval=5.0)
-    async def report_lag() -> None:
+        await supervised("clicks", metrics, body)
+
+    async def answer_clicks(messages: list[Message]) -> None:
+        started = time.monotonic()
+        metrics.events_in.labels(topics.clicks).inc(len(messages))
+        metrics.batch_size.observe(len(messages))
+        oldest = min(m.timestamp_ms for m in messages)
+        metrics.batch_wait.observe(max(0.0, time.time() - oldest / 1000.0))
+        note_rewinds(messages)
+        await catch_up_partitions(messages)
+        outcome = handle_click_messages(recommender, messages, journal)
+        for stage, seconds in outcome.stage_seconds.items():
+            metrics.stage_latency.labels(stage).observe(seconds)
+        for part, n in outcome.reused_offsets.items():
+            metrics.discontinuities.labels(topics.clicks, str(part), "reused_offset").inc()
+            log.warning(
+                "streamrec worker: %d clicks at already-answered offsets of %s[%d] carry new event ids: "
+                "the broker reused offsets after losing data; answering them",
+                n,
+                topics.clicks,
+                part,
+            )
+        t_send = time.perf_counter()
+        metrics.duplicates.inc(outcome.duplicates)
+        metrics.already_answered.inc(outcome.already_answered)
+        futures = await send_dead(outcome.dead)
+        for key, value in outcome.encoded:
+            futures.append(await send_raw(topics.recommendations, key, value))
+        if futures:
+            await asyncio.gather(*futures)
+        if journal is not None:
+            journal.done(topics.clicks, outcome.last, outcome.offsets)
+        metrics.stage_latency.labels("send").observe(time.perf_counter() - t_send)
+        if on_recommendations is not None:
+            on_recommendations(outcome.recommendations)
+        for rec in outcome.recommendations:
+            metrics.freshness.observe(max(0, rec.emitted_at - rec.event_time) / 1000.0)
+        metrics.recommendations.inc(len(outcome.recommendations))
+        metrics.users.set(recommender.sequences.n_users())
+        metrics.processing_latency.observe(time.monotonic() - started)
+
+    @app.timer(interval=1.0)
+    async def check_log() -> None:
+        """Lag from what was processed, and a check that no partition's log went backwards."""
         consumer = app.consumer
         for tp in consumer.assignment():
-            position = await consumer.position(tp)
+            if tp.topic != topics.clicks:
+                continue
             highwater = consumer.highwater(tp)
-            if position is not None and highwater is not None:
-                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+            if highwater is None:
+                continue
+            processed = next_offset.get(tp.partition)
+            if processed is None:
+                try:
+                    position = await consumer.position(tp)
+                except KafkaError:
+                    continue  # being reassigned; the next tick reads it
+                processed = position if position is not None else highwater
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - processed))
+            target = rewind_target(processed, highwater)
+            if target is None:
+                continue
+            metrics.discontinuities.labels(tp.topic, str(tp.partition), "beyond_end").inc()
+            log.warning(
+                "streamrec worker: processed %s[%d] up to offset %d but the log ends at %d: the broker lost "
+                "messages; re-reading from offset %d (docs/operations.md, 'The log went backwards')",
+                tp.topic,
+                tp.partition,
+                processed - 1,
+                highwater,
+                target,
+            )
+            next_offset[tp.partition] = target
+            await consumer.seek(tp, target)
 
     return app
+
+
+def _message_of(event: EventT) -> Message:
+    m = event.message
+    return Message(m.topic, m.partition, m.offset, event.value, int(m.timestamp * 1000))

@@ -18,6 +18,7 @@ from streamrec.models.content_baseline import ContentBaseline, ContentBaselineCo
 from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
 from streamrec.settings import Settings
+from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.model_store import ModelStore
@@ -79,12 +80,21 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         page = DashboardServer(registry, recent, settings.dashboard_port, settings.metrics_host).start()
         print(f"streamrec worker: live page on {page.url}", flush=True)
     store = ModelStore(settings.model_store_dir)
+    journal = BatchJournal(worker_state_dir(settings) / "journal.json")
+    if journal.crashed_at_start:
+        log.warning(
+            "streamrec worker: the previous run died with %d messages in flight; they are handled one by "
+            "one now, and one that kills the worker again is dead-lettered as poison",
+            journal.crashed_at_start,
+        )
     app = build_app(
         settings,
         recommender,
         metrics,
         on_recommendations=recent.add,
         load_version=lambda version: load_serving_version(settings, store.get(version).path),
+        journal=journal,
+        has_version=store.has,
     )
     worker = Worker(app, loglevel=loglevel, quiet=True)
     try:

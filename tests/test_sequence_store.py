@@ -99,3 +99,13 @@ def test_applied_offsets_are_recorded_with_the_clicks(make_store: Factory) -> No
     assert store.applied_offset(0) == 42
     store.append_many([], positions={0: 40})  # never moves backwards
     assert store.applied_offset(0) == 42
+
+
+def test_has_event_follows_the_live_sequence(make_store: Factory) -> None:
+    store = make_store(2)
+    store.append_many([c("u1", "a", 1), c("u1", "b", 2)])
+    assert store.has_event("u1", "u1-e1") and store.has_event("u1", "u1-e2")
+    assert not store.has_event("u2", "u1-e1"), "event ids are per user"
+    store.append(c("u1", "c", 3))
+    assert not store.has_event("u1", "u1-e1"), "an evicted event is no longer held"
+    assert store.has_event("u1", "u1-e3")

@@ -1,0 +1,107 @@
+"""The batch journal: what a worker was doing when it stopped, kept in one small JSON file.
+
+It records, per input topic and partition:
+- the offsets of the batch in flight (written before a batch is handled, cleared once its outputs
+  are acknowledged by the broker). If a process finds a batch still in flight when it opens the
+  journal, the previous process died while handling it: each of those offsets gets a crash count.
+  An offset counted twice is a poison message (it crashed the worker twice) and is dead-lettered
+  without being handled again; an offset counted once is a suspect and is handled on its own, so
+  that a second crash names exactly one message.
+- the last offset whose outputs were acknowledged ("answered"). After a restart the broker
+  redelivers what was answered since its last offset commit; clicks at or below the answered
+  offset whose event ids the state already holds are not answered twice.
+
+The file is replaced atomically (write to a temporary file, rename) but not fsynced: it guards
+against process crashes, which keep the page cache. After a machine crash it may be older than the
+state; then clicks are answered again (duplicates), never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+POISON_CRASHES = 2
+
+
+class BatchJournal:
+    """Crash counts, the batch in flight and answered offsets of one worker."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = self._load()
+        self._answered: dict[str, dict[int, int]] = {
+            t: {int(p): int(o) for p, o in parts.items()} for t, parts in data.get("answered", {}).items()
+        }
+        self._crashes: dict[tuple[str, int, int], int] = {
+            (t, int(p), int(o)): int(n) for t, p, o, n in data.get("crashes", [])
+        }
+        self._inflight: list[tuple[str, int, int]] = []
+        died_in = [(t, int(p), int(o)) for t, p, o in data.get("inflight", [])]
+        # The previous process stopped with a batch in flight: it crashed (or was killed) in it.
+        for key in died_in:
+            self._crashes[key] = self._crashes.get(key, 0) + 1
+        self.crashed_at_start = len(died_in)
+        if died_in:
+            self._save()
+
+    def _load(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            # A torn or foreign file: start afresh. Worst case some clicks are answered twice.
+            return {}
+
+    def _save(self) -> None:
+        data = {
+            "answered": {t: {str(p): o for p, o in parts.items()} for t, parts in self._answered.items()},
+            "crashes": [[t, p, o, n] for (t, p, o), n in self._crashes.items()],
+            "inflight": [list(k) for k in self._inflight],
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".journal-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+        os.replace(tmp, self.path)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def crashes(self, topic: str, partition: int, offset: int) -> int:
+        """How often the worker died while this message was in flight."""
+        return self._crashes.get((topic, partition, offset), 0)
+
+    def is_poison(self, topic: str, partition: int, offset: int) -> bool:
+        return self.crashes(topic, partition, offset) >= POISON_CRASHES
+
+    def answered(self, topic: str, partition: int) -> int:
+        """The last offset of `partition` whose outputs were acknowledged, -1 if none."""
+        return self._answered.get(topic, {}).get(partition, -1)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def begin(self, topic: str, offsets: Iterable[tuple[int, int]]) -> None:
+        """Messages (partition, offset) of `topic` are about to be handled."""
+        self._inflight = [(topic, p, o) for p, o in offsets]
+        self._save()
+
+    def done(self, topic: str, last: Mapping[int, int], offsets: Iterable[tuple[int, int]] = ()) -> None:
+        """Outputs of the batch are acknowledged: `last` is {partition: last offset} of the batch;
+        `offsets` are all its (partition, offset) pairs, whose crash counts are no longer needed."""
+        answered = self._answered.setdefault(topic, {})
+        for part, offset in last.items():
+            answered[part] = max(offset, answered.get(part, -1))
+        for part, offset in offsets:
+            self._crashes.pop((topic, part, offset), None)
+        self._inflight = []
+        self._save()
+
+    def forget_answered(self, topic: str, partition: int) -> None:
+        """The partition's log went backwards (truncation, reset): offsets answered before no
+        longer name the same messages."""
+        self._answered.get(topic, {}).pop(partition, None)
+        self._save()

@@ -1,0 +1,233 @@
+"""The Kafka-free handling path: every message ends as an answer or a dead letter with a reason.
+
+Real RocksDB stores and a real FAISS index under the content baseline; the batch journal on disk.
+A "crash" is simulated by opening the journal again while a batch is still in flight, which is
+exactly what a restarted process sees.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.state.batch_journal import BatchJournal
+from streamrec.state.catalogue_store import CatalogueStore
+from streamrec.state.item_index import FaissItemIndex
+from streamrec.state.model_store import ModelStore, ModelStoreError
+from streamrec.state.sequence_store import RocksSequenceStore
+from streamrec.stream.handling import (
+    Message,
+    encode_dead,
+    handle_catalogue_messages,
+    handle_click_messages,
+    handle_model_messages,
+)
+from streamrec.stream.recommender import Recommender
+from streamrec.stream.schemas import CatalogueRecord, RecordError, encode, now_ms
+from streamrec.stream.serving_model import BaselineServingModel, UserEncoding, UserHistory
+
+CFG = ContentBaselineConfig(dim=16, buckets=1024)
+CLICKS = "clicks"
+CATALOGUE = "catalogue"
+
+
+class FlakyModel(BaselineServingModel):
+    """The content baseline, except that it fails for chosen users and item titles."""
+
+    def __init__(self) -> None:
+        super().__init__(ContentBaseline(CFG))
+        self.bad_users: set[str] = set()
+        self.bad_titles: set[str] = set()
+
+    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
+        for h in histories:
+            if h.user_id in self.bad_users:
+                raise FloatingPointError(f"cannot encode {h.user_id}")
+        return super().encode_users(histories, item_matrix, explain)
+
+    def encode_items(self, records: list[CatalogueRecord]) -> np.ndarray:
+        for r in records:
+            if r.title in self.bad_titles:
+                raise MemoryError(f"cannot encode {r.title}")
+        return super().encode_items(records)
+
+
+def make_recommender(root: Path, n_items: int = 20) -> tuple[Recommender, FlakyModel]:
+    model = FlakyModel()
+    rec = Recommender(
+        RocksSequenceStore(root / "seq", max_len=50),
+        CatalogueStore(root / "cat", CFG.dim),
+        FaissItemIndex(CFG.dim),
+        model,
+        top_k=5,
+    )
+    rec.apply_catalogue([CatalogueRecord(f"i{k}", "upsert", now_ms(), f"item {k}", ("A",)) for k in range(n_items)])
+    return rec, model
+
+
+def click_bytes(event: str, user: str, item: str) -> bytes:
+    return json.dumps({"v": 1, "event_id": event, "user_id": user, "item_id": item, "event_time": now_ms()}).encode()
+
+
+def messages(values: list[bytes], partition: int = 0, first: int = 0, topic: str = CLICKS) -> list[Message]:
+    return [Message(topic, partition, first + k, v) for k, v in enumerate(values)]
+
+
+# --- the journal -------------------------------------------------------------------------------
+
+
+def test_journal_counts_crashes_names_poison_and_remembers_answers(tmp_path: Path) -> None:
+    path = tmp_path / "journal.json"
+    j = BatchJournal(path)
+    j.begin(CLICKS, [(0, 5), (0, 6), (1, 2)])
+    j = BatchJournal(path)  # the process died with the batch in flight
+    assert j.crashed_at_start == 3
+    assert j.crashes(CLICKS, 0, 5) == 1 and not j.is_poison(CLICKS, 0, 5)
+    j.begin(CLICKS, [(0, 6)])
+    j = BatchJournal(path)  # died again, this time with one message alone in flight
+    assert j.is_poison(CLICKS, 0, 6) and not j.is_poison(CLICKS, 0, 5)
+    j.done(CLICKS, {0: 6, 1: 2}, [(0, 5), (0, 6), (1, 2)])
+    j = BatchJournal(path)  # a clean run since
+    assert j.crashed_at_start == 0
+    assert j.crashes(CLICKS, 0, 6) == 0, "crash counts of handled messages are dropped"
+    assert (j.answered(CLICKS, 0), j.answered(CLICKS, 1), j.answered(CLICKS, 2)) == (6, 2, -1)
+    j.forget_answered(CLICKS, 0)
+    assert BatchJournal(path).answered(CLICKS, 0) == -1
+
+
+def test_a_torn_journal_starts_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "journal.json"
+    path.write_text('{"answered": {"clicks"')
+    assert BatchJournal(path).answered(CLICKS, 0) == -1
+
+
+# --- clicks ------------------------------------------------------------------------------------
+
+
+def test_a_record_that_fails_in_handling_is_isolated_and_the_rest_answered(tmp_path: Path) -> None:
+    rec, model = make_recommender(tmp_path)
+    model.bad_users = {"u-bad"}
+    values = [click_bytes(f"e{k}", f"u{k % 3}", f"i{k}") for k in range(9)]
+    values.insert(4, click_bytes("e-bad", "u-bad", "i1"))
+    out = handle_click_messages(rec, messages(values))
+    assert sorted(r.event_id for r in out.recommendations) == sorted(f"e{k}" for k in range(9))
+    assert [(d.offset, d.reason) for d in out.dead] == [(4, "handling_failed")]
+    assert "FloatingPointError" in out.dead[0].detail
+    assert len(out.encoded) == 9 and all(json.loads(v)["event_id"] for _, v in out.encoded)
+    assert rec.sequences.applied_offset(0) == 9, "the batch's offsets are recorded even when a record failed"
+
+
+def test_a_message_that_crashes_twice_is_poison_and_the_others_are_answered(tmp_path: Path) -> None:
+    rec, _ = make_recommender(tmp_path)
+    path = tmp_path / "journal.json"
+    batch = messages([click_bytes(f"e{k}", f"u{k}", f"i{k}") for k in range(4)])
+    # First run: the whole batch was in flight when the process died.
+    BatchJournal(path).begin(CLICKS, [(m.partition, m.offset) for m in batch])
+    # Second run: suspects go one at a time; it died again on offset 2.
+    j = BatchJournal(path)
+    j.begin(CLICKS, [(0, 2)])
+    # Third run: offset 2 is poison; the others are answered.
+    j = BatchJournal(path)
+    out = handle_click_messages(rec, batch, j)
+    assert [(d.offset, d.reason) for d in out.dead] == [(2, "poison")]
+    assert sorted(r.event_id for r in out.recommendations) == ["e0", "e1", "e3"]
+    j.done(CLICKS, out.last, out.offsets)
+    assert BatchJournal(path).crashed_at_start == 0
+
+
+def test_answered_clicks_are_not_answered_again_but_reused_offsets_are(tmp_path: Path) -> None:
+    rec, _ = make_recommender(tmp_path)
+    j = BatchJournal(tmp_path / "journal.json")
+    batch = messages([click_bytes(f"e{k}", "u1", f"i{k}") for k in range(5)])
+    out = handle_click_messages(rec, batch, j)
+    j.done(CLICKS, out.last, out.offsets)
+    # Redelivery after a restart: same offsets, same events.
+    again = handle_click_messages(rec, batch, j)
+    assert again.already_answered == 5 and not again.recommendations and not again.dead
+    # The broker lost messages 3-4 and reused their offsets for new clicks.
+    reused = messages([click_bytes(f"new{k}", "u2", f"i{k}") for k in range(2)], first=3)
+    out = handle_click_messages(rec, reused, j)
+    assert out.reused_offsets == {0: 2}
+    assert sorted(r.event_id for r in out.recommendations) == ["new0", "new1"]
+
+
+def test_every_kind_of_poison_named_in_the_issue_is_dead_lettered(tmp_path: Path) -> None:
+    rec, _ = make_recommender(tmp_path)
+    good = {"v": 1, "event_id": "x", "user_id": "u", "item_id": "i1", "event_time": now_ms()}
+
+    def with_field(name: str, raw: str) -> bytes:
+        return json.dumps({**good, name: "@@"}).replace('"@@"', raw).encode()
+
+    poison = [
+        with_field("event_time", "9" * 30),  # overflow
+        with_field("event_time", "9" * 5000),  # more digits than Python parses
+        with_field("event_time", "1e400"),
+        with_field("event_time", "NaN"),
+        b"[" * 50_000 + b"]" * 50_000,  # too large (and too deep)
+        with_field("item_id", "[" * 100 + "]" * 100),  # too deep
+        with_field("user_id", '"\\ud800"'),  # lone surrogate
+        with_field("user_id", '"\\udfff\\ud800"'),
+        b"\xff\xfe",
+        b"null",
+        b"",
+    ]
+    values = [v for p in poison for v in (p, click_bytes(f"ok{len(p)}-{p[:8]!r}", "u", "i1"))]
+    out = handle_click_messages(rec, messages(values))
+    assert sorted(d.offset for d in out.dead) == list(range(0, len(values), 2))
+    assert all(d.reason in RecordError.REASONS and d.detail for d in out.dead)
+    assert len(out.recommendations) == len(poison)
+    for d in out.dead:
+        key, value = encode_dead(d)
+        assert json.loads(value)["reason"] == d.reason and key == b"clicks"
+
+
+# --- catalogue ---------------------------------------------------------------------------------
+
+
+def test_a_catalogue_record_that_fails_in_handling_is_isolated(tmp_path: Path) -> None:
+    rec, model = make_recommender(tmp_path, n_items=0)
+    model.bad_titles = {"cursed"}
+    values = [encode(CatalogueRecord(f"n{k}", "upsert", now_ms(), f"new {k}")) for k in range(5)]
+    values.insert(2, encode(CatalogueRecord("c", "upsert", now_ms(), "cursed")))
+    values.insert(0, b'{"item_id": "z", "event_time": 1e999, "title": "t"}')
+    out = handle_catalogue_messages(rec, messages(values, topic=CATALOGUE))
+    assert sorted((d.offset, d.reason) for d in out.dead) == [(0, "bad_value"), (3, "handling_failed")]
+    assert sorted(r.item_id for r in out.applied) == [f"n{k}" for k in range(5)]
+    assert len(rec.index) == 5
+
+
+# --- model announcements -----------------------------------------------------------------------
+
+
+def test_announcements_of_missing_broken_or_outside_versions_are_dead_letters(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    store.put("broken", lambda p: p.write_bytes(b"not a checkpoint"), {})
+    store.put("fine", lambda p: p.write_bytes(b"weights"), {})
+
+    def load(version: str) -> BaselineServingModel:
+        path = store.get(version).path
+        if path.read_bytes() != b"weights":
+            raise ValueError(f"{path} is not a checkpoint")
+        return BaselineServingModel(ContentBaseline(CFG))
+
+    def announce(offset: int, version: str) -> Message:
+        body = json.dumps({"v": 1, "version": version, "action": "promote"}).encode()
+        return Message("models", 0, offset, body)
+
+    def outcome(*versions: str) -> tuple[list[tuple[int, str]], str | None]:
+        msgs = [announce(k, v) for k, v in enumerate(versions)]
+        got = handle_model_messages(msgs, "content-v1", load, store.has)
+        return [(d.offset, d.reason) for d in got.dead], (got.model.version if got.model is not None else None)
+
+    assert outcome("nope") == ([(0, "unknown_version")], None)
+    assert outcome("broken") == ([(0, "model_load_failed")], None)
+    assert outcome("../../../../tmp", "/etc") == ([(0, "bad_value"), (1, "bad_value")], None)
+    assert outcome("nope", "fine", "../x") == ([(0, "unknown_version"), (2, "bad_value")], "content-v1")
+    assert outcome("content-v1") == ([], None), "the version being served is not loaded again"
+    with pytest.raises(ModelStoreError):
+        store.get("../../../../tmp")
+    assert not store.has("../../../../tmp") and store.has("fine")
