@@ -4,6 +4,10 @@ Each click is stamped with the time it is published (`event_time`, ms) and keeps
 timestamp in `source_ts`; freshness is measured against the former. Event ids are the dataset's
 deterministic ids, so restarting from an offset (`start`) republishes the same ids and the worker
 de-duplicates anything it had already applied.
+
+Every send's result is checked: a message the broker did not acknowledge is counted, and the
+publishing functions raise `DeliveryError` after flushing if any was lost, so nothing reports
+"published" for messages that never reached the topic.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from streamrec.datasets.schema import Dataset, Event, Item
@@ -54,6 +59,49 @@ class ReplayReport:
         return self.clicks / self.seconds if self.seconds > 0 else 0.0
 
 
+class DeliveryError(RuntimeError):
+    """Some messages were not acknowledged by the broker."""
+
+    def __init__(self, topic: str, failed: int, acknowledged: int, first: BaseException | None) -> None:
+        super().__init__(
+            f"{failed} of {failed + acknowledged} messages to {topic} were not acknowledged by the broker "
+            f"(first error: {type(first).__name__ if first else '?'}: {first}); publishing again is safe, "
+            "the worker recognises clicks it has seen by event id"
+        )
+        self.topic = topic
+        self.failed = failed
+        self.acknowledged = acknowledged
+
+
+class Delivery:
+    """Counts the broker's answers to sends (kafka-python calls the callbacks from its I/O thread)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.sent = 0
+        self.failed = 0
+        self.first_error: BaseException | None = None
+
+    def send(self, producer: KafkaProducer, key: bytes, value: bytes) -> None:
+        self.sent += 1
+        try:
+            producer.send(self.topic, key=key, value=value).add_errback(self._fail)
+        except KafkaError as exc:  # e.g. no metadata within max_block_ms while the broker is down
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = exc
+
+    def check(self, producer: KafkaProducer) -> int:
+        """Flush, then the number acknowledged; raises DeliveryError if any send failed."""
+        producer.flush()
+        if self.failed:
+            raise DeliveryError(self.topic, self.failed, self.sent - self.failed, self.first_error)
+        return self.sent
+
+
 def make_producer(bootstrap: str) -> KafkaProducer:
     return KafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, acks=1, enable_idempotence=False, batch_size=256 * 1024
@@ -78,13 +126,12 @@ class Paced:
 
 
 def publish_catalogue(producer: KafkaProducer, topics: TopicNames, items: Iterable[Item]) -> int:
-    n = 0
+    """Publish every item; returns how many the broker acknowledged (DeliveryError if not all)."""
+    delivery = Delivery(topics.catalogue)
     stamp = now_ms()
     for item in items:
-        producer.send(topics.catalogue, key=item.item_id.encode(), value=encode(catalogue_record(item, stamp)))
-        n += 1
-    producer.flush()
-    return n
+        delivery.send(producer, item.item_id.encode(), encode(catalogue_record(item, stamp)))
+    return delivery.check(producer)
 
 
 def publish_clicks(
@@ -95,21 +142,23 @@ def publish_clicks(
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
+    """Publish clicks at `rate` per second; returns how many the broker acknowledged (DeliveryError
+    if not all)."""
     pacer = Paced(rate)
+    delivery = Delivery(topics.clicks)
     sent = 0
     bar = tqdm(total=len(events), unit="click", disable=not progress, desc="replay", leave=False)
     for event in events:
         if should_stop():
             break
         pacer.wait()
-        producer.send(topics.clicks, key=event.user_id.encode(), value=encode(click_record(event, now_ms())))
+        delivery.send(producer, event.user_id.encode(), encode(click_record(event, now_ms())))
         sent += 1
         if sent % 500 == 0:
             bar.update(500)
     bar.update(sent % 500)
     bar.close()
-    producer.flush()
-    return sent
+    return delivery.check(producer)
 
 
 def replay(

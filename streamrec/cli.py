@@ -33,20 +33,24 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.datasets import load_dataset
-    from streamrec.stream.replay import replay
+    from streamrec.stream.replay import DeliveryError, replay
     from streamrec.stream.topics import ensure_topics
 
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     dataset = load_dataset(args.dataset, settings.data_dir)
-    report = replay(
-        dataset,
-        settings.kafka_bootstrap,
-        settings.topics,
-        rate=args.rate,
-        start=args.start,
-        limit=args.limit,
-        catalogue=not args.no_catalogue,
-    )
+    try:
+        report = replay(
+            dataset,
+            settings.kafka_bootstrap,
+            settings.topics,
+            rate=args.rate,
+            start=args.start,
+            limit=args.limit,
+            catalogue=not args.no_catalogue,
+        )
+    except DeliveryError as exc:
+        print(f"streamrec replay: {exc}", file=sys.stderr)
+        return 1
     print(
         f"published {report.items} items and {report.clicks} clicks from offset {report.first_offset} "
         f"in {report.seconds:.1f}s ({report.rate:.0f} clicks/s); "
@@ -112,6 +116,10 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.bench.drift import run_drift_bench
 
         return run_drift_bench(settings, args)
+    if args.bench == "reliability":
+        from streamrec.bench.reliability import run_reliability_bench
+
+        return run_reliability_bench(settings, args)
     if args.bench == "attention":
         from streamrec.bench.attention import run
 
@@ -238,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--tail-limit", type=int, default=0, help="only the first N tail clicks (0 = all)")
     b.add_argument("--out", default="bench/results/drift.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("reliability", help="SIGKILLs, a broker stop and a malformed burst: lost, stalls, restarts")
+    b.add_argument("--dataset", default="ml-100k")
+    b.add_argument("--clicks", type=int, default=20_000, help="clicks replayed while the worker is killed")
+    b.add_argument("--rate", type=float, default=1000.0, help="clicks/s offered in the kill and broker phases")
+    b.add_argument("--kills", type=int, default=20)
+    b.add_argument("--broker-clicks", type=int, default=20_000, help="clicks replayed across the broker stop")
+    b.add_argument("--broker-stop-s", type=float, default=20.0)
+    b.add_argument("--bad", type=int, default=10_000, help="malformed messages in the fuzz burst")
+    b.add_argument("--good", type=int, default=2_000, help="valid clicks between them")
+    b.add_argument("--partitions", type=int, default=4)
+    b.add_argument("--drain-s", type=float, default=120.0, help="how long to wait for answers after each phase")
+    b.add_argument("--phases", default="kills,broker,fuzz")
+    b.add_argument("--keep", action="store_true", help="keep the logs and state of the run")
+    b.add_argument("--out", default="bench/results/reliability.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("attention", help="dense vs sparse attention time/memory, incremental step cost")
     b.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
