@@ -1,0 +1,60 @@
+"""How busy the machine is, recorded beside every benchmark figure.
+
+This machine has two shared cores: a figure taken while another job ran is not comparable with
+one taken on a quiet machine. `machine_load()` samples the load average and the CPU used by
+processes outside this benchmark's own process tree; `busy` marks a run that should not be read
+as the code's speed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+# Other processes using more than this share of one core make a run "busy".
+BUSY_OTHER_CPU_PERCENT = 25.0
+
+
+def _ours() -> set[int]:
+    me = psutil.Process()
+    pids = {me.pid}
+    try:
+        pids |= {c.pid for c in me.children(recursive=True)}
+    except psutil.Error:
+        pass
+    return pids
+
+
+def machine_load(sample_s: float = 1.0) -> dict[str, object]:
+    """Load averages, cores, and the CPU (percent of one core) that other processes used over
+    `sample_s`, with the busiest of them by name."""
+    procs = {}
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            p.cpu_percent(None)
+            procs[p.pid] = p
+        except psutil.Error:
+            continue
+    time.sleep(sample_s)
+    ours = _ours()
+    others: list[tuple[float, str]] = []
+    for pid, p in procs.items():
+        if pid in ours:
+            continue
+        try:
+            others.append((p.cpu_percent(None), p.info["name"] or str(pid)))
+        except psutil.Error:
+            continue
+    others.sort(reverse=True)
+    other_cpu = sum(c for c, _ in others)
+    load1, load5, load15 = os.getloadavg()
+    return {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cores": os.cpu_count(),
+        "loadavg_1_5_15": [round(load1, 2), round(load5, 2), round(load15, 2)],
+        "other_processes_cpu_percent": round(other_cpu, 1),
+        "busiest_others": [f"{name} {cpu:.0f}%" for cpu, name in others[:3] if cpu > 1.0],
+        "busy": other_cpu > BUSY_OTHER_CPU_PERCENT,
+    }
