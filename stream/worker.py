@@ -8,6 +8,7 @@ committed offsets, and redelivered clicks are recognised by event id.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
+from streamrec.ops.log_limit import limit_handlers
 from streamrec.ops.metrics import create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
@@ -25,7 +27,6 @@ from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app
 from streamrec.stream.recommender import Recommender
-from streamrec.stream.research_model import ResearchServingConfig, ResearchServingModel, load_research_model
 from streamrec.stream.serving_model import BaselineServingModel, ServingModel
 from streamrec.stream.topics import ensure_topics
 
@@ -50,7 +51,11 @@ def open_model(settings: Settings) -> ServingModel:
     return load_serving_version(settings, path)
 
 
-def load_serving_version(settings: Settings, path: Path) -> ResearchServingModel:
+def load_serving_version(settings: Settings, path: Path) -> ServingModel:
+    # Imported here: the research models' code (checkpoints, encoders, text features) adds to the
+    # start-up of every worker, and a worker serving the content baseline never needs it.
+    from streamrec.stream.research_model import ResearchServingConfig, load_research_model
+
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb)
@@ -66,9 +71,22 @@ def open_recommender(settings: Settings) -> Recommender:
     return Recommender(sequences, catalogue, index, model, top_k=settings.top_k, explain=settings.explain)
 
 
-def run_worker(settings: Settings, loglevel: str = "warning") -> None:
-    """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+class RateLimitedWorker(Worker):
+    """Faust's worker with repeated log lines rate-limited (ops/log_limit.py)."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        limit_handlers(logger)
+
+
+def run_worker(
+    settings: Settings, loglevel: str = "warning", topics_ready: Callable[[], object] | None = None
+) -> None:
+    """Blocks until the worker is stopped (SIGINT/SIGTERM). `topics_ready` waits for topics being
+    ensured elsewhere (the CLI does it while this module loads); without it, they are ensured here."""
+    if topics_ready is None:
+        ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    else:
+        topics_ready()
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     _server, port = serve_metrics(registry, settings.metrics_port, settings.metrics_host)
@@ -96,7 +114,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         journal=journal,
         has_version=store.has,
     )
-    worker = Worker(app, loglevel=loglevel, quiet=True)
+    worker = RateLimitedWorker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
