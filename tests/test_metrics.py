@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from prometheus_client import CollectorRegistry
 
@@ -45,3 +46,32 @@ def test_registries_are_independent() -> None:
     create_metrics(b)
     assert a.get_sample_value("streamrec_stream_recommendations_total") == 1
     assert b.get_sample_value("streamrec_stream_recommendations_total") == 0
+
+
+def test_repeated_log_lines_are_rate_limited_with_a_count() -> None:
+    import io
+    import logging
+
+    from streamrec.ops.log_limit import RateLimitFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    limit = RateLimitFilter(interval_s=0.2)
+    handler.addFilter(limit)
+    log = logging.getLogger("streamrec.test.flood")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        for k in range(500):
+            log.warning("broker %s unreachable", k)
+        log.warning("another message")
+        time.sleep(0.25)
+        log.warning("broker %s unreachable", "again")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "broker 0 unreachable",
+        "another message",
+        "broker again unreachable [499 more like this in the last 0 s]",
+    ]
