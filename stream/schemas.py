@@ -28,13 +28,15 @@ MAX_ID_LEN = 200
 # limits leave room for precomputed modality vectors while refusing what would cost the worker
 # memory or time (deep nesting makes `json.loads` recurse until RecursionError; Python refuses
 # integers of more than 4,300 digits with ValueError, and a 400-digit one overflows float()).
-MAX_PAYLOAD_BYTES = {"click": 16 * 1024, "catalogue": 1024 * 1024, "announcement": 16 * 1024}
+# The catalogue bound stays under brokers' default message limit (about 1 MB) so that it is the
+# worker, not the broker, that names an oversized record; 8 vectors of 4,096 numbers fit in it.
+MAX_PAYLOAD_BYTES = {"click": 16 * 1024, "catalogue": 512 * 1024, "announcement": 16 * 1024}
 MAX_DEPTH = 16
 MAX_NUMBER_CHARS = 40
 MAX_TEXT_LEN = 10_000
 MAX_CATEGORY_DEPTH = 32
 MAX_VECTORS = 8
-MAX_VECTOR_DIM = 8192
+MAX_VECTOR_DIM = 4096
 
 
 class RecordError(ValueError):

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from streamrec.bench import malformed
 from streamrec.datasets import load_dataset
 from streamrec.settings import Settings
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.processes import WorkerProcess, start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
-from streamrec.stream.schemas import RecommendationRecord, now_ms
+from streamrec.stream.schemas import RecommendationRecord, RecordError, now_ms
 from streamrec.stream.topics import ensure_topics
 from streamrec.stream.worker import worker_state_dir
 
@@ -150,3 +151,58 @@ def test_killed_worker_resumes_without_loss_or_duplicates(stream_settings: Setti
             assert store.sequence(user) == items, f"sequence of user {user} differs after the crash"
     finally:
         store.close()
+
+
+def test_poison_between_valid_clicks_on_every_partition(stream_settings: Settings, tmp_path: Path) -> None:
+    """Every malformed kind that has stopped a worker, on clicks, catalogue and models, between
+    valid clicks on every partition: each valid click is answered, each bad message is a dead
+    letter with a reason, and the worker is still running."""
+    ds = load_dataset("ml-100k", stream_settings.data_dir)
+    worker = boot(stream_settings, tmp_path, ds.items[:200])
+    topics = stream_settings.topics
+    now = now_ms()
+    items = [i.item_id for i in ds.items[:200]]
+    valid = [
+        {"v": 1, "event_id": f"ok-{k}", "user_id": f"user-{k}", "item_id": items[k % 200], "event_time": now}
+        for k in range(60)
+    ]
+    bad: list[tuple[str, bytes, bytes]] = []
+    for k, (_, make) in enumerate(malformed.kinds_for("click")):
+        bad.append((topics.clicks, f"user-{k}".encode(), make(k, malformed.valid_click(k, items[0], now))))
+    for k, (_, make) in enumerate(malformed.kinds_for("catalogue")):
+        bad.append((topics.catalogue, b"item", make(k, malformed.valid_catalogue(k, now))))
+    for k, (_, make) in enumerate(malformed.kinds_for("models")):
+        bad.append((topics.models, b"model", make(k, malformed.valid_announcement(k, now))))
+    producer = KafkaProducer(bootstrap_servers=stream_settings.kafka_bootstrap, max_request_size=4 * 1024 * 1024)
+    sent_bad = []
+    try:
+        for k, click in enumerate(valid):
+            producer.send(topics.clicks, key=click["user_id"].encode(), value=json.dumps(click).encode())
+            for topic, key, value in bad[k * len(bad) // len(valid) : (k + 1) * len(bad) // len(valid)]:
+                sent_bad.append(producer.send(topic, key=key, value=value))
+        producer.flush()
+        where = {(m.topic, m.partition, m.offset) for m in (f.get(timeout=30) for f in sent_bad)}
+        producer.close()
+        assert {p for t, p, _ in where if t == topics.clicks} == set(range(stream_settings.partitions))
+        reader = RecommendationReader(stream_settings.kafka_bootstrap, topics.recommendations)
+        recs = read_until(reader, lambda got: {c["event_id"] for c in valid} <= {r.event_id for r in got})
+        reader.close()
+        letters = read_dead_letters(stream_settings, len(where))
+        assert worker.proc.poll() is None, "the worker is still running"
+    finally:
+        assert worker.stop() == 0, f"worker did not stop cleanly; log {worker.log_path}"
+    assert {(d["source_topic"], d["partition"], d["offset"]) for d in letters} >= where
+    assert all(d["reason"] in RecordError.REASONS and d["detail"] for d in letters)
+    assert {r.event_id for r in recs} >= {c["event_id"] for c in valid}
+
+
+def read_dead_letters(settings: Settings, at_least: int, timeout_s: float = 60) -> list[dict]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, consumer_timeout_ms=300)
+    consumer.assign([TopicPartition(settings.topics.dead_letters, 0)])
+    consumer.seek_to_beginning()
+    letters: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while len(letters) < at_least and time.monotonic() < deadline:
+        letters += [json.loads(m.value) for m in consumer]
+    consumer.close()
+    return letters
