@@ -3,7 +3,11 @@
 It records, per input topic and partition:
 - the offsets of the batch in flight (written before a batch is handled, cleared once its outputs
   are acknowledged by the broker). If a process finds a batch still in flight when it opens the
-  journal, the previous process died while handling it: each of those offsets gets a crash count.
+  journal and the previous process left a fatal record (`fatal.log` beside the journal: Python's
+  faulthandler writes into it on SIGSEGV, SIGABRT, SIGBUS, SIGFPE and SIGILL, and an agent that
+  dies of an error writes its error), the previous process crashed while handling it: each of
+  those offsets gets a crash count. A process that stopped without a fatal record was killed from
+  outside (SIGKILL, the OOM killer, the host going away), and its batch is not suspected.
   An offset counted twice is a poison message (it crashed the worker twice) and is dead-lettered
   without being handled again; an offset counted once is a suspect and is handled on its own, so
   that a second crash names exactly one message.
@@ -23,8 +27,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import IO
 
 POISON_CRASHES = 2
+FATAL_RECORD = "fatal.log"
 
 
 class BatchJournal:
@@ -41,13 +47,37 @@ class BatchJournal:
             (t, int(p), int(o)): int(n) for t, p, o, n in data.get("crashes", [])
         }
         self._inflight: list[tuple[str, int, int]] = []
-        died_in = [(t, int(p), int(o)) for t, p, o in data.get("inflight", [])]
+        self.fatal_path = self.path.with_name(FATAL_RECORD)
+        self.previous_fatal = self._take_fatal_record()
+        # Only a process that left a fatal record crashed; one that stopped without one was killed
+        # from outside (SIGKILL by an operator, a deployment, the host going away): its batch in
+        # flight did not crash it, and suspecting it would risk calling a good message poison.
+        died_in = [(t, int(p), int(o)) for t, p, o in data.get("inflight", [])] if self.previous_fatal else []
         # The previous process stopped with a batch in flight: it crashed (or was killed) in it.
         for key in died_in:
             self._crashes[key] = self._crashes.get(key, 0) + 1
         self.crashed_at_start = len(died_in)
-        if died_in:
+        if data.get("inflight"):
             self._save()
+
+    def _take_fatal_record(self) -> str:
+        """What the previous process wrote as it crashed (empty if it did not crash), cleared."""
+        try:
+            text = self.fatal_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        self.fatal_path.write_text("")
+        return text
+
+    def open_fatal_record(self) -> IO[str]:
+        """A file to write a crash into (kept open for `faulthandler`, which writes without Python)."""
+        self._fatal = self.fatal_path.open("a")
+        return self._fatal
+
+    def note_fatal(self, text: str) -> None:
+        """Record that this process is dying of an error (before it exits)."""
+        with self.fatal_path.open("a") as fh:
+            fh.write(text.rstrip() + "\n")
 
     def _load(self) -> dict:
         try:

@@ -57,16 +57,17 @@ REWIND_FACTOR = 4
 REWIND_MESSAGES = 1_000
 
 
-def exit_for_restart(name: str, exc: BaseException) -> None:
+def exit_for_restart(name: str, exc: BaseException, on_fatal: Callable[[str], None] | None = None) -> None:
     """Leave at once with EXIT_AGENT_DIED. No clean shutdown on purpose: the batch in flight stays
-    in the journal (so a poison message can be recognised), RocksDB recovers from its log, and
-    uncommitted offsets are redelivered."""
+    in the journal (with `on_fatal`'s record, so a poison message can be recognised), RocksDB
+    recovers from its log, and uncommitted offsets are redelivered."""
+    why = f"{name} stopped: {type(exc).__name__}: {str(exc)[:300]}"
+    if on_fatal is not None:
+        on_fatal(why)
     log.critical(
-        "streamrec worker: %s stopped: %s: %s; exiting with status %d so that it is restarted "
-        "(docs/operations.md, 'An agent died')",
-        name,
-        type(exc).__name__,
-        str(exc)[:300],
+        "streamrec worker: %s; exiting with status %d so that it is restarted "
+        "(docs/operations.md, 'Failures, what they look like, what to do')",
+        why,
         EXIT_AGENT_DIED,
     )
     for handler in logging.getLogger().handlers:
@@ -76,9 +77,15 @@ def exit_for_restart(name: str, exc: BaseException) -> None:
     os._exit(EXIT_AGENT_DIED)
 
 
-async def supervised(name: str, metrics: Metrics, body: Callable[[], Awaitable[None]]) -> None:
+async def supervised(
+    name: str,
+    metrics: Metrics,
+    body: Callable[[], Awaitable[None]],
+    on_fatal: Callable[[str], None] | None = None,
+) -> None:
     """Run an agent's or task's body; `streamrec_worker_agent_running_info{agent=name}` says whether it runs."""
     metrics.agent_up.labels(name).set(1)
+    metrics.agent_crashes.labels(name)  # the series exists (at 0) from the start, for alerting on increase
     try:
         await body()
     except asyncio.CancelledError:
@@ -86,7 +93,7 @@ async def supervised(name: str, metrics: Metrics, body: Callable[[], Awaitable[N
     except Exception as exc:  # noqa: BLE001 - the last line of defence: die loudly, never idle
         metrics.agent_up.labels(name).set(0)
         metrics.agent_crashes.labels(name).inc()
-        exit_for_restart(name, exc)
+        exit_for_restart(name, exc, on_fatal)
     finally:
         metrics.agent_up.labels(name).set(0)
 
@@ -199,11 +206,13 @@ def build_app(
     load_version: Callable[[str], ServingModel] | None = None,
     journal: BatchJournal | None = None,
     has_version: Callable[[str], bool] = lambda version: True,
+    on_fatal: Callable[[str], None] | None = None,
 ) -> faust.App:
     """The worker's Faust app; `on_recommendations` sees every emitted batch (the dashboard page);
     `load_version` loads a model-store version named on the models topic (hot swap) and
     `has_version` says whether the store has one; `journal`
-    records batches in flight and answered offsets (poison detection, no double answers)."""
+    records batches in flight and answered offsets (poison detection, no double answers);
+    `on_fatal` records why an agent died before the worker exits."""
     app = StreamrecApp(settings.app_id, **faust_settings(settings))
     app.leave_group_on_stop = settings.leave_group_on_stop
     topics = settings.topics
@@ -239,7 +248,7 @@ def build_app(
 
     @app.task
     async def read_catalogue() -> None:
-        await supervised("catalogue", metrics, catalogue_loop)
+        await supervised("catalogue", metrics, catalogue_loop, on_fatal)
 
     async def catalogue_loop() -> None:
         """Every worker reads every catalogue partition (no consumer group): each holds the whole
@@ -296,7 +305,7 @@ def build_app(
     @app.task
     async def watch_models() -> None:
         if load_version is not None:
-            await supervised("models", metrics, models_loop)
+            await supervised("models", metrics, models_loop, on_fatal)
 
     async def models_loop() -> None:
         """Switch models without a restart when the trainer (or `streamrec model rollback`)
@@ -389,7 +398,7 @@ def build_app(
             async for events in stream.take_events(batch_size, within=batch_wait):
                 await answer_clicks([_message_of(e) for e in events])
 
-        await supervised("clicks", metrics, body)
+        await supervised("clicks", metrics, body, on_fatal)
 
     async def answer_clicks(messages: list[Message]) -> None:
         started = time.monotonic()

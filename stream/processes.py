@@ -32,6 +32,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_WORKER_ID=settings.worker_id,
         STREAMREC_PARTITIONS=str(settings.partitions),
         STREAMREC_LEAVE_GROUP_ON_STOP="1" if settings.leave_group_on_stop else "0",
+        STREAMREC_WORKER_PREFORK="1" if settings.worker_prefork else "0",
         STREAMREC_METRICS_PORT=str(settings.metrics_port),
         STREAMREC_DASHBOARD_PORT=str(settings.dashboard_port),
         STREAMREC_TOP_K=str(settings.top_k),

@@ -7,6 +7,7 @@ committed offsets, and redelivered clicks are recognised by event id.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -101,10 +102,14 @@ def run_worker(
     journal = BatchJournal(worker_state_dir(settings) / "journal.json")
     if journal.crashed_at_start:
         log.warning(
-            "streamrec worker: the previous run died with %d messages in flight; they are handled one by "
-            "one now, and one that kills the worker again is dead-lettered as poison",
+            "streamrec worker: the previous run crashed with %d messages in flight (%s); they are handled "
+            "one by one now, and one that crashes the worker again is dead-lettered as poison",
             journal.crashed_at_start,
+            journal.previous_fatal.strip().splitlines()[0][:200],
         )
+    # A hard crash (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) writes its traceback into the
+    # journal's fatal record, which tells the next start that the batch in flight crashed it.
+    faulthandler.enable(file=journal.open_fatal_record(), all_threads=True)
     app = build_app(
         settings,
         recommender,
@@ -113,6 +118,7 @@ def run_worker(
         load_version=lambda version: load_serving_version(settings, store.get(version).path),
         journal=journal,
         has_version=store.has,
+        on_fatal=journal.note_fatal,
     )
     worker = RateLimitedWorker(app, loglevel=loglevel, quiet=True)
     try:

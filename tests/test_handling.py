@@ -8,6 +8,9 @@ exactly what a restarted process sees.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +87,13 @@ def test_journal_counts_crashes_names_poison_and_remembers_answers(tmp_path: Pat
     path = tmp_path / "journal.json"
     j = BatchJournal(path)
     j.begin(CLICKS, [(0, 5), (0, 6), (1, 2)])
-    j = BatchJournal(path)  # the process died with the batch in flight
-    assert j.crashed_at_start == 3
+    j.note_fatal("clicks stopped: SystemError")
+    j = BatchJournal(path)  # the process crashed with the batch in flight
+    assert j.crashed_at_start == 3 and "SystemError" in j.previous_fatal
     assert j.crashes(CLICKS, 0, 5) == 1 and not j.is_poison(CLICKS, 0, 5)
     j.begin(CLICKS, [(0, 6)])
-    j = BatchJournal(path)  # died again, this time with one message alone in flight
+    j.note_fatal("clicks stopped: SystemError")
+    j = BatchJournal(path)  # crashed again, this time with one message alone in flight
     assert j.is_poison(CLICKS, 0, 6) and not j.is_poison(CLICKS, 0, 5)
     j.done(CLICKS, {0: 6, 1: 2}, [(0, 5), (0, 6), (1, 2)])
     j = BatchJournal(path)  # a clean run since
@@ -97,6 +102,9 @@ def test_journal_counts_crashes_names_poison_and_remembers_answers(tmp_path: Pat
     assert (j.answered(CLICKS, 0), j.answered(CLICKS, 1), j.answered(CLICKS, 2)) == (6, 2, -1)
     j.forget_answered(CLICKS, 0)
     assert BatchJournal(path).answered(CLICKS, 0) == -1
+    j.begin(CLICKS, [(0, 9)])
+    j = BatchJournal(path)  # stopped without a fatal record: killed from outside, not a crash
+    assert j.crashed_at_start == 0 and j.crashes(CLICKS, 0, 9) == 0
 
 
 def test_a_torn_journal_starts_afresh(tmp_path: Path) -> None:
@@ -125,11 +133,14 @@ def test_a_message_that_crashes_twice_is_poison_and_the_others_are_answered(tmp_
     rec, _ = make_recommender(tmp_path)
     path = tmp_path / "journal.json"
     batch = messages([click_bytes(f"e{k}", f"u{k}", f"i{k}") for k in range(4)])
-    # First run: the whole batch was in flight when the process died.
-    BatchJournal(path).begin(CLICKS, [(m.partition, m.offset) for m in batch])
-    # Second run: suspects go one at a time; it died again on offset 2.
+    # First run: the whole batch was in flight when the process crashed.
+    j = BatchJournal(path)
+    j.begin(CLICKS, [(m.partition, m.offset) for m in batch])
+    j.note_fatal("segfault")
+    # Second run: suspects go one at a time; it crashed again on offset 2.
     j = BatchJournal(path)
     j.begin(CLICKS, [(0, 2)])
+    j.note_fatal("segfault")
     # Third run: offset 2 is poison; the others are answered.
     j = BatchJournal(path)
     out = handle_click_messages(rec, batch, j)
@@ -231,3 +242,32 @@ def test_announcements_of_missing_broken_or_outside_versions_are_dead_letters(tm
     with pytest.raises(ModelStoreError):
         store.get("../../../../tmp")
     assert not store.has("../../../../tmp") and store.has("fine")
+
+
+CRASHING_CHILD = """
+import ctypes, faulthandler, os, signal, sys
+from pathlib import Path
+from streamrec.state.batch_journal import BatchJournal
+journal = BatchJournal(Path(sys.argv[1]))
+faulthandler.enable(file=journal.open_fatal_record())
+journal.begin("clicks", [(0, 7), (1, 3)])
+if sys.argv[2] == "segfault":
+    ctypes.string_at(0)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("death", ["segfault", "sigkill"])
+def test_a_hard_crash_is_told_from_a_kill(tmp_path: Path, death: str) -> None:
+    """A segfault with a batch in flight makes its messages suspects; a SIGKILL from outside
+    does not (no fatal record), so a deployment's kill can never make a good click poison."""
+    path = tmp_path / "journal.json"
+    proc = subprocess.run([sys.executable, "-c", CRASHING_CHILD, str(path), death], capture_output=True, timeout=60)
+    assert proc.returncode == (-signal.SIGSEGV if death == "segfault" else -signal.SIGKILL)
+    j = BatchJournal(path)
+    if death == "segfault":
+        assert j.crashed_at_start == 2 and "Segmentation fault" in j.previous_fatal
+        assert j.crashes(CLICKS, 0, 7) == 1 and j.crashes(CLICKS, 1, 3) == 1
+    else:
+        assert j.crashed_at_start == 0 and j.previous_fatal == ""
+        assert j.crashes(CLICKS, 0, 7) == 0
