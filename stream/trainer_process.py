@@ -32,8 +32,9 @@ def announce(settings: Settings, stored: StoredVersion, action: str) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     try:
         record = ModelAnnouncement(stored.version, action, now_ms())
-        producer.send(settings.topics.models, key=b"model", value=encode(record))
-        producer.flush()
+        # Waits for the broker's answer: an announcement that did not arrive must not pass quietly
+        # (the workers would keep serving the old version).
+        producer.send(settings.topics.models, key=b"model", value=encode(record)).get(timeout=30)
     finally:
         producer.close()
 
