@@ -38,7 +38,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamrec.bench.machine import machine_load
 from streamrec.bench.malformed import kinds_for, valid_announcement, valid_catalogue, valid_click
 from streamrec.datasets import load_dataset
-from streamrec.datasets.schema import Dataset
+from streamrec.datasets.schema import Dataset, Event
 from streamrec.settings import PROJECT_ROOT, Settings, TopicNames
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.broker import LocalBroker, free_port
@@ -139,18 +139,32 @@ def boot(settings: Settings, dataset: Dataset, log: Path) -> WorkerProcess:
 
 
 class Feeder(threading.Thread):
-    """Publishes clicks at a rate, recording what the broker did not acknowledge."""
+    """Publishes clicks at a rate, recording what the broker did not acknowledge. With `until`
+    set, it goes through the events again and again (event ids made unique per pass) until the
+    event is set, so that clicks keep arriving however long the phase lasts."""
 
-    def __init__(self, settings: Settings, events: list, rate: float) -> None:
+    def __init__(self, settings: Settings, events: list, rate: float, until: threading.Event | None = None) -> None:
         super().__init__(daemon=True)
-        self.settings, self.events, self.rate = settings, events, rate
+        self.settings, self.events, self.rate, self.until = settings, events, rate, until
         self.failed = 0
         self.error = ""
+        self.published: list[Event] = []
 
     def run(self) -> None:
         producer = make_producer(self.settings.kafka_bootstrap)
         try:
-            publish_clicks(producer, self.settings.topics, self.events, self.rate, progress=False)
+            if self.until is None:
+                self.published = list(self.events)
+                publish_clicks(producer, self.settings.topics, self.events, self.rate, progress=False)
+                return
+            npass = 0
+            while not self.until.is_set():
+                batch = [replace(e, event_id=f"{e.event_id}~{npass}") for e in self.events]
+                sent = publish_clicks(
+                    producer, self.settings.topics, batch, self.rate, progress=False, should_stop=self.until.is_set
+                )
+                self.published += batch[:sent]
+                npass += 1
         except DeliveryError as exc:
             self.failed, self.error = exc.failed, str(exc)
         finally:
@@ -181,10 +195,11 @@ def phase_kills(base: Settings, ds: Dataset, workdir: Path, args: argparse.Names
     dead = Collector(settings.kafka_bootstrap, settings.topics.dead_letters)
     recs.start()
     dead.start()
-    events = ds.events[: args.clicks]
-    feeder = Feeder(settings, events, args.rate)
+    # Clicks keep arriving until the last restart has answered, however long restarts take.
+    done = threading.Event()
+    feeder = Feeder(settings, ds.events[: args.clicks], args.rate, until=done)
     feeder.start()
-    interval = len(events) / args.rate / (args.kills + 1)
+    interval = args.clicks / args.rate / (args.kills + 1)
     restarts: list[float] = []
     exit_codes: list[int | None] = []
     for k in range(args.kills):
@@ -198,7 +213,10 @@ def phase_kills(base: Settings, ds: Dataset, workdir: Path, args: argparse.Names
         started = time.time()
         worker = start_worker(settings, workdir / f"{name}-{k + 1}.log")
         restarts.append(started)
+    wait_for(lambda: first_answer_after(recs.records, restarts[-1]) is not None, args.drain_s)
+    done.set()
     feeder.join()
+    events = feeder.published
     wanted = {e.event_id for e in events}
     answered = wait_for(lambda: wanted <= {r["event_id"] for r in recs.records}, args.drain_s)
     alive = worker.proc.poll() is None

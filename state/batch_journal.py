@@ -130,8 +130,9 @@ class BatchJournal:
         self._inflight = []
         self._save()
 
-    def forget_answered(self, topic: str, partition: int) -> None:
-        """The partition's log went backwards (truncation, reset): offsets answered before no
-        longer name the same messages."""
-        self._answered.get(topic, {}).pop(partition, None)
+    def unanswer_from(self, topic: str, partition: int, offset: int) -> None:
+        """The partition's log went backwards (the broker lost data, offsets were reset): answers
+        to messages from `offset` on may have been lost with it, so they count as unanswered."""
+        answered = self._answered.setdefault(topic, {})
+        answered[partition] = min(answered.get(partition, -1), offset - 1)
         self._save()

@@ -106,6 +106,14 @@ def rewind_target(next_offset: int, highwater: int, low: int = 0) -> int | None:
     return max(low, highwater - REWIND_FACTOR * (next_offset - highwater) - REWIND_MESSAGES)
 
 
+def unanswer_window(expected: int, now_at: int) -> int:
+    """After the consumer was moved back from `expected` to `now_at`, the first offset whose answer
+    may have been lost with the broker's data: a window below where the worker was, bounded, since
+    a reset to the log's start must not answer the whole partition again."""
+    gap = max(0, expected - now_at)
+    return max(0, expected - REWIND_MESSAGES - REWIND_FACTOR * min(gap, REWIND_MESSAGES))
+
+
 def faust_settings(settings: Settings) -> dict[str, Any]:
     """Faust/aiokafka settings; the throughput figures behind them are in the README. Creates the
     parent of Faust's data directory (Faust creates only the last level)."""
@@ -380,13 +388,17 @@ def build_app(
             expected = next_offset.get(m.partition)
             if expected is not None and m.offset < expected - 1:
                 metrics.discontinuities.labels(m.topic, str(m.partition), "rewind").inc()
+                again = unanswer_window(expected, m.offset)
+                if journal is not None:
+                    journal.unanswer_from(m.topic, m.partition, again)
                 log.warning(
-                    "streamrec worker: %s[%d] went back from offset %d to %d; re-reading (applied clicks "
-                    "are recognised by event id)",
+                    "streamrec worker: %s[%d] went back from offset %d to %d; re-reading, and answering "
+                    "again from offset %d (applied clicks are recognised by event id)",
                     m.topic,
                     m.partition,
                     expected,
                     m.offset,
+                    again,
                 )
             next_offset[m.partition] = m.offset + 1
 
@@ -472,7 +484,7 @@ def build_app(
             )
             next_offset[tp.partition] = target
             if journal is not None:
-                journal.forget_answered(tp.topic, tp.partition)
+                journal.unanswer_from(tp.topic, tp.partition, target)
             await consumer.seek(tp, target)
 
     return app

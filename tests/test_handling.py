@@ -100,8 +100,10 @@ def test_journal_counts_crashes_names_poison_and_remembers_answers(tmp_path: Pat
     assert j.crashed_at_start == 0
     assert j.crashes(CLICKS, 0, 6) == 0, "crash counts of handled messages are dropped"
     assert (j.answered(CLICKS, 0), j.answered(CLICKS, 1), j.answered(CLICKS, 2)) == (6, 2, -1)
-    j.forget_answered(CLICKS, 0)
-    assert BatchJournal(path).answered(CLICKS, 0) == -1
+    j.unanswer_from(CLICKS, 0, 4)
+    assert BatchJournal(path).answered(CLICKS, 0) == 3
+    j.unanswer_from(CLICKS, 0, 5)
+    assert BatchJournal(path).answered(CLICKS, 0) == 3, "never moves forward"
     j.begin(CLICKS, [(0, 9)])
     j = BatchJournal(path)  # stopped without a fatal record: killed from outside, not a crash
     assert j.crashed_at_start == 0 and j.crashes(CLICKS, 0, 9) == 0

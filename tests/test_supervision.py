@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.ops.metrics import create_metrics
 from streamrec.stream import app as app_module
-from streamrec.stream.app import REWIND_FACTOR, REWIND_MESSAGES, rewind_target, supervised
+from streamrec.stream.app import REWIND_FACTOR, REWIND_MESSAGES, rewind_target, supervised, unanswer_window
 from streamrec.stream.prefork import supervise
 
 
@@ -84,3 +84,10 @@ def test_the_prefork_supervisor_replaces_a_dead_child_and_stops_on_a_clean_exit(
     assert supervise(child) == 0
     pids = lives.read_text().split()
     assert len(pids) == 3 and len(set(pids)) == 3 and str(os.getpid()) not in pids
+
+
+def test_answers_are_sent_again_for_a_bounded_window_after_a_rewind() -> None:
+    assert unanswer_window(5_000, 4_900) == 5_000 - REWIND_MESSAGES - REWIND_FACTOR * 100
+    # A reset to the start of a long log does not answer the whole partition again.
+    assert unanswer_window(10_000_000, 0) == 10_000_000 - REWIND_MESSAGES - REWIND_FACTOR * REWIND_MESSAGES
+    assert unanswer_window(300, 250) == 0
