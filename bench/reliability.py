@@ -203,6 +203,10 @@ def phase_kills(base: Settings, ds: Dataset, workdir: Path, args: argparse.Names
     restarts: list[float] = []
     exit_codes: list[int | None] = []
     for k in range(args.kills):
+        # Each restart answers before the next kill, so every restart is timed on its own (a
+        # worker killed before its first answer would pass its wait on to the next one).
+        if restarts:
+            wait_for(lambda: first_answer_after(recs.records, restarts[-1]) is not None, args.drain_s)
         time.sleep(interval)
         if prefork:
             kill_serving_child(worker)
