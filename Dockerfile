@@ -1,7 +1,10 @@
-# The streamrec image for the Docker path (docker-compose.yml): worker, replay and later the trainer.
+# The one streamrec image of the Docker path (docker-compose.yml): workers, trainer and tools.
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# torch first, from PyTorch's CPU index: the default index would bring the CUDA build (gigabytes)
+# that a CPU host never uses. A CUDA host swaps this line for its CUDA index; nothing else changes.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY streamrec ./streamrec
 COPY stream ./stream
@@ -9,6 +12,6 @@ COPY models ./models
 COPY state ./state
 COPY ops ./ops
 COPY bench ./bench
-RUN pip install torch==2.13.0 && pip install '.[text,image]'
+RUN pip install '.[text,image]'
 ENTRYPOINT ["streamrec"]
 CMD ["worker", "--loglevel", "info"]

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # System packages the tests drive for real: Debian's chromium (the dashboard page test) and
-# prometheus (promtool validates the Prometheus config and unit-tests the alert rules).
+# prometheus (promtool validates the Prometheus config and unit-tests the alert rules) and
+# prometheus-alertmanager (amtool validates the Alertmanager config of the Docker path).
 # Called by `make setup`; does nothing when both are already installed.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
