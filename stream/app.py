@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.tables import TableManager
 from faust.types import EventT
+from kafka.errors import KafkaError as KafkaPythonError
 
 from streamrec.ops.metrics import Metrics
 from streamrec.settings import Settings
@@ -41,6 +42,7 @@ from streamrec.stream.handling import (
     handle_click_messages,
     handle_model_messages,
 )
+from streamrec.stream.log_check import Checkpoints, PartitionLog, Repair
 from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import DeadLetterRecord, RecommendationRecord, RecordError, decode_click, now_ms
 from streamrec.stream.serving_model import ServingModel
@@ -49,12 +51,17 @@ log = logging.getLogger(__name__)
 
 # Exit status of a worker whose agent or task died (EX_SOFTWARE): restart me.
 EXIT_AGENT_DIED = 70
-# After a partition's log went backwards, how far before its end the worker reads it again: a
-# multiple of what the broker lost of the input, since it lost the answers written in about the
-# same window, plus a margin. Re-reading is safe: applied clicks are recognised by event id; the
-# clicks re-read are answered again (duplicates rather than lost answers).
-REWIND_FACTOR = 4
-REWIND_MESSAGES = 1_000
+# After the log went backwards, this many clicks of the partition before the divergence are
+# answered again: the broker loses the last seconds of every topic, answers included (noida-db
+# lost about 5 s, up to 1,200 clicks per partition, in `streamrec bench reliability`).
+ANSWER_AGAIN_MESSAGES = 3_000
+# How often each clicks partition's log is checked against what the worker handled since the
+# last check (a re-read of those records); a divergence is found however late, within the last
+# log_check.DEFAULT_KEEP records of the partition.
+VERIFY_EVERY_S = 10.0
+# Each check re-reads what was handled (and written) in this many seconds before it, because a
+# broker may acknowledge records it loses at an unclean stop a few seconds later.
+VERIFY_MARGIN_S = 30.0
 
 
 def exit_for_restart(name: str, exc: BaseException, on_fatal: Callable[[str], None] | None = None) -> None:
@@ -96,22 +103,6 @@ async def supervised(
         exit_for_restart(name, exc, on_fatal)
     finally:
         metrics.agent_up.labels(name).set(0)
-
-
-def rewind_target(next_offset: int, highwater: int, low: int = 0) -> int | None:
-    """Where to read a partition again when the worker is past its end (`next_offset` >
-    `highwater`: the broker lost messages and will reuse their offsets), else None."""
-    if next_offset <= highwater:
-        return None
-    return max(low, highwater - REWIND_FACTOR * (next_offset - highwater) - REWIND_MESSAGES)
-
-
-def unanswer_window(expected: int, now_at: int) -> int:
-    """After the consumer was moved back from `expected` to `now_at`, the first offset whose answer
-    may have been lost with the broker's data: a window below where the worker was, bounded, since
-    a reset to the log's start must not answer the whole partition again."""
-    gap = max(0, expected - now_at)
-    return max(0, expected - REWIND_MESSAGES - REWIND_FACTOR * min(gap, REWIND_MESSAGES))
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -236,6 +227,23 @@ def build_app(
     # ahead of it by whatever Faust has buffered): the base of the lag metric and of the check
     # that the log did not go backwards.
     next_offset: dict[int, int] = {}
+    # Checksums of the records handled per clicks partition, and ranges being answered again after
+    # the log went backwards (stream/log_check.py).
+    handled: dict[int, PartitionLog] = {}
+    repairs: dict[int, Repair] = {}
+    verified_at: dict[int, float] = {}
+    # Partitions where the log went backwards, with the offset Faust resumed at: the log check
+    # finds where it diverged and answers up to there (Faust answers from there on).
+    suspect: dict[int, tuple[str, int]] = {}  # {partition: (kind, offset where it was seen)}
+    verified: dict[int, Checkpoints] = {}  # {partition: how far the log was handled, when}
+    # The same for the answers: {recommendations partition: answers written, tagged with their click}.
+    written: dict[int, PartitionLog] = {}
+    answers_verified: dict[int, Checkpoints] = {}
+    answers_verified_at: dict[int, float] = {}
+    answer_log = ClickLogReader(settings.kafka_bootstrap, topics.recommendations)
+    # The click agent and the log check both answer clicks; one batch at a time keeps the batch
+    # journal's record of what is in flight exact.
+    answering = asyncio.Lock()
 
     async def send_raw(topic: str, key: bytes, value: bytes) -> Any:
         # The producer directly, with bytes already encoded: Faust's topic.send adds per-message
@@ -382,23 +390,19 @@ def build_app(
             metrics.caught_up.inc(recommender.catch_up(missed, {part: offset - 1}))
 
     def note_rewinds(messages: list[Message]) -> None:
-        """Offsets going backwards inside one process: the consumer was reset (e.g. the broker
-        answered that its position was out of range)."""
+        """Offsets going backwards inside one process: the consumer was moved back (a rebalance
+        after the broker came back, an out-of-range reset). The log check looks at the partition."""
         for m in messages:
             expected = next_offset.get(m.partition)
             if expected is not None and m.offset < expected - 1:
                 metrics.discontinuities.labels(m.topic, str(m.partition), "rewind").inc()
-                again = unanswer_window(expected, m.offset)
-                if journal is not None:
-                    journal.unanswer_from(m.topic, m.partition, again)
+                suspect.setdefault(m.partition, ("rewind", m.offset))
                 log.warning(
-                    "streamrec worker: %s[%d] went back from offset %d to %d; re-reading, and answering "
-                    "again from offset %d (applied clicks are recognised by event id)",
+                    "streamrec worker: %s[%d] went back from offset %d to %d; checking the log",
                     m.topic,
                     m.partition,
                     expected,
                     m.offset,
-                    again,
                 )
             next_offset[m.partition] = m.offset + 1
 
@@ -412,15 +416,25 @@ def build_app(
 
         await supervised("clicks", metrics, body, on_fatal)
 
-    async def answer_clicks(messages: list[Message]) -> None:
+    async def answer_clicks(messages: list[Message], repair: bool = False) -> None:
+        async with answering:
+            await answer_clicks_locked(messages, repair)
+
+    async def answer_clicks_locked(messages: list[Message], repair: bool) -> None:
         started = time.monotonic()
         metrics.events_in.labels(topics.clicks).inc(len(messages))
         metrics.batch_size.observe(len(messages))
-        oldest = min(m.timestamp_ms for m in messages)
-        metrics.batch_wait.observe(max(0.0, time.time() - oldest / 1000.0))
-        note_rewinds(messages)
-        await catch_up_partitions(messages)
-        outcome = handle_click_messages(recommender, messages, journal)
+        if not repair:
+            oldest = min(m.timestamp_ms for m in messages)
+            metrics.batch_wait.observe(max(0.0, time.time() - oldest / 1000.0))
+            note_rewinds(messages)
+            await catch_up_partitions(messages)
+        for m in messages:
+            if not handled.setdefault(m.partition, PartitionLog()).note(m.offset, m.value) and not repair:
+                # Another record than the one handled at this offset: the log was rewritten.
+                metrics.discontinuities.labels(m.topic, str(m.partition), "rewritten").inc()
+                suspect.setdefault(m.partition, ("rewritten", m.offset))
+        outcome = handle_click_messages(recommender, messages, journal, answer_again=repair)
         for stage, seconds in outcome.stage_seconds.items():
             metrics.stage_latency.labels(stage).observe(seconds)
         for part, n in outcome.reused_offsets.items():
@@ -436,10 +450,19 @@ def build_app(
         metrics.duplicates.inc(outcome.duplicates)
         metrics.already_answered.inc(outcome.already_answered)
         futures = await send_dead(outcome.dead)
-        for key, value in outcome.encoded:
-            futures.append(await send_raw(topics.recommendations, key, value))
+        sent = [await send_raw(topics.recommendations, key, value) for key, value in outcome.encoded]
         if futures:
             await asyncio.gather(*futures)
+        overwritten: list[tuple[int, int]] = []
+        results = await asyncio.gather(*sent)
+        for meta, (_, value), source in zip(results, outcome.encoded, outcome.sources, strict=True):
+            out_log = written.setdefault(meta.partition, PartitionLog())
+            before = out_log.tag_at(meta.offset)
+            if not out_log.note(meta.offset, value, tag=source) and before is not None:
+                # This offset held an answer the broker had acknowledged: it lost that answer.
+                overwritten.append(before)
+        if overwritten:
+            answer_again(overwritten, "answers_lost")
         if journal is not None:
             journal.done(topics.clicks, outcome.last, outcome.offsets)
         metrics.stage_latency.labels("send").observe(time.perf_counter() - t_send)
@@ -469,23 +492,131 @@ def build_app(
                     continue  # being reassigned; the next tick reads it
                 processed = position if position is not None else highwater
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - processed))
-            target = rewind_target(processed, highwater)
-            if target is None:
-                continue
-            metrics.discontinuities.labels(tp.topic, str(tp.partition), "beyond_end").inc()
+            try:
+                await verify_log(tp.partition, highwater)
+                await continue_repair(tp.partition, highwater)
+            except KafkaPythonError as exc:
+                # The broker is unreachable or the partition moving: the next tick tries again.
+                log.info("streamrec worker: log check of %s deferred: %s", tp, exc)
+        for part in list(written):
+            try:
+                await verify_answers(part)
+            except KafkaPythonError as exc:
+                log.info("streamrec worker: answer check of partition %d deferred: %s", part, exc)
+
+    async def verify_log(part: int, highwater: int) -> None:
+        """Does the broker still hold the records handled since the last check (every
+        VERIFY_EVERY_S, or at once after a rewind or a rewritten offset)? If not, answer (again)
+        the range that differs, with ANSWER_AGAIN_MESSAGES before it."""
+        log_of = handled.get(part)
+        last = log_of.last() if log_of is not None else None
+        first = log_of.first() if log_of is not None else None
+        if log_of is None or last is None or first is None or part in repairs:
+            return
+        kind, seen_at = suspect.get(part, (None, last + 1))
+        if kind is None and time.monotonic() - verified_at.get(part, 0.0) < VERIFY_EVERY_S and highwater > last:
+            return
+        verified_at[part] = time.monotonic()
+        # From what was handled VERIFY_MARGIN_S ago (a suspect partition: the whole window).
+        marks = verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
+        settled = marks.settled(time.monotonic())
+        scan_from = first if kind is not None or settled is None else max(first, settled)
+        loop = asyncio.get_running_loop()
+        held = await loop.run_in_executor(None, click_log.read, part, scan_from, last + 1, 30.0)
+        suspect.pop(part, None)
+        diverged = log_of.diverged_range(held, scan_from, last + 1)
+        if diverged is None and kind == "rewritten":
+            # Faust delivered the rewritten offsets itself (their records were noted as handled);
+            # the answers before them may still have been lost.
+            diverged = (seen_at, seen_at)
+        marks.mark(time.monotonic(), last)
+        if diverged is None:
+            return
+        lo, hi = diverged
+        kind = kind or ("beyond_end" if highwater <= last else "rewritten")
+        metrics.discontinuities.labels(topics.clicks, str(part), kind).inc()
+        start = max(first, lo - ANSWER_AGAIN_MESSAGES)
+        log.warning(
+            "streamrec worker: %s[%d] (%s) no longer holds the records handled at offsets %d to %d (the log "
+            "ends at %d): the broker lost messages; answering offsets %d to %d (again) "
+            "(docs/operations.md, 'Failures, what they look like, what to do')",
+            topics.clicks,
+            part,
+            kind,
+            lo,
+            hi - 1,
+            highwater,
+            start,
+            hi - 1,
+        )
+        if journal is not None:
+            journal.unanswer_from(topics.clicks, part, start)
+        log_of.forget(start, hi)
+        marks.reset()
+        repairs[part] = Repair(start, hi)
+
+    async def verify_answers(part: int) -> None:
+        """Does the recommendations topic still hold the answers this worker wrote to partition
+        `part` since the last check? Clicks whose answers it lost are answered again."""
+        log_of = written.get(part)
+        last = log_of.last() if log_of is not None else None
+        first = log_of.first() if log_of is not None else None
+        if log_of is None or last is None or first is None:
+            return
+        if time.monotonic() - answers_verified_at.get(part, 0.0) < VERIFY_EVERY_S and not suspect:
+            return
+        answers_verified_at[part] = time.monotonic()
+        marks = answers_verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
+        settled = marks.settled(time.monotonic())
+        scan_from = first if settled is None else max(first, settled)
+        loop = asyncio.get_running_loop()
+        held = await loop.run_in_executor(None, answer_log.read, part, scan_from, last + 1, 30.0)
+        diverged = log_of.diverged_range(held, scan_from, last + 1)
+        marks.mark(time.monotonic(), last)
+        if diverged is None:
+            return
+        lo, hi = diverged
+        lost = log_of.tags(lo, hi)
+        log_of.forget(lo, hi)
+        answer_again(lost, "answers_lost")
+
+    def answer_again(clicks: list[tuple[int, int]], kind: str) -> None:
+        """Schedule the clicks (partition, offset) whose answers the broker lost to be answered again."""
+        by_click_partition: dict[int, list[int]] = {}
+        for click_part, offset in clicks:
+            by_click_partition.setdefault(click_part, []).append(offset)
+        for click_part, offsets in by_click_partition.items():
+            metrics.discontinuities.labels(topics.recommendations, str(click_part), kind).inc()
+            start, end = min(offsets), max(offsets) + 1
             log.warning(
-                "streamrec worker: processed %s[%d] up to offset %d but the log ends at %d: the broker lost "
-                "messages; answering again from offset %d (docs/operations.md, 'The log went backwards')",
-                tp.topic,
-                tp.partition,
-                processed - 1,
-                highwater,
-                target,
+                "streamrec worker: the broker lost %d answers it had acknowledged; answering %s[%d] offsets %d to %d "
+                "again",
+                len(offsets),
+                topics.clicks,
+                click_part,
+                start,
+                end - 1,
             )
-            next_offset[tp.partition] = target
-            if journal is not None:
-                journal.unanswer_from(tp.topic, tp.partition, target)
-            await consumer.seek(tp, target)
+            current = repairs.get(click_part)
+            repairs[click_part] = (
+                Repair(min(start, current.cursor), max(end, current.end)) if current else Repair(start, end)
+            )
+
+    async def continue_repair(part: int, highwater: int) -> None:
+        """Answer what the broker holds of a repaired range, as far as its log has grown back."""
+        repair = repairs.get(part)
+        if repair is None:
+            return
+        upto = min(repair.end, highwater)
+        if upto > repair.cursor:
+            loop = asyncio.get_running_loop()
+            raw = await loop.run_in_executor(None, click_log.read, part, repair.cursor, upto, 30.0)
+            if raw:
+                await answer_clicks([Message(topics.clicks, part, o, v) for o, v in raw], repair=True)
+            repair.cursor = upto
+        if repair.done:
+            del repairs[part]
+            log.warning("streamrec worker: %s[%d] answered again up to offset %d", topics.clicks, part, repair.end - 1)
 
     return app
 

@@ -22,7 +22,7 @@ class ClickLogReader:
 
     def read(self, partition: int, start: int, end: int, timeout_s: float = 30.0) -> list[tuple[int, bytes]]:
         """(offset, value) of every record with start <= offset < end; records before the log's
-        start (deleted by retention) are simply absent."""
+        start (deleted by retention) or past its current end are simply absent."""
         if end <= start:
             return []
         consumer = KafkaConsumer(
@@ -36,6 +36,8 @@ class ClickLogReader:
             tp = TopicPartition(self.topic, partition)
             consumer.assign([tp])
             first = consumer.beginning_offsets([tp])[tp]
+            # Records past the log's current end do not exist yet: do not wait for them.
+            end = min(end, consumer.end_offsets([tp])[tp])
             consumer.seek(tp, max(start, first))
             out: list[tuple[int, bytes]] = []
             if max(start, first) >= end:

@@ -95,6 +95,7 @@ def last_offsets(messages: Sequence[Message]) -> dict[int, int]:
 class ClickOutcome:
     recommendations: list[RecommendationRecord] = field(default_factory=list)
     encoded: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value) per recommendation
+    sources: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of each one's click
     dead: list[DeadLetterRecord] = field(default_factory=list)
     duplicates: int = 0  # clicks the state already held, answered again
     already_answered: int = 0  # clicks answered before a restart, not answered again
@@ -105,11 +106,15 @@ class ClickOutcome:
 
 
 def handle_click_messages(
-    recommender: Recommender, messages: Sequence[Message], journal: BatchJournal | None = None
+    recommender: Recommender,
+    messages: Sequence[Message],
+    journal: BatchJournal | None = None,
+    answer_again: bool = False,
 ) -> ClickOutcome:
     """Answer a micro-batch of click messages; see the module docstring for what can happen to
     each. The caller sends `encoded` and `dead`, waits for the broker's acknowledgements, then
-    calls `journal.done(topic, outcome.last, outcome.offsets)`."""
+    calls `journal.done(topic, outcome.last, outcome.offsets)`. `answer_again`: answer clicks the
+    journal says were answered (their answers were lost)."""
     out = ClickOutcome(last=last_offsets(messages), offsets=[(m.partition, m.offset) for m in messages])
     if not messages:
         return out
@@ -126,7 +131,7 @@ def handle_click_messages(
         except RecordError as err:
             out.dead.append(dead_letter_of(msg, err))
             continue
-        if journal is not None and msg.offset <= journal.answered(topic, msg.partition):
+        if journal is not None and not answer_again and msg.offset <= journal.answered(topic, msg.partition):
             if recommender.sequences.has_event(click.user_id, click.event_id):
                 out.already_answered += 1
                 continue
@@ -160,10 +165,12 @@ def _answer_isolated(recommender: Recommender, group: list[tuple[Message, ClickR
         _answer_isolated(recommender, group[:half], out)
         _answer_isolated(recommender, group[half:], out)
         return
+    rejected = {pos for pos, _ in result.rejected}
     for pos, err in result.rejected:
         out.dead.append(dead_letter_of(group[pos][0], err))
     out.recommendations += result.recommendations
     out.encoded += encoded
+    out.sources += [(m.partition, m.offset) for pos, (m, _) in enumerate(group) if pos not in rejected]
     out.duplicates += result.duplicates
     for stage, seconds in result.stage_seconds.items():
         out.stage_seconds[stage] = out.stage_seconds.get(stage, 0.0) + seconds

@@ -50,6 +50,24 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 while the process's metrics answer and every agent runs; one line either way."""
+    from streamrec.ops.metrics import scrape
+
+    url = args.url or f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    try:
+        values = scrape(url, timeout_s=args.timeout)
+    except OSError as exc:
+        print(f"streamrec health: no metrics at {url} ({exc}); is the process up? (STREAMREC_METRICS_PORT)")
+        return 1
+    stopped = sorted(k for k, v in values.items() if k.startswith("streamrec_worker_agent_running_info") and v != 1)
+    if stopped:
+        print(f"streamrec health: not consuming: {', '.join(stopped)} (see the worker log)")
+        return 1
+    print(f"streamrec health: ok ({url})")
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.datasets import load_dataset
     from streamrec.stream.replay import DeliveryError, replay
@@ -185,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backfill", type=int, default=20_000, help="clicks per partition re-read at start")
     p.add_argument("--max-rounds", type=int, default=0, help="stop after this many rounds (0 = run until stopped)")
     p.set_defaults(func=_cmd_trainer)
+
+    p = sub.add_parser("health", help="exit 0 while a worker's (or trainer's) metrics answer and every agent runs")
+    p.add_argument("--url", default="", help="metrics URL (default: this machine's STREAMREC_METRICS_PORT)")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=_cmd_health)
 
     p = sub.add_parser("model", help="the model store: list versions, roll back, import a checkpoint")
     p.add_argument("action", choices=["list", "rollback", "import"])

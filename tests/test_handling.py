@@ -161,6 +161,9 @@ def test_answered_clicks_are_not_answered_again_but_reused_offsets_are(tmp_path:
     # Redelivery after a restart: same offsets, same events.
     again = handle_click_messages(rec, batch, j)
     assert again.already_answered == 5 and not again.recommendations and not again.dead
+    # Answers the broker lost are sent again on request.
+    lost = handle_click_messages(rec, batch, j, answer_again=True)
+    assert len(lost.recommendations) == 5 and lost.duplicates == 5
     # The broker lost messages 3-4 and reused their offsets for new clicks.
     reused = messages([click_bytes(f"new{k}", "u2", f"i{k}") for k in range(2)], first=3)
     out = handle_click_messages(rec, reused, j)

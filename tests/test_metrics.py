@@ -75,3 +75,33 @@ def test_repeated_log_lines_are_rate_limited_with_a_count() -> None:
         "another message",
         "broker again unreachable [499 more like this in the last 0 s]",
     ]
+
+
+def test_health_says_whether_every_agent_runs() -> None:
+    import subprocess
+    import sys
+
+    registry = CollectorRegistry()
+    m = create_metrics(registry)
+    m.agent_up.labels("clicks").set(1)
+    m.agent_up.labels("catalogue").set(1)
+    server, port = serve_metrics(registry, 0)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def health() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streamrec.cli", "health", "--url", url], capture_output=True, text=True
+        )
+
+    try:
+        ok = health()
+        m.agent_up.labels("clicks").set(0)
+        down = health()
+    finally:
+        server.shutdown()
+    gone = health()
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    assert down.returncode == 1 and 'agent="clicks"' in down.stdout and "not consuming" in down.stdout
+    assert gone.returncode == 1 and "STREAMREC_METRICS_PORT" in gone.stdout
+    for proc in (ok, down, gone):
+        assert len(proc.stdout.strip().splitlines()) == 1 and not proc.stderr.strip(), "one line, no traceback"

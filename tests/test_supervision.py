@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.ops.metrics import create_metrics
 from streamrec.stream import app as app_module
-from streamrec.stream.app import REWIND_FACTOR, REWIND_MESSAGES, rewind_target, supervised, unanswer_window
+from streamrec.stream.app import supervised
+from streamrec.stream.log_check import Checkpoints, PartitionLog, Repair
 from streamrec.stream.prefork import supervise
 
 
@@ -53,17 +54,51 @@ def test_cancellation_is_a_stop_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> 
     assert registry.get_sample_value("streamrec_worker_agent_crashes_total", {"agent": "catalogue"}) == 0
 
 
-@pytest.mark.parametrize(
-    ("next_offset", "highwater", "expected"),
-    [
-        (100, 100, None),  # caught up
-        (90, 100, None),  # behind
-        (105, 100, 0),  # past the end of a short log: from its start
-        (5_120, 5_100, 5_100 - REWIND_FACTOR * 20 - REWIND_MESSAGES),
-    ],
-)
-def test_rewind_target(next_offset: int, highwater: int, expected: int | None) -> None:
-    assert rewind_target(next_offset, highwater) == expected
+def test_a_rewritten_log_is_told_from_the_one_handled_and_where_it_diverges() -> None:
+    handled = PartitionLog(keep=100)
+    for offset in range(50, 60):
+        handled.note(offset, f"click {offset}".encode())
+    assert (handled.first(), handled.last()) == (50, 59)
+    assert handled.matches(59, b"click 59")
+    assert not handled.matches(59, b"another click") and not handled.matches(59, None)
+    same = [(o, f"click {o}".encode()) for o in range(50, 60)]
+    assert handled.diverged_range(same, 50, 60) is None, "nothing differs"
+    lost_tail = same[:6]  # the broker came back without offsets 56..59
+    assert handled.diverged_range(lost_tail, 50, 60) == (56, 60)
+    # Offsets 56 and 57 reused for new clicks; Faust went on from 58 (handled from the new log).
+    handled.note(58, b"new 58")
+    handled.note(59, b"new 59")
+    reused = [*same[:6], (56, b"new click"), (57, b"another new one"), (58, b"new 58"), (59, b"new 59")]
+    assert handled.diverged_range(reused, 50, 60) == (56, 58)
+    handled.forget(56, 58)
+    assert handled.diverged_range(reused, 50, 60) is None
+    assert handled.note(59, b"new 59") and not handled.note(59, b"yet another"), "a rewritten offset is told"
+
+
+def test_the_handled_log_keeps_a_bounded_window() -> None:
+    handled = PartitionLog(keep=10)
+    for offset in range(1000):
+        handled.note(offset, b"x")
+    assert (handled.first(), handled.last()) == (990, 999)
+
+
+def test_checks_re_read_what_was_handled_in_the_margin_before_them() -> None:
+    marks = Checkpoints(margin_s=30)
+    assert marks.settled(now=100) is None, "nothing is old enough yet"
+    marks.mark(at=100, last=10)
+    marks.mark(at=110, last=20)
+    marks.mark(at=140, last=50)
+    assert marks.settled(now=135) == 10
+    assert marks.settled(now=141) == 20
+    assert marks.settled(now=142) == 20, "the floor stays until a newer mark is old enough"
+    assert marks.settled(now=171) == 50
+
+
+def test_a_repair_is_done_at_its_end() -> None:
+    repair = Repair(5, 8)
+    assert not repair.done
+    repair.cursor = 8
+    assert repair.done
 
 
 def test_the_prefork_supervisor_replaces_a_dead_child_and_stops_on_a_clean_exit(tmp_path: Path) -> None:
@@ -84,10 +119,3 @@ def test_the_prefork_supervisor_replaces_a_dead_child_and_stops_on_a_clean_exit(
     assert supervise(child) == 0
     pids = lives.read_text().split()
     assert len(pids) == 3 and len(set(pids)) == 3 and str(os.getpid()) not in pids
-
-
-def test_answers_are_sent_again_for_a_bounded_window_after_a_rewind() -> None:
-    assert unanswer_window(5_000, 4_900) == 5_000 - REWIND_MESSAGES - REWIND_FACTOR * 100
-    # A reset to the start of a long log does not answer the whole partition again.
-    assert unanswer_window(10_000_000, 0) == 10_000_000 - REWIND_MESSAGES - REWIND_FACTOR * REWIND_MESSAGES
-    assert unanswer_window(300, 250) == 0

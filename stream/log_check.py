@@ -1,0 +1,140 @@
+"""Noticing that a partition's log went backwards, and the exact range to answer again.
+
+A broker that loses messages it had acknowledged (an unclean stop; noida-db does this, Kafka with
+`acks=1` and a lost leader can) comes back with a shorter log and writes new messages at the lost
+offsets. A consumer that had read past the new end waits at its old position, so the new messages
+at the reused offsets are never read; and Faust drops any message below the highest offset it has
+read, so seeking back is not safe either. This module keeps, per partition, a checksum of each of
+the last `keep` records the worker handled. Checking the record at the last handled offset against
+the broker tells whether the log still is the one the worker read (`verify`); if not, comparing
+the remembered checksums with what the broker holds now gives the first offset that differs
+(`divergence`): from there to where Faust resumed, the records are new, or were answered before
+and their answers may have been lost with the rest. The broker loses the last seconds of every
+topic alike, so the answers to the clicks handled just before the divergence are suspect too.
+That range is read with the worker's own reader, beside Faust, and answered (again); clicks
+already applied are recognised by event id.
+The same check runs on the worker's own output: answers the broker acknowledged and then lost are
+found by re-reading the recommendations topic, and the clicks they answered (the tags) are
+answered again.
+No Kafka here: the caller reads records and feeds them in.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_KEEP = 20_000
+
+
+def checksum(value: object) -> int:
+    return zlib.crc32(value) if isinstance(value, bytes | bytearray) else -1
+
+
+class PartitionLog:
+    """Checksums of the last `keep` records handled from one partition, by offset."""
+
+    def __init__(self, keep: int = DEFAULT_KEEP) -> None:
+        self.keep = keep
+        self._order: deque[int] = deque()
+        self._crc: dict[int, int] = {}
+        self._tag: dict[int, tuple[int, int]] = {}
+
+    def note(self, offset: int, value: object, tag: tuple[int, int] | None = None) -> bool:
+        """Remember a handled (or written) record, with an optional tag (for an answer: the
+        partition and offset of the click it answers); False if a different record was noted at
+        this offset before (the log was rewritten there)."""
+        crc = checksum(value)
+        same = self._crc.get(offset, crc) == crc
+        if offset not in self._crc:
+            self._order.append(offset)
+        self._crc[offset] = crc
+        if tag is not None:
+            self._tag[offset] = tag
+        while len(self._order) > self.keep:
+            old = self._order.popleft()
+            self._crc.pop(old, None)
+            self._tag.pop(old, None)
+        return same
+
+    def tag_at(self, offset: int) -> tuple[int, int] | None:
+        return self._tag.get(offset)
+
+    def tags(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The tags of the records noted in [start, end)."""
+        return [t for o, t in self._tag.items() if start <= o < end]
+
+    def last(self) -> int | None:
+        """The highest offset handled."""
+        return max(self._crc) if self._crc else None
+
+    def first(self) -> int | None:
+        return min(self._crc) if self._crc else None
+
+    def matches(self, offset: int, value: object | None) -> bool:
+        """Whether the broker's record at `offset` (None: it has none) is the one handled."""
+        return value is not None and self._crc.get(offset) == checksum(value)
+
+    def diverged_range(self, records: Sequence[tuple[int, bytes]], start: int, end: int) -> tuple[int, int] | None:
+        """Compare what was handled in [start, end) with the broker's `records` of that range (in
+        order). None if they agree; else (first offset that differs, first offset after it from
+        which they agree again, or `end`): the records in between are not the ones handled, and
+        the ones after were handled from the log as it is now."""
+        held = dict(records)
+        first_diff = None
+        for offset in range(start, end):
+            if offset not in self._crc:
+                continue  # not handled by this worker (another worker's, or before its window)
+            same = offset in held and checksum(held[offset]) == self._crc[offset]
+            if first_diff is None and not same:
+                first_diff = offset
+            elif first_diff is not None and same:
+                return first_diff, offset
+        return None if first_diff is None else (first_diff, end)
+
+    def forget(self, start: int, end: int) -> None:
+        """Records in [start, end) are no longer the ones handled."""
+        for o in [o for o in self._crc if start <= o < end]:
+            del self._crc[o]
+            self._tag.pop(o, None)
+        self._order = deque(o for o in self._order if not start <= o < end)
+
+
+class Checkpoints:
+    """When the worker had handled (or written) up to which offset of a partition, so that a check
+    re-reads everything noted in the last `margin_s` seconds: a broker may answer for a record it
+    has not yet made durable and lose it at its next unclean stop (noida-db lost up to about 5 s)."""
+
+    def __init__(self, margin_s: float) -> None:
+        self.margin_s = margin_s
+        self._marks: deque[tuple[float, int]] = deque()
+
+    def mark(self, at: float, last: int) -> None:
+        self._marks.append((at, last))
+
+    def settled(self, now: float) -> int | None:
+        """The highest offset noted at least `margin_s` before `now` (None if none is that old)."""
+        settled = None
+        while self._marks and self._marks[0][0] <= now - self.margin_s:
+            settled = self._marks.popleft()[1]
+        if settled is not None:
+            # Keep it as the floor for the next call.
+            self._marks.appendleft((now - self.margin_s, settled))
+        return settled
+
+    def reset(self) -> None:
+        self._marks.clear()
+
+
+@dataclass
+class Repair:
+    """Offsets [cursor, end) of one partition still to read and answer with the worker's reader."""
+
+    cursor: int
+    end: int
+
+    @property
+    def done(self) -> bool:
+        return self.cursor >= self.end
