@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.model_store import ModelStoreError
@@ -88,6 +89,27 @@ def last_offsets(messages: Sequence[Message]) -> dict[int, int]:
     return last
 
 
+def _decode_or_dead(
+    msg: Message, decode: Callable[[object], Any], journal: BatchJournal | None, dead: list[DeadLetterRecord]
+) -> Any:
+    """The message's record, or None with its dead letter added (poison, or a decoding error)."""
+    if journal is not None and journal.is_poison(msg.topic, msg.partition, msg.offset):
+        dead.append(dead_letter_of(msg, RecordError("poison", "the worker died twice while handling it")))
+        return None
+    try:
+        return decode(msg.value)
+    except RecordError as err:
+        dead.append(dead_letter_of(msg, err))
+        return None
+
+
+def _groups(items: list[tuple[Message, Any]], journal: BatchJournal | None) -> list[list[tuple[Message, Any]]]:
+    """Suspects of an earlier crash one at a time, then the rest together."""
+    suspects = [i for i in items if journal is not None and journal.crashes(i[0].topic, i[0].partition, i[0].offset)]
+    normal = [i for i in items if i not in suspects]
+    return [[s] for s in suspects] + ([normal] if normal else [])
+
+
 # --- clicks ------------------------------------------------------------------------------------
 
 
@@ -120,30 +142,19 @@ def handle_click_messages(
         return out
     topic = messages[0].topic
     t0 = time.perf_counter()
-    normal: list[tuple[Message, ClickRecord]] = []
-    suspects: list[tuple[Message, ClickRecord]] = []
+    kept: list[tuple[Message, ClickRecord]] = []
     for msg in messages:
-        if journal is not None and journal.is_poison(topic, msg.partition, msg.offset):
-            out.dead.append(dead_letter_of(msg, RecordError("poison", "the worker died twice while handling it")))
-            continue
-        try:
-            click = decode_click(msg.value)
-        except RecordError as err:
-            out.dead.append(dead_letter_of(msg, err))
+        click = _decode_or_dead(msg, decode_click, journal, out.dead)
+        if click is None:
             continue
         if journal is not None and not answer_again and msg.offset <= journal.answered(topic, msg.partition):
             if recommender.sequences.has_event(click.user_id, click.event_id):
                 out.already_answered += 1
                 continue
             out.reused_offsets[msg.partition] = out.reused_offsets.get(msg.partition, 0) + 1
-        if journal is not None and journal.crashes(topic, msg.partition, msg.offset):
-            suspects.append((msg, click))
-        else:
-            normal.append((msg, click))
+        kept.append((msg, click))
     out.stage_seconds["decode"] = time.perf_counter() - t0
-    # Suspects of an earlier crash one at a time, then the rest together.
-    groups = [[s] for s in suspects] + ([normal] if normal else [])
-    for group in groups:
+    for group in _groups(kept, journal):
         if journal is not None:
             journal.begin(topic, [(m.partition, m.offset) for m, _ in group])
         _answer_isolated(recommender, group, out)
@@ -200,20 +211,8 @@ def handle_catalogue_messages(
     if not messages:
         return out
     topic = messages[0].topic
-    normal: list[tuple[Message, CatalogueRecord]] = []
-    suspects: list[tuple[Message, CatalogueRecord]] = []
-    for msg in messages:
-        if journal is not None and journal.is_poison(topic, msg.partition, msg.offset):
-            out.dead.append(dead_letter_of(msg, RecordError("poison", "the worker died twice while handling it")))
-            continue
-        try:
-            rec = decode_catalogue(msg.value)
-        except RecordError as err:
-            out.dead.append(dead_letter_of(msg, err))
-            continue
-        crashed = journal is not None and journal.crashes(topic, msg.partition, msg.offset)
-        (suspects if crashed else normal).append((msg, rec))
-    for group in [[s] for s in suspects] + ([normal] if normal else []):
+    kept = [(m, r) for m in messages if (r := _decode_or_dead(m, decode_catalogue, journal, out.dead)) is not None]
+    for group in _groups(kept, journal):
         if journal is not None:
             journal.begin(topic, [(m.partition, m.offset) for m, _ in group])
         _apply_isolated(recommender, group, out)
