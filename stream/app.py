@@ -59,7 +59,7 @@ ANSWER_AGAIN_MESSAGES = 3_000
 # last check (a re-read of those records); a divergence is found however late, within the last
 # log_check.DEFAULT_KEEP records of the partition.
 VERIFY_EVERY_S = 10.0
-# Each check re-reads what was handled (and written) in this many seconds before it, because a
+# Each check re-reads what no check at least this many seconds later has found intact, because a
 # broker may acknowledge records it loses at an unclean stop a few seconds later.
 VERIFY_MARGIN_S = 30.0
 
@@ -517,9 +517,9 @@ def build_app(
         if kind is None and time.monotonic() - verified_at.get(part, 0.0) < VERIFY_EVERY_S and highwater > last:
             return
         verified_at[part] = time.monotonic()
-        # From what was handled VERIFY_MARGIN_S ago (a suspect partition: the whole window).
+        # From what is confirmed durable (a suspect partition: the whole window).
         marks = verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
-        settled = marks.settled(time.monotonic())
+        settled = marks.settled()
         scan_from = first if kind is not None or settled is None else max(first, settled)
         loop = asyncio.get_running_loop()
         held = await loop.run_in_executor(None, click_log.read, part, scan_from, last + 1, 30.0)
@@ -567,7 +567,7 @@ def build_app(
             return
         answers_verified_at[part] = time.monotonic()
         marks = answers_verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
-        settled = marks.settled(time.monotonic())
+        settled = marks.settled()
         scan_from = first if settled is None else max(first, settled)
         loop = asyncio.get_running_loop()
         held = await loop.run_in_executor(None, answer_log.read, part, scan_from, last + 1, 30.0)

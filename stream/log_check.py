@@ -103,26 +103,33 @@ class PartitionLog:
 
 
 class Checkpoints:
-    """When the worker had handled (or written) up to which offset of a partition, so that a check
-    re-reads everything noted in the last `margin_s` seconds: a broker may answer for a record it
-    has not yet made durable and lose it at its next unclean stop (noida-db lost up to about 5 s)."""
+    """How far a partition had been handled (or written) at each check, so that a check re-reads
+    everything not yet confirmed durable: a broker may answer for a record it has not made durable
+    and lose it at its next unclean stop (noida-db lost up to about 5 s). A mark counts as settled
+    only once a later check, at least `margin_s` after it, found the log intact; time spent with
+    the broker away does not settle anything, since no check succeeds then."""
 
     def __init__(self, margin_s: float) -> None:
         self.margin_s = margin_s
         self._marks: deque[tuple[float, int]] = deque()
 
     def mark(self, at: float, last: int) -> None:
+        """A check at `at` found the log intact up to `last`."""
         self._marks.append((at, last))
 
-    def settled(self, now: float) -> int | None:
-        """The highest offset noted at least `margin_s` before `now` (None if none is that old)."""
+    def settled(self) -> int | None:
+        """The highest offset confirmed by a check at least `margin_s` after it was marked."""
+        if not self._marks:
+            return None
+        newest = self._marks[-1][0]
         settled = None
-        while self._marks and self._marks[0][0] <= now - self.margin_s:
-            settled = self._marks.popleft()[1]
+        while len(self._marks) > 1 and self._marks[0][0] + self.margin_s <= newest:
+            settled = self._marks.popleft()
         if settled is not None:
-            # Keep it as the floor for the next call.
-            self._marks.appendleft((now - self.margin_s, settled))
-        return settled
+            self._marks.appendleft(settled)  # the floor for the next call
+            return settled[1]
+        first_at, first_offset = self._marks[0]
+        return first_offset if first_at + self.margin_s <= newest else None
 
     def reset(self) -> None:
         self._marks.clear()

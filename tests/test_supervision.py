@@ -82,16 +82,19 @@ def test_the_handled_log_keeps_a_bounded_window() -> None:
     assert (handled.first(), handled.last()) == (990, 999)
 
 
-def test_checks_re_read_what_was_handled_in_the_margin_before_them() -> None:
+def test_checks_re_read_what_was_not_yet_confirmed_a_margin_later() -> None:
     marks = Checkpoints(margin_s=30)
-    assert marks.settled(now=100) is None, "nothing is old enough yet"
+    assert marks.settled() is None, "nothing checked yet"
     marks.mark(at=100, last=10)
     marks.mark(at=110, last=20)
-    marks.mark(at=140, last=50)
-    assert marks.settled(now=135) == 10
-    assert marks.settled(now=141) == 20
-    assert marks.settled(now=142) == 20, "the floor stays until a newer mark is old enough"
-    assert marks.settled(now=171) == 50
+    assert marks.settled() is None, "no check 30 s after any mark yet"
+    marks.mark(at=135, last=50)
+    assert marks.settled() == 10, "the check at 135 confirms what was intact at 100"
+    # The broker is away from 140 to 200: no check succeeds, so nothing more is settled by time alone.
+    marks.mark(at=205, last=60)
+    assert marks.settled() == 50, "confirmed only up to marks made 30 s before the last successful check"
+    marks.mark(at=240, last=90)
+    assert marks.settled() == 60
 
 
 def test_a_repair_is_done_at_its_end() -> None:
