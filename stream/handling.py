@@ -105,9 +105,41 @@ def _decode_or_dead(
 
 def _groups(items: list[tuple[Message, Any]], journal: BatchJournal | None) -> list[list[tuple[Message, Any]]]:
     """Suspects of an earlier crash one at a time, then the rest together."""
-    suspects = [i for i in items if journal is not None and journal.crashes(i[0].topic, i[0].partition, i[0].offset)]
-    normal = [i for i in items if i not in suspects]
-    return [[s] for s in suspects] + ([normal] if normal else [])
+    suspects: list[list[tuple[Message, Any]]] = []
+    normal: list[tuple[Message, Any]] = []
+    for item in items:
+        msg = item[0]
+        if journal is not None and journal.crashes(msg.topic, msg.partition, msg.offset):
+            suspects.append([item])
+        else:
+            normal.append(item)
+    return suspects + ([normal] if normal else [])
+
+
+def _run_isolated(
+    items: list[tuple[Message, Any]],
+    journal: BatchJournal | None,
+    run: Callable[[list[tuple[Message, Any]]], None],
+    dead: list[DeadLetterRecord],
+) -> None:
+    """Call `run` on each group (`_groups`), recorded in the journal as in flight. If `run` raises,
+    call it on the group's halves, down to the record that fails alone, which is dead-lettered."""
+
+    def isolate(group: list[tuple[Message, Any]]) -> None:
+        try:
+            run(group)
+        except Exception as exc:  # noqa: BLE001 - the dead-letter edge (module docstring)
+            if len(group) == 1:
+                dead.append(dead_letter_of(group[0][0], failure(exc)))
+                return
+            half = len(group) // 2
+            isolate(group[:half])
+            isolate(group[half:])
+
+    for group in _groups(items, journal):
+        if journal is not None:
+            journal.begin(group[0][0].topic, [(m.partition, m.offset) for m, _ in group])
+        isolate(group)
 
 
 # --- clicks ------------------------------------------------------------------------------------
@@ -154,28 +186,16 @@ def handle_click_messages(
             out.reused_offsets[msg.partition] = out.reused_offsets.get(msg.partition, 0) + 1
         kept.append((msg, click))
     out.stage_seconds["decode"] = time.perf_counter() - t0
-    for group in _groups(kept, journal):
-        if journal is not None:
-            journal.begin(topic, [(m.partition, m.offset) for m, _ in group])
-        _answer_isolated(recommender, group, out)
+    _run_isolated(kept, journal, lambda group: _answer(recommender, group, out), out.dead)
     # Record how far the state has read each partition, even where every click was refused.
     recommender.sequences.append_many([], out.last)
     return out
 
 
-def _answer_isolated(recommender: Recommender, group: list[tuple[Message, ClickRecord]], out: ClickOutcome) -> None:
-    """Answer `group`; if that raises, answer its halves, down to the record that fails alone."""
-    try:
-        result = recommender.handle_clicks([c for _, c in group])
-        encoded = _encode_answers(result)
-    except Exception as exc:  # noqa: BLE001 - the dead-letter edge (module docstring)
-        if len(group) == 1:
-            out.dead.append(dead_letter_of(group[0][0], failure(exc)))
-            return
-        half = len(group) // 2
-        _answer_isolated(recommender, group[:half], out)
-        _answer_isolated(recommender, group[half:], out)
-        return
+def _answer(recommender: Recommender, group: list[tuple[Message, ClickRecord]], out: ClickOutcome) -> None:
+    """Answer `group` into `out`; raises, leaving `out` untouched, if handling or encoding fails."""
+    result = recommender.handle_clicks([c for _, c in group])
+    encoded = _encode_answers(result)
     rejected = {pos for pos, _ in result.rejected}
     for pos, err in result.rejected:
         out.dead.append(dead_letter_of(group[pos][0], err))
@@ -210,29 +230,14 @@ def handle_catalogue_messages(
     out = CatalogueOutcome(last=last_offsets(messages), offsets=[(m.partition, m.offset) for m in messages])
     if not messages:
         return out
-    topic = messages[0].topic
     kept = [(m, r) for m in messages if (r := _decode_or_dead(m, decode_catalogue, journal, out.dead)) is not None]
-    for group in _groups(kept, journal):
-        if journal is not None:
-            journal.begin(topic, [(m.partition, m.offset) for m, _ in group])
-        _apply_isolated(recommender, group, out)
-    return out
 
-
-def _apply_isolated(
-    recommender: Recommender, group: list[tuple[Message, CatalogueRecord]], out: CatalogueOutcome
-) -> None:
-    try:
+    def apply(group: list[tuple[Message, CatalogueRecord]]) -> None:
         recommender.apply_catalogue([r for _, r in group])
-    except Exception as exc:  # noqa: BLE001 - the dead-letter edge (module docstring)
-        if len(group) == 1:
-            out.dead.append(dead_letter_of(group[0][0], failure(exc)))
-            return
-        half = len(group) // 2
-        _apply_isolated(recommender, group[:half], out)
-        _apply_isolated(recommender, group[half:], out)
-        return
-    out.applied += [r for _, r in group]
+        out.applied.extend(r for _, r in group)
+
+    _run_isolated(kept, journal, apply, out.dead)
+    return out
 
 
 # --- model announcements -----------------------------------------------------------------------
