@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from streamrec.datasets import load_dataset
+from streamrec.datasets.registry import default_max_len
 from streamrec.features import build_catalog
 from streamrec.models.presets import build_config
 from streamrec.models.ranking_metrics import mask_history, metrics_from_ranks, target_rank
@@ -30,7 +31,6 @@ from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import Split, eval_batches
 from streamrec.models.trainer import TrainConfig, evaluate, train
 from streamrec.settings import Settings
-from streamrec.training_cli import DEFAULT_MAX_LEN
 
 
 def coldstart_split(
@@ -74,7 +74,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset, settings.data_dir)
     catalog = build_catalog(ds, text=args.text, cache_dir=settings.feature_cache, progress=False)
     split, cold_test, cold = coldstart_split(catalog.sequences(ds), len(catalog.item_ids), args.holdout, args.seed)
-    max_len = args.max_len or DEFAULT_MAX_LEN[ds.name]
+    max_len = args.max_len or default_max_len(ds)
     device = torch.device("cpu")
     torch.manual_seed(args.seed)
     cfg = replace(build_config(args.model, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from streamrec.datasets import load_dataset
+from streamrec.datasets.registry import default_max_len
 from streamrec.features import build_catalog
 from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.presets import build_config
@@ -36,7 +37,6 @@ from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.online_trainer import OnlineTrainer, OnlineTrainerConfig, import_checkpoint
 from streamrec.stream.research_model import ResearchServingConfig, load_research_model
-from streamrec.training_cli import DEFAULT_MAX_LEN
 
 
 def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
     history: dict[str, list[int]] = {}
     for e in head:
         history.setdefault(e.user_id, []).append(row_of[e.item_id])
-    max_len = args.max_len or DEFAULT_MAX_LEN[ds.name]
+    max_len = args.max_len or default_max_len(ds)
     device = torch.device("cpu")
     torch.manual_seed(args.seed)
     cfg = build_config(args.model, len(catalog.item_ids), max_len, 64)

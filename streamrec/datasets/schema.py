@@ -55,6 +55,8 @@ class Dataset:
     name: str
     items: list[Item]
     events: list[Event]
+    # sha256 of the source files (datasets/own.py `fingerprint`); "" for datasets built in memory.
+    fingerprint: str = ""
 
     def __post_init__(self) -> None:
         self._item_by_id = {it.item_id: it for it in self.items}
