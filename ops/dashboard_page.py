@@ -24,6 +24,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from streamrec.errors import port_in_use
+
 # Freshness quantiles are computed over this many seconds of bucket deltas, as a Prometheus
 # `rate(...[10s])` would: one-second windows hold too few clicks at low rates to be readable.
 QUANTILE_WINDOW_S = 10
@@ -184,7 +186,10 @@ class DashboardServer:
         self._lock = threading.Lock()
         page = resources.files("streamrec.ops").joinpath("dashboard.html").read_bytes()
         handler = _handler(page, self.state_json)
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise port_in_use(exc, port, "STREAMREC_DASHBOARD_PORT") or exc from exc
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self.url = f"http://{host}:{self.port}/"

@@ -12,6 +12,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streamrec.errors import port_in_use
+
 # Freshness and latency buckets span 1 ms to 1 min: healthy values sit well under a second.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Freshness goes on to hours, so that a worker far behind reads as far behind (p99 of a histogram
@@ -203,9 +205,15 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
     )
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> tuple[WSGIServer, int]:
-    """Expose `registry` on http://host:port/metrics; port 0 picks a free one."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+def serve_metrics(
+    registry: CollectorRegistry, port: int, host: str = "127.0.0.1", setting: str = "STREAMREC_METRICS_PORT"
+) -> tuple[WSGIServer, int]:
+    """Expose `registry` on http://host:port/metrics; port 0 picks a free one. A taken port is a
+    UserError naming `setting`, the variable that chose it."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise port_in_use(exc, port, setting) or exc from exc
     return server, int(server.server_port)
 
 

@@ -205,7 +205,7 @@ class OnlineTrainer:
         }
         stored = self.store.put(
             version,
-            lambda path: save_checkpoint(path, candidate, candidate.cfg, version, meta),
+            lambda path: save_checkpoint(path, candidate, candidate.cfg, version, meta, serving.base_catalogue),
             {k: v for k, v in meta.items() if k != "grown_items"} | {"grown_items": len(all_grown)},
         )
         self.store.promote(version)
@@ -226,7 +226,7 @@ class OnlineTrainer:
         titles = dict(previous.titles)
         titles.update({g["item_id"]: g["title"] for g in meta["grown_items"]})
         cfg = ResearchServingConfig(state_memory_mb=1)  # the trainer never serves users
-        return ResearchServingModel(model, catalog, titles, version, previous.text, cfg, meta)
+        return ResearchServingModel(model, catalog, titles, version, previous.text, cfg, meta, previous.base_catalogue)
 
 
 def _record_dict(rec: CatalogueRecord) -> dict:

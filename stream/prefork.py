@@ -9,7 +9,8 @@ opening state and rejoining the group. The parent starts no threads and no event
 forking (torch's thread pools start on first use), so the child begins clean.
 
 - SIGTERM or SIGINT to the parent is passed to the child; the parent exits with the child's code.
-- A child that exits 0 (a clean stop) ends the parent too.
+- A child that exits 0 (a clean stop) or 2 (a user error: a setting or file to fix, reported in
+  one line) ends the parent too: a new child would only fail the same way.
 - A child that keeps dying of its own accord (an error exit, an abort) is restarted with a growing
   pause (0, 0.5, 1, 2, ... 30 s), reset once a child has lived for a minute, so a crash loop does
   not spin a core. A child killed from outside (SIGKILL) is replaced at once.
@@ -26,6 +27,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+
+from streamrec.errors import EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class _Supervisor:
             self.fork()
             status = self.wait()
             code = _exit_code(status)
-            if self.stopping or code == 0:
+            if self.stopping or code in (0, EXIT_USER_ERROR):
                 return code
             lived = time.monotonic() - started
             killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL

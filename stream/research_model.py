@@ -19,8 +19,15 @@ import torch
 
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Item
-from streamrec.features import ItemCatalog, attribute_tokens, build_catalog, hashed_text_vectors
-from streamrec.models.checkpoint import load_checkpoint
+from streamrec.features import (
+    ItemCatalog,
+    attribute_tokens,
+    build_catalog,
+    catalogue_from_payload,
+    catalogue_payload,
+    hashed_text_vectors,
+)
+from streamrec.models.checkpoint import read_checkpoint
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig, window_start
 from streamrec.models.seqrec import SeqRec
@@ -60,8 +67,12 @@ class ResearchServingModel:
         text: str,
         cfg: ResearchServingConfig | None = None,
         meta: dict | None = None,
+        base_catalogue: dict | None = None,
     ) -> None:
         self.cfg = cfg or ResearchServingConfig()
+        # The training catalogue as saved in checkpoints (features.catalogue_payload): versions the
+        # online trainer derives from this one carry it on, so no version needs the training files.
+        self.base_catalogue = base_catalogue
         # What the checkpoint says about itself (dataset, text encoder, parent, items grown since
         # training): the online trainer carries it forward into the versions it makes.
         self.meta = dict(meta or {})
@@ -268,14 +279,19 @@ def load_research_model(
     path: Path, data_dir: Path, features_dir: Path, cfg: ResearchServingConfig | None = None
 ) -> ResearchServingModel:
     """A checkpoint from `streamrec train` (or the online trainer), with the item features of the
-    dataset it was trained on and of the items it grew to since."""
-    config, state, version, meta = load_checkpoint(path)
-    dataset = load_dataset(meta["dataset"], data_dir)
-    catalog = build_catalog(dataset, text=meta["text"], cache_dir=features_dir, progress=False)
-    titles = {it.item_id: it.title for it in dataset.items}
+    dataset it was trained on (carried in the checkpoint; older checkpoints without them re-read
+    the dataset) and of the items it grew to since."""
+    ck = read_checkpoint(path)
+    meta = ck.meta
+    payload = ck.catalogue
+    if payload is None:
+        dataset = load_dataset(meta.get("dataset_source", meta["dataset"]), data_dir)
+        base = build_catalog(dataset, text=meta["text"], cache_dir=features_dir, progress=False)
+        payload = catalogue_payload(base, {it.item_id: it.title for it in dataset.items})
+    catalog, titles = catalogue_from_payload(payload)
     grown = meta.get("grown_items", [])
     catalog = grown_catalog(catalog, titles, meta["text"], grown)
     titles.update({g["item_id"]: g["title"] for g in grown})
-    model = SeqRec(config, catalog.features)
-    model.load_state_dict(state)
-    return ResearchServingModel(model, catalog, titles, version, meta["text"], cfg, meta)
+    model = SeqRec(ck.config, catalog.features)
+    model.load_state_dict(ck.state_dict)
+    return ResearchServingModel(model, catalog, titles, ck.version, meta["text"], cfg, meta, payload)

@@ -19,6 +19,8 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from streamrec.errors import require_broker
+from streamrec.models.checkpoint import load_checkpoint
 from streamrec.ops.metrics import Metrics, create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore, StoredVersion
@@ -76,7 +78,9 @@ def run_trainer(settings: Settings, backfill: int = 20_000, max_rounds: int = 0)
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
-    _server, port = serve_metrics(registry, settings.trainer_metrics_port, settings.metrics_host)
+    _server, port = serve_metrics(
+        registry, settings.trainer_metrics_port, settings.metrics_host, "STREAMREC_TRAINER_METRICS_PORT"
+    )
     print(f"streamrec trainer: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     store, current = open_store(settings)
     cfg = OnlineTrainerConfig(
@@ -161,6 +165,9 @@ def model_command(settings: Settings, action: str, checkpoint: str = "") -> int:
             stored_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.meta.get("stored_at", 0)))
             print(f"{mark} {v.version}  {stored_at}  parent {v.meta.get('parent') or '-'}{figures}")
         return 0
+    if action == "import":
+        load_checkpoint(Path(checkpoint))  # a file that is not a checkpoint fails before the broker is asked
+    require_broker(settings.kafka_bootstrap)
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     if action == "rollback":
         stored = store.rollback()

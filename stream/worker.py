@@ -16,6 +16,7 @@ import torch
 from faust.worker import Worker
 from prometheus_client import CollectorRegistry
 
+from streamrec.errors import UserError
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
 from streamrec.ops.log_limit import limit_handlers
@@ -48,7 +49,7 @@ def open_model(settings: Settings) -> ServingModel:
         return BaselineServingModel(ContentBaseline(ContentBaselineConfig()))
     path = Path(settings.model_path)
     if not path.is_file():
-        raise SystemExit(f"STREAMREC_MODEL={settings.model_path}: no such checkpoint (make one with `streamrec train`)")
+        raise UserError(f"STREAMREC_MODEL={settings.model_path}: no such checkpoint", "make one with `streamrec train`")
     return load_serving_version(settings, path)
 
 

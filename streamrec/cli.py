@@ -21,8 +21,9 @@ import argparse
 import logging
 import sys
 
+from streamrec.errors import EXIT_USER_ERROR, UserError, parse_bootstrap, require_broker
 from streamrec.ops.log_limit import limit_handlers
-from streamrec.settings import Settings
+from streamrec.settings import PROJECT_ROOT, Settings
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -30,6 +31,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from streamrec.stream.topics import ensure_topics
 
+    require_broker(settings.kafka_bootstrap)
     # Topics are checked (and created) while the worker's modules load: a few broker round trips
     # that would otherwise add to every start and restart (0.2 s of about 3 s, measured).
     if settings.worker_prefork:
@@ -38,7 +40,14 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.stream.worker import run_worker
 
         def child() -> int:
-            run_worker(settings, loglevel=args.loglevel)
+            try:
+                run_worker(settings, loglevel=args.loglevel)
+            except Exception as exc:  # noqa: BLE001 - as in main(): user mistakes become one line
+                failure = _known_failure(exc)
+                if failure is None:
+                    raise
+                print(failure.line("streamrec worker"), file=sys.stderr, flush=True)
+                return EXIT_USER_ERROR
             return 0
 
         return supervise(child)
@@ -73,8 +82,10 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.stream.replay import DeliveryError, replay
     from streamrec.stream.topics import ensure_topics
 
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    # The dataset first: a wrong name must not wait for a broker to say so.
     dataset = load_dataset(args.dataset, settings.data_dir)
+    require_broker(settings.kafka_bootstrap)
+    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     try:
         report = replay(
             dataset,
@@ -99,13 +110,19 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.stream.trainer_process import run_trainer
 
+    require_broker(settings.kafka_bootstrap)
     run_trainer(settings, backfill=args.backfill, max_rounds=args.max_rounds)
     return 0
 
 
 def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
     from streamrec.stream.trainer_process import model_command
 
+    if args.action == "import" and not Path(args.checkpoint).is_file():
+        what = f"no checkpoint at {args.checkpoint}" if args.checkpoint else "no checkpoint given"
+        raise UserError(what, "streamrec model import PATH, with PATH from `streamrec train`")
     return model_command(settings, args.action, args.checkpoint)
 
 
@@ -118,6 +135,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.stream.topics import ensure_topics
 
+    require_broker(settings.kafka_bootstrap)
     for name, n in sorted(ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions).items()):
         print(f"{name}\t{n} partitions")
     return 0
@@ -126,7 +144,7 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.stream.broker import LocalBroker
 
-    port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+    port = parse_bootstrap(settings.kafka_bootstrap)[0][1]
     broker = LocalBroker(settings.broker_dir, port)
     if args.action == "up":
         broker.start()
@@ -187,6 +205,47 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.training_cli import run_eval
 
     return run_eval(args, settings)
+
+
+# The model presets of models/presets.py (a test checks they agree): listed here so that building
+# the parser, and so `streamrec --help`, does not import torch.
+MODEL_PRESETS = (
+    "cammsr",
+    "cammsr-no-category",
+    "cammsr-no-swap",
+    "cammsr-no-synergy",
+    "cammsr-sparse",
+    "mufasa",
+    "mufasa-dense",
+    "mufasa-no-align",
+    "mufasa-no-cf",
+    "mufasa-no-cmp",
+    "mufasa-no-dist",
+    "mufasa-no-sel",
+    "mufasa-no-structure",
+    "mufasa-no-win",
+    "sasrec",
+    "sasrec-sparse",
+)
+DATASET_HELP = "amazon-beauty, ml-100k, lastfm-2k-mm, or the path of your own RecBole .inter file or CSV"
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="amazon-beauty", help=DATASET_HELP)
+    p.add_argument("--model", default="sasrec", choices=MODEL_PRESETS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--max-minutes", type=float, default=28.0)
+    p.add_argument("--max-len", type=int, default=0, help="0 = the dataset's default")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--id-dropout", type=float, default=0.0)
+    p.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
+    p.add_argument("--quiet", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,14 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench/results/attention.json")
     b.set_defaults(func=_cmd_bench)
 
-    from streamrec.training_cli import add_train_args
-
     p = sub.add_parser("train", help="train a model offline (full-ranking early stopping)")
-    add_train_args(p)
+    _add_train_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split (full ranking)")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default="", help="default: the dataset the checkpoint was trained on")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="obtain datasets")
@@ -334,13 +392,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _known_failure(exc: BaseException) -> UserError | None:
+    """Errors of the libraries below the CLI that are the user's to fix, as one line each."""
+    from streamrec.models.checkpoint import CheckpointError
+    from streamrec.state.model_store import ModelStoreError
+
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, CheckpointError):
+        return UserError(str(exc), "give a file written by `streamrec train`, via STREAMREC_MODEL or the command")
+    if isinstance(exc, ModelStoreError):
+        return UserError(str(exc), "see `streamrec model list`; STREAMREC_MODEL_STORE sets the store")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python warns about its own slow selector tasks under load; not actionable for users.
     logging.getLogger("kafka").setLevel(logging.ERROR)
     limit_handlers(logging.getLogger())
-    return int(args.func(args, Settings.from_env()) or 0)
+    prog = f"streamrec {args.command}"
+    try:
+        return int(args.func(args, Settings.from_env()) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's edge: user mistakes become one line, bugs re-raise
+        failure = _known_failure(exc)
+        if failure is None:
+            raise
+        print(failure.line(prog), file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ Item row r (1..N) is the dataset's r-th item; row 0 is padding. Title vectors co
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,3 +105,46 @@ def build_catalog(
     features = ItemFeatures(title, title_mask, attr, len(vocab) + 1, category, len(cats), extra, extra_mask)
     ids = [it.item_id for it in items]
     return ItemCatalog(ids, {i: r for r, i in enumerate(ids, start=1)}, features, cats, vocab)
+
+
+def catalogue_payload(catalog: ItemCatalog, titles: dict[str, str]) -> dict[str, Any]:
+    """The catalogue as plain tensors and strings, saved inside checkpoints (models/checkpoint.py)
+    so that serving a checkpoint needs neither the training files nor the text encoder for them."""
+    f = catalog.features
+    return {
+        "item_ids": json.dumps(catalog.item_ids),
+        "titles": json.dumps([titles.get(i, "") for i in catalog.item_ids]),
+        "categories": json.dumps(catalog.categories),
+        "attr_vocab": json.dumps(catalog.attr_vocab),
+        "title": f.title,
+        "title_mask": f.title_mask,
+        "attr_tokens": f.attr_tokens,
+        "n_attr": f.attr_vocab,
+        "category": f.category,
+        "n_categories": f.n_categories,
+        "extra": dict(f.extra),
+        "extra_mask": dict(f.extra_mask),
+    }
+
+
+def catalogue_from_payload(d: dict[str, Any]) -> tuple[ItemCatalog, dict[str, str]]:
+    ids: list[str] = json.loads(d["item_ids"])
+    features = ItemFeatures(
+        d["title"],
+        d["title_mask"],
+        d["attr_tokens"],
+        int(d["n_attr"]),
+        d["category"],
+        int(d["n_categories"]),
+        dict(d["extra"]),
+        dict(d["extra_mask"]),
+    )
+    assert features.n_rows == len(ids) + 1, f"catalogue of {len(ids)} items has {features.n_rows} feature rows"
+    catalog = ItemCatalog(
+        ids,
+        {item: row for row, item in enumerate(ids, start=1)},
+        features,
+        json.loads(d["categories"]),
+        json.loads(d["attr_vocab"]),
+    )
+    return catalog, dict(zip(ids, json.loads(d["titles"]), strict=True))

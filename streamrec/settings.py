@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from streamrec.errors import UserError, parse_bootstrap
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,7 +32,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from exc
+        raise UserError(f"setting {name}={raw!r} is not an integer", f"e.g. {name}={default}") from exc
 
 
 def _env_float(name: str, default: float) -> float:
@@ -40,7 +42,7 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError as exc:
-        raise ValueError(f"setting {name} must be a number, got {raw!r}") from exc
+        raise UserError(f"setting {name}={raw!r} is not a number", f"e.g. {name}={default}") from exc
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -52,7 +54,7 @@ def _env_bool(name: str, default: bool) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"setting {name} must be 1 or 0, got {raw!r}")
+    raise UserError(f"setting {name}={raw!r} is not 1 or 0", f"e.g. {name}={int(default)}")
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,29 @@ class Settings:
             trainer_tolerance=_env_float("STREAMREC_TRAINER_TOLERANCE", base.trainer_tolerance),
             trainer_metrics_port=_env_int("STREAMREC_TRAINER_METRICS_PORT", base.trainer_metrics_port),
             torch_threads=_env_int("STREAMREC_TORCH_THREADS", base.torch_threads),
-        )
+        )._checked()
+
+    def _checked(self) -> Settings:
+        """Values that parse but cannot work fail here, in one line naming the variable."""
+        parse_bootstrap(self.kafka_bootstrap)
+        at_least = {
+            "STREAMREC_TOP_K": (self.top_k, 1),
+            "STREAMREC_PARTITIONS": (self.partitions, 1),
+            "STREAMREC_BATCH_SIZE": (self.batch_size, 1),
+            "STREAMREC_MAX_SEQ_LEN": (self.max_seq_len, 1),
+            "STREAMREC_METRICS_PORT": (self.metrics_port, 0),
+            "STREAMREC_DASHBOARD_PORT": (self.dashboard_port, 0),
+            "STREAMREC_TRAINER_METRICS_PORT": (self.trainer_metrics_port, 0),
+            "STREAMREC_BATCH_WAIT_MS": (self.batch_wait_ms, 0),
+            "STREAMREC_TORCH_THREADS": (self.torch_threads, 0),
+        }
+        for name, (value, low) in at_least.items():
+            if value < low:
+                raise UserError(f"setting {name}={value} must be at least {low}")
+        for name in ("STREAMREC_METRICS_PORT", "STREAMREC_DASHBOARD_PORT", "STREAMREC_TRAINER_METRICS_PORT"):
+            if at_least[name][0] > 65535:
+                raise UserError(f"setting {name}={at_least[name][0]} is not a port (0-65535)")
+        return self
 
     @property
     def feature_cache(self) -> Path:

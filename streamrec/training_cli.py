@@ -1,7 +1,10 @@
 """`streamrec train` and `streamrec eval`: offline training and full-ranking evaluation.
 
-Checkpoints go to <state_dir>/models/<dataset>/<model>-s<seed>.pt (weights only, with config and
-version); figures to results/<dataset>/<model>-s<seed>.json with the exact command that made them.
+Checkpoints go to <state_dir>/models/<dataset>/<model>-s<seed>.pt (weights only, with config,
+version and the item catalogue serving needs); figures to results/<dataset>/<model>-s<seed>.json
+with the exact command that made them and the dataset's fingerprint. `--dataset` is a known name
+or the path of the user's own RecBole or CSV file (datasets/own.py). The arguments are declared in
+streamrec/cli.py, so `streamrec --help` does not import torch.
 """
 
 from __future__ import annotations
@@ -16,44 +19,27 @@ from pathlib import Path
 import torch
 
 from streamrec.datasets import load_dataset
-from streamrec.datasets.registry import canonical_name
-from streamrec.features import build_catalog
+from streamrec.datasets.registry import default_max_len
+from streamrec.errors import UserError
+from streamrec.features import build_catalog, catalogue_payload
 from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
-from streamrec.models.presets import build_config, preset_names
+from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import leave_one_out
 from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
-from streamrec.settings import PROJECT_ROOT, Settings
-
-DEFAULT_MAX_LEN = {"amazon-beauty": 50, "ml-100k": 200, "lastfm-2k-mm": 50}
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="amazon-beauty")
-    p.add_argument("--model", default="sasrec", choices=preset_names())
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--max-minutes", type=float, default=28.0)
-    p.add_argument("--max-len", type=int, default=0, help="0 = the dataset's default")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--id-dropout", type=float, default=0.0)
-    p.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
-    p.add_argument("--quiet", action="store_true")
+from streamrec.settings import Settings
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = canonical_name(args.dataset)
-    dataset = load_dataset(name, settings.data_dir)
+    dataset = load_dataset(args.dataset, settings.data_dir)
+    name = dataset.name
     catalog = build_catalog(dataset, text=args.text, cache_dir=settings.feature_cache, progress=not args.quiet)
     split = leave_one_out(catalog.sequences(dataset), len(catalog.item_ids))
-    max_len = args.max_len or DEFAULT_MAX_LEN[name]
+    if not split.test:
+        raise UserError(f"{args.dataset}: no user has the 3 clicks leave-one-out needs", "give a larger click log")
+    max_len = args.max_len or default_max_len(dataset)
     cfg = replace(build_config(args.model, len(catalog.item_ids), max_len, args.dim), id_dropout=args.id_dropout)
     torch.manual_seed(args.seed)
     device = pick_device()
@@ -68,11 +54,22 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     )
     version = f"{name}-{args.model}-s{args.seed}-{time.strftime('%Y%m%d%H%M%S')}"
     ckpt = settings.state_dir / "models" / name / f"{args.model}-s{args.seed}.pt"
-    meta = {"dataset": name, "model": args.model, "text": args.text, "seed": args.seed}
+    source = args.dataset if dataset.name == args.dataset else str(Path(args.dataset).resolve())
+    meta = {
+        "dataset": name,
+        "dataset_source": source,
+        "dataset_fingerprint": dataset.fingerprint,
+        "model": args.model,
+        "text": args.text,
+        "seed": args.seed,
+    }
     result = train(model, split, tcfg, device, progress=not args.quiet)
-    save_checkpoint(ckpt, model, cfg, version, meta | {"best_epoch": result.best_epoch})
+    titles = {it.item_id: it.title for it in dataset.items}
+    meta["best_epoch"] = result.best_epoch
+    save_checkpoint(ckpt, model, cfg, version, meta, catalogue_payload(catalog, titles))
     record = {
         "dataset": name,
+        "dataset_fingerprint": dataset.fingerprint,
         "model": args.model,
         "seed": args.seed,
         "command": "streamrec " + " ".join(sys.argv[1:]),
@@ -107,7 +104,12 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     cfg, state, version, meta = load_checkpoint(Path(args.checkpoint))
-    dataset = load_dataset(meta["dataset"], settings.data_dir)
+    dataset = load_dataset(args.dataset or meta.get("dataset_source", meta["dataset"]), settings.data_dir)
+    if meta.get("dataset_fingerprint") and dataset.fingerprint != meta["dataset_fingerprint"]:
+        raise UserError(
+            f"{args.checkpoint} was trained on another version of {meta['dataset']} (fingerprints differ)",
+            "evaluate on the files it was trained on (--dataset PATH)",
+        )
     catalog = build_catalog(dataset, text=meta["text"], cache_dir=settings.feature_cache)
     split = leave_one_out(catalog.sequences(dataset), len(catalog.item_ids))
     device = pick_device()

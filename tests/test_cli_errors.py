@@ -1,0 +1,163 @@
+"""Every known user mistake ends in one line on stderr naming the setting or command that fixes
+it, with exit status 2 and no traceback (streamrec/errors.py, the handler in streamrec/cli.py).
+
+Each case runs the real `streamrec` command in a child process, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamrec.settings import Settings
+from streamrec.stream.broker import free_port
+from streamrec.stream.processes import settings_env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line(proc: subprocess.CompletedProcess[str], *names: str) -> str:
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {proc.stderr!r}"
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    for name in names:
+        assert name in lines[0], f"{name!r} not named in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A fresh state directory and a broker address where nothing listens."""
+    e = dict(os.environ)
+    e.update(
+        STREAMREC_STATE_DIR=str(tmp_path / "state"),
+        KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+        STREAMREC_METRICS_PORT="0",
+        STREAMREC_DASHBOARD_PORT="0",
+    )
+    return e
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KAFKA_BOOTSTRAP", "127.0.0.1"),
+        ("KAFKA_BOOTSTRAP", "127.0.0.1:port"),
+        ("STREAMREC_TOP_K", "ten"),
+        ("STREAMREC_TOP_K", "0"),
+        ("STREAMREC_BATCH_WAIT_MS", "fast"),
+        ("STREAMREC_EXPLAIN", "maybe"),
+        ("STREAMREC_METRICS_PORT", "70000"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(env: dict[str, str], variable: str, value: str) -> None:
+    env[variable] = value
+    assert_one_line(run_cli(["topics"], env), variable)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["topics"], ["worker"], ["trainer"], ["replay", "--dataset", "ml-100k", "--limit", "1"]],
+)
+def test_broker_down_fails_fast_and_names_broker_up(env: dict[str, str], args: list[str]) -> None:
+    started = time.monotonic()
+    proc = run_cli(args, env)
+    assert_one_line(proc, "streamrec broker up", "KAFKA_BOOTSTRAP")
+    # Functional bound, not a speed target: a Kafka client would retry for 30 s and more.
+    assert time.monotonic() - started < 25
+
+
+def test_unknown_dataset_is_reported_before_the_broker_is_asked(env: dict[str, str]) -> None:
+    line = assert_one_line(run_cli(["replay", "--dataset", "no-such-set"], env), "no-such-set", "CSV")
+    assert "broker" not in line
+
+
+def test_missing_dataset_names_the_data_dir_setting(env: dict[str, str], tmp_path: Path) -> None:
+    env["STREAMREC_DATA_DIR"] = str(tmp_path / "empty")
+    assert_one_line(run_cli(["replay", "--dataset", "ml-100k"], env), "STREAMREC_DATA_DIR", "streamrec data fetch")
+
+
+def test_missing_files(env: dict[str, str], tmp_path: Path) -> None:
+    assert_one_line(run_cli(["model", "import", str(tmp_path / "none.pt")], env), "none.pt", "streamrec train")
+    assert_one_line(run_cli(["model", "import"], env), "streamrec model import PATH")
+    assert_one_line(run_cli(["eval", "--checkpoint", str(tmp_path / "none.pt")], env), "none.pt")
+    assert_one_line(run_cli(["train", "--dataset", str(tmp_path / "mine.csv")], env), "mine.csv", "--dataset")
+
+
+def test_corrupt_checkpoint_is_named_without_torch_advice(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    line = assert_one_line(run_cli(["eval", "--checkpoint", str(bad)], env), "bad.pt", "streamrec train")
+    assert "weights_only" not in line
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    assert_one_line(run_cli(["model", "import", str(text)], env), "text.pt", "not a streamrec checkpoint")
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from streamrec.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_cli_model_choices_are_the_presets() -> None:
+    from streamrec.cli import MODEL_PRESETS
+    from streamrec.models.presets import preset_names
+
+    assert list(MODEL_PRESETS) == preset_names()
+
+
+def _worker_env(stream_settings: Settings, **overrides: str) -> dict[str, str]:
+    env = settings_env(stream_settings)
+    env.update(overrides)
+    return env
+
+
+@pytest.mark.parametrize("prefork", ["0", "1"])
+def test_worker_with_a_missing_or_corrupt_model_is_one_line(
+    stream_settings: Settings, tmp_path: Path, prefork: str
+) -> None:
+    env = _worker_env(stream_settings, STREAMREC_WORKER_PREFORK=prefork, STREAMREC_MODEL=str(tmp_path / "gone.pt"))
+    assert_one_line(run_cli(["worker"], env), "STREAMREC_MODEL", "streamrec train")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(os.urandom(256))
+    env["STREAMREC_MODEL"] = str(bad)
+    assert_one_line(run_cli(["worker"], env), "bad.pt", "STREAMREC_MODEL")
+
+
+@pytest.mark.parametrize("setting", ["STREAMREC_METRICS_PORT", "STREAMREC_DASHBOARD_PORT"])
+def test_busy_port_names_port_and_setting(stream_settings: Settings, setting: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _worker_env(stream_settings, **{setting: str(port)})
+        assert_one_line(run_cli(["worker"], env), setting, str(port))
+
+
+def test_rollback_with_nothing_to_roll_back_to(stream_settings: Settings) -> None:
+    assert_one_line(run_cli(["model", "rollback"], settings_env(stream_settings)), "streamrec model list")
