@@ -23,9 +23,11 @@ class UserError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
     def line(self, prog: str = "streamrec") -> str:
-        text = f"{prog}: error: {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
+        return f"{prog}: error: {self}"
 
 
 def port_in_use(exc: OSError, port: int, setting: str) -> UserError | None:

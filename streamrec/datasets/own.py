@@ -68,8 +68,10 @@ def load_own(spec: str) -> Dataset:
     raise UserError(f"{path}: unknown dataset format {path.suffix!r}", "give a RecBole .inter file or a .csv")
 
 
-def _name(path: Path, files: list[Path]) -> str:
-    return f"{path.stem}-{fingerprint(files)[:8]}"
+def _dataset(path: Path, files: list[Path], clicks: list[tuple[str, str, int]], described: dict[str, Item]) -> Dataset:
+    digest = fingerprint(files)
+    name = f"{path.stem}-{digest[:8]}"
+    return Dataset(name, _items(clicks, described), build_events(name, clicks), fingerprint=digest)
 
 
 def _field(names: list[str], exact: tuple[str, ...], prefix: str = "") -> int | None:
@@ -180,8 +182,7 @@ def _load_recbole(inter: Path) -> Dataset:
         files.append(item_file)
         item_header, item_rows = _rows(item_file, "\t")
         described = _described([h.split(":")[0].strip().lower() for h in item_header], item_rows, recbole=True)
-    name = _name(inter, files)
-    return Dataset(name, _items(clicks, described), build_events(name, clicks))
+    return _dataset(inter, files, clicks, described)
 
 
 def _load_csv(path: Path) -> Dataset:
@@ -189,5 +190,4 @@ def _load_csv(path: Path) -> Dataset:
     names = [h.strip().lower() for h in header]
     clicks = _interactions(path, names, rows, recbole=False)
     described = _described(names, rows, recbole=False)
-    name = _name(path, [path])
-    return Dataset(name, _items(clicks, described), build_events(name, clicks))
+    return _dataset(path, [path], clicks, described)
