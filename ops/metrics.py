@@ -54,153 +54,175 @@ class Metrics:
     already_answered: Counter
 
 
+# The online trainer's metrics; every other field of `Metrics` is the worker's.
+TRAINER_FIELDS = frozenset(
+    {
+        "gate_decisions",
+        "gate_ndcg",
+        "trainer_rounds_seconds",
+        "trainer_sequences_per_s",
+        "trainer_window_users",
+        "trainer_events",
+    }
+)
+
 # Stages of a click micro-batch, in order; each has its own latency series.
 STAGES = ("decode", "state", "encode", "search", "send")
 
 
-def create_metrics(registry: CollectorRegistry) -> Metrics:
-    """Create every metric in `registry`."""
+def create_metrics(registry: CollectorRegistry, process: str = "worker") -> Metrics:
+    """Every metric; those of `process` ("worker" or "trainer"; "all" for documentation checks)
+    in `registry`, the others in a registry nobody exports, so each process shows only its own."""
+    assert process in ("worker", "trainer", "all"), f"process {process!r} is worker, trainer or all"
+    unexported = CollectorRegistry()
+
+    def reg(field: str) -> CollectorRegistry:
+        own = process == "all" or (field in TRAINER_FIELDS) == (process == "trainer")
+        return registry if own else unexported
+
     return Metrics(
         events_in=Counter(
-            "streamrec_stream_events_in_total", "Records read from input topics", ["topic"], registry=registry
+            "streamrec_stream_events_in_total", "Records read from input topics", ["topic"], registry=reg("events_in")
         ),
         dead_letters=Counter(
             "streamrec_stream_dead_letters_total",
             "Records sent to the dead-letter topic, by reason",
             ["reason"],
-            registry=registry,
+            registry=reg("dead_letters"),
         ),
         duplicates=Counter(
             "streamrec_state_duplicate_clicks_total",
             "Redelivered clicks recognised by event id and not appended again",
-            registry=registry,
+            registry=reg("duplicates"),
         ),
         recommendations=Counter(
-            "streamrec_stream_recommendations_total", "Recommendation records emitted", registry=registry
+            "streamrec_stream_recommendations_total", "Recommendation records emitted", registry=reg("recommendations")
         ),
         batch_size=Histogram(
             "streamrec_stream_batch_size_events",
             "Clicks per micro-batch",
             buckets=BATCH_BUCKETS,
-            registry=registry,
+            registry=reg("batch_size"),
         ),
         batch_wait=Histogram(
             "streamrec_stream_batch_wait_seconds",
             "Time from the oldest click of a micro-batch entering the broker to its processing",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=reg("batch_wait"),
         ),
         processing_latency=Histogram(
             "streamrec_stream_processing_latency_seconds",
             "Time to process one micro-batch (decode, state, encode, search, send)",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=reg("processing_latency"),
         ),
         freshness=Histogram(
             "streamrec_stream_freshness_seconds",
             "Recommendation emission time minus the triggering click's event time",
             buckets=FRESHNESS_BUCKETS,
-            registry=registry,
+            registry=reg("freshness"),
         ),
-        index_size=Gauge("streamrec_index_size_items", "Items in the serving index", registry=registry),
-        users=Gauge("streamrec_state_users_count", "Users with a sequence in local state", registry=registry),
+        index_size=Gauge("streamrec_index_size_items", "Items in the serving index", registry=reg("index_size")),
+        users=Gauge("streamrec_state_stored_users", "Users with a sequence in local state", registry=reg("users")),
         consumer_lag=Gauge(
             "streamrec_stream_consumer_lag_messages",
             "High-water mark minus the next offset to process (not the fetch position), per topic partition",
             ["topic", "partition"],
-            registry=registry,
+            registry=reg("consumer_lag"),
         ),
         model_info=Gauge(
             "streamrec_model_version_info",
             "Serving model version (value 1 on the current one)",
             ["version"],
-            registry=registry,
+            registry=reg("model_info"),
         ),
         catalogue_latency=Histogram(
             "streamrec_index_catalogue_to_searchable_seconds",
             "Catalogue event time to the item being searchable",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=reg("catalogue_latency"),
         ),
         stage_latency=Histogram(
             "streamrec_stream_stage_latency_seconds",
             "Time spent per micro-batch in one stage: decode, state, encode, search or send",
             ["stage"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=reg("stage_latency"),
         ),
         index_updated=Gauge(
             "streamrec_index_last_update_timestamp_seconds",
             "Unix time of the last change to the serving index",
-            registry=registry,
+            registry=reg("index_updated"),
         ),
         model_loaded=Gauge(
             "streamrec_model_loaded_timestamp_seconds",
             "Unix time the serving model was loaded or swapped in (age = time() - value)",
-            registry=registry,
+            registry=reg("model_loaded"),
         ),
         gate_decisions=Counter(
             "streamrec_trainer_gate_decisions_total",
             "Promotion gate decisions of the online trainer",
             ["decision"],
-            registry=registry,
+            registry=reg("gate_decisions"),
         ),
         gate_ndcg=Gauge(
             "streamrec_trainer_gate_ndcg_ratio",
             "NDCG@10 on the gate's held-out slice, for the serving and the candidate model",
             ["model"],
-            registry=registry,
+            registry=reg("gate_ndcg"),
         ),
         caught_up=Counter(
             "streamrec_state_caught_up_clicks_total",
             "Clicks read back from the clicks topic after a partition moved to this worker",
-            registry=registry,
+            registry=reg("caught_up"),
         ),
         model_swap=Histogram(
             "streamrec_model_swap_seconds",
             "Announcement to serving a new model version: load, encode the catalogue, switch",
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-            registry=registry,
+            registry=reg("model_swap"),
         ),
         trainer_rounds_seconds=Histogram(
             "streamrec_trainer_fine_tune_seconds",
             "Duration of one online fine-tune (training only, not the gate)",
             buckets=(1, 5, 10, 30, 60, 120, 300, 600),
-            registry=registry,
+            registry=reg("trainer_rounds_seconds"),
         ),
         trainer_sequences_per_s=Gauge(
             "streamrec_trainer_throughput_sequences_per_second",
             "Training sequences per second of the last fine-tune (epochs counted)",
-            registry=registry,
+            registry=reg("trainer_sequences_per_s"),
         ),
         trainer_window_users=Gauge(
-            "streamrec_trainer_window_users_count", "Users in the trainer's recent window", registry=registry
+            "streamrec_trainer_window_users",
+            "Users in the trainer's recent window",
+            registry=reg("trainer_window_users"),
         ),
         trainer_events=Counter(
-            "streamrec_trainer_events_in_total", "Records the trainer read", ["topic"], registry=registry
+            "streamrec_trainer_events_in_total", "Records the trainer read", ["topic"], registry=reg("trainer_events")
         ),
         agent_up=Gauge(
             "streamrec_worker_agent_running_info",
             "1 while the agent or task is running, 0 once it stopped (the worker is then not consuming)",
             ["agent"],
-            registry=registry,
+            registry=reg("agent_up"),
         ),
         agent_crashes=Counter(
             "streamrec_worker_agent_crashes_total",
             "Agents or tasks that died of an error (the worker exits so that it is restarted)",
             ["agent"],
-            registry=registry,
+            registry=reg("agent_crashes"),
         ),
         discontinuities=Counter(
             "streamrec_stream_log_discontinuities_total",
             "Times a partition's log went backwards: processed beyond its end, or offsets reused",
             ["topic", "partition", "kind"],
-            registry=registry,
+            registry=reg("discontinuities"),
         ),
         already_answered=Counter(
             "streamrec_stream_already_answered_clicks_total",
             "Clicks redelivered after a restart that had been answered already (not answered again)",
-            registry=registry,
+            registry=reg("already_answered"),
         ),
     )
 

@@ -107,7 +107,7 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
             f"{_percentile(tail.freshness_ms, 0.5):.0f} ms, p99 {_percentile(tail.freshness_ms, 0.99):.0f} ms"
         )
         m = worker.metrics()
-        users = m.get("streamrec_state_users_count", 0)
+        users = m.get("streamrec_state_stored_users", 0)
         items = m.get("streamrec_index_size_items", 0)
         dead = sum(v for k, v in m.items() if k.startswith("streamrec_stream_dead_letters_total"))
         print(f"worker: users {users:.0f}, index {items:.0f} items, dead letters {dead:.0f}")

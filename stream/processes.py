@@ -147,6 +147,6 @@ def start_trainer(settings: Settings, log_path: Path, extra_args: tuple[str, ...
         settings.trainer_metrics_port,
         log_path,
         extra_args,
-        "streamrec_trainer_window_users_count",
+        "streamrec_trainer_window_users",
         120,
     )

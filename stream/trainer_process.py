@@ -77,7 +77,7 @@ def run_trainer(settings: Settings, backfill: int = 20_000, max_rounds: int = 0)
     experiments)."""
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     registry = CollectorRegistry()
-    metrics = create_metrics(registry)
+    metrics = create_metrics(registry, "trainer")
     _server, port = serve_metrics(
         registry, settings.trainer_metrics_port, settings.metrics_host, "STREAMREC_TRAINER_METRICS_PORT"
     )

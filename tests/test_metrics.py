@@ -9,12 +9,12 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.ops.metrics import create_metrics, scrape, serve_metrics
 
-NAME = re.compile(r"^streamrec_[a-z]+_[a-z_]+_(total|seconds|events|items|count|messages|info|ratio|per_second)$")
+NAME = re.compile(r"^streamrec_[a-z]+_[a-z_]+_(total|seconds|events|items|users|messages|info|ratio|per_second)$")
 
 
 def test_names_follow_the_convention() -> None:
     registry = CollectorRegistry()
-    create_metrics(registry)
+    create_metrics(registry, "all")
     families = list(registry.collect())
     assert len(families) >= 12
     for fam in families:
@@ -105,3 +105,35 @@ def test_health_says_whether_every_agent_runs() -> None:
     assert gone.returncode == 1 and "STREAMREC_METRICS_PORT" in gone.stdout
     for proc in (ok, down, gone):
         assert len(proc.stdout.strip().splitlines()) == 1 and not proc.stderr.strip(), "one line, no traceback"
+
+
+def promtool_check_metrics(exposition: bytes) -> str:
+    """`promtool check metrics` on a text exposition; returns its complaints ("" when clean)."""
+    import shutil
+    import subprocess
+
+    path = shutil.which("promtool")
+    assert path, "promtool is missing: `make setup` installs Debian's prometheus package"
+    done = subprocess.run([path, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
+    return (done.stdout + done.stderr).decode().strip() if done.returncode or done.stdout or done.stderr else ""
+
+
+def test_each_process_exports_only_its_own_series_and_promtool_accepts_them() -> None:
+    from prometheus_client import generate_latest
+
+    from streamrec.ops.metrics import TRAINER_FIELDS
+
+    names: dict[str, set[str]] = {}
+    for process in ("worker", "trainer"):
+        registry = CollectorRegistry()
+        m = create_metrics(registry, process)
+        # Touch every labelled family, so the exposition holds samples as a live process's does.
+        m.events_in.labels("clicks").inc()
+        m.gate_decisions.labels("promoted").inc()
+        m.trainer_events.labels("clicks").inc()
+        m.freshness.observe(0.05)
+        assert promtool_check_metrics(generate_latest(registry)) == "", process
+        names[process] = {fam.name for fam in registry.collect()}
+    assert names["worker"] and names["trainer"] and not names["worker"] & names["trainer"]
+    assert all(n.startswith("streamrec_trainer_") for n in names["trainer"]), names["trainer"]
+    assert len(names["trainer"]) == len(TRAINER_FIELDS)

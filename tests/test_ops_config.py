@@ -73,7 +73,7 @@ def test_alert_rules_fire_and_stay_quiet_as_their_unit_tests_expect() -> None:
 
 def exported_names() -> set[str]:
     registry = CollectorRegistry()
-    create_metrics(registry)
+    create_metrics(registry, "all")
     names = set()
     for family in registry.collect():
         for suffix in ("", "_total", "_bucket", "_sum", "_count", "_created"):
@@ -154,7 +154,7 @@ def test_every_prometheus_target_is_a_compose_service() -> None:
 def test_docs_describe_every_metric() -> None:
     doc = (PROJECT_ROOT / "docs" / "metrics.md").read_text()
     registry = CollectorRegistry()
-    create_metrics(registry)
+    create_metrics(registry, "all")
     for family in registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         assert name in doc, f"docs/metrics.md does not describe {name}"

@@ -179,6 +179,12 @@ def test_worker_serves_the_checkpoint_and_reports_its_version(
     worker = boot(settings, tmp_path, ds.items)
     try:
         assert worker.metric('streamrec_model_version_info{version="test-mufasa-v1"}') == 1
+        from urllib.request import urlopen
+
+        from tests.test_metrics import promtool_check_metrics
+
+        with urlopen(worker.metrics_url, timeout=5) as resp:
+            assert promtool_check_metrics(resp.read()) == "", "a live worker's exposition passes promtool"
         reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations)
         producer = make_producer(settings.kafka_bootstrap)
         publish_clicks(producer, settings.topics, clicks, rate=0, progress=False)
