@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry
 
@@ -167,6 +168,14 @@ class RecentRecommendations:
             return list(reversed(self.items))
 
 
+def _user_of(path: str) -> str | None:
+    """The user id of `/users/{id}/recommendations` (percent-decoded), else None."""
+    parts = path.split("?", 1)[0].split("/")
+    if len(parts) == 4 and parts[0] == "" and parts[1] == "users" and parts[3] == "recommendations" and parts[2]:
+        return unquote(parts[2])
+    return None
+
+
 class DashboardServer:
     """Serves the page and its JSON on 127.0.0.1, sampling `registry` once a second."""
 
@@ -177,6 +186,7 @@ class DashboardServer:
         port: int = 0,
         host: str = "127.0.0.1",
         interval_s: float = 1.0,
+        lookup: Callable[[str], tuple[int, bytes]] | None = None,
     ) -> None:
         self.registry = registry
         self.recent = recent
@@ -185,7 +195,7 @@ class DashboardServer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         page = resources.files("streamrec.ops").joinpath("dashboard.html").read_bytes()
-        handler = _handler(page, self.state_json)
+        handler = _handler(page, self.state_json, lookup)
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -218,13 +228,19 @@ class DashboardServer:
         self.httpd.server_close()
 
 
-def _handler(page: bytes, state: Callable[[], bytes]) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    page: bytes, state: Callable[[], bytes], lookup: Callable[[str], tuple[int, bytes]] | None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            user = _user_of(self.path)
             if self.path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", page)
             elif self.path.startswith("/api/state"):
                 self._send(200, "application/json", state())
+            elif user is not None and lookup is not None:
+                code, body = lookup(user)
+                self._send(code, "application/json", body)
             else:
                 self._send(404, "text/plain", b"not found\n")
 

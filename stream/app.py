@@ -206,12 +206,14 @@ def build_app(
     journal: BatchJournal | None = None,
     has_version: Callable[[str], bool] = lambda version: True,
     on_fatal: Callable[[str], None] | None = None,
+    on_assignment: Callable[[set[int]], None] | None = None,
 ) -> faust.App:
     """The worker's Faust app; `on_recommendations` sees every emitted batch (the dashboard page);
     `load_version` loads a model-store version named on the models topic (hot swap) and
     `has_version` says whether the store has one; `journal`
     records batches in flight and answered offsets (poison detection, no double answers);
-    `on_fatal` records why an agent died before the worker exits."""
+    `on_fatal` records why an agent died before the worker exits; `on_assignment` hears the clicks
+    partitions this worker holds, once a second (the lookup endpoint's "held elsewhere" answer)."""
     app = StreamrecApp(settings.app_id, **faust_settings(settings))
     app.leave_group_on_stop = settings.leave_group_on_stop
     topics = settings.topics
@@ -478,7 +480,10 @@ def build_app(
     async def check_log() -> None:
         """Lag from what was processed, and a check that no partition's log went backwards."""
         consumer = app.consumer
-        for tp in consumer.assignment():
+        assigned = consumer.assignment()
+        if on_assignment is not None:
+            on_assignment({tp.partition for tp in assigned if tp.topic == topics.clicks})
+        for tp in assigned:
             if tp.topic != topics.clicks:
                 continue
             highwater = consumer.highwater(tp)

@@ -36,6 +36,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         STREAMREC_METRICS_PORT=str(settings.metrics_port),
         STREAMREC_DASHBOARD_PORT=str(settings.dashboard_port),
         STREAMREC_TOP_K=str(settings.top_k),
+        STREAMREC_LOOKUP_USERS=str(settings.lookup_users),
         STREAMREC_MAX_SEQ_LEN=str(settings.max_seq_len),
         STREAMREC_BATCH_SIZE=str(settings.batch_size),
         STREAMREC_BATCH_WAIT_MS=str(settings.batch_wait_ms),

@@ -1,7 +1,10 @@
-"""Creates the topics with the partition counts streamrec needs.
+"""Creates the topics with the partition counts and configs streamrec needs.
 
 Neither Faust nor noida-db create input topics the way we want them (noida creates one partition
 on first use), so every entry point calls `ensure_topics` before producing or consuming.
+`recommendations` is compacted: keyed by user id, the broker keeps at least each user's latest
+record, so "the current recommendations of every user" is one read of the topic, not a replay of
+its history. A topic created before this setting existed gets it on the next `ensure_topics`.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import time
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streamrec.settings import TopicNames
@@ -27,6 +30,24 @@ def topic_partitions(topics: TopicNames, partitions: int) -> dict[str, int]:
     }
 
 
+def topic_configs(topics: TopicNames) -> dict[str, dict[str, str]]:
+    return {topics.recommendations: {"cleanup.policy": "compact"}}
+
+
+def _configure(admin: KafkaAdminClient, configs: dict[str, dict[str, str]]) -> None:
+    """Set the configs of existing topics that lack them (an upgrade of an older deployment)."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in configs]
+    described = admin.describe_configs(resources)
+    current = described.get("topic", {}) if isinstance(described, dict) else {}
+    stale = {
+        name: wanted
+        for name, wanted in configs.items()
+        if any(current.get(name, {}).get(k, {}).get("value") != v for k, v in wanted.items())
+    }
+    if stale:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs=c) for n, c in stale.items()])
+
+
 def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics; returns the partition count of each as the broker reports it."""
     wanted = topic_partitions(topics, partitions)
@@ -41,12 +62,18 @@ def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int, timeout_s
             time.sleep(0.2)
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        configs = topic_configs(topics)
+        new = [
+            NewTopic(name, n, 1, topic_configs=configs.get(name, {}))
+            for name, n in wanted.items()
+            if name not in existing
+        ]
         if new:
             try:
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass
+        _configure(admin, configs)
         described = admin.describe_topics(list(wanted))
         counts = {d.get("name", d.get("topic")): len(d["partitions"]) for d in described}
     except KafkaError as exc:

@@ -20,6 +20,7 @@ from streamrec.errors import UserError
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
 from streamrec.ops.log_limit import limit_handlers
+from streamrec.ops.lookup import LatestRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
@@ -29,6 +30,7 @@ from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app
 from streamrec.stream.recommender import Recommender
+from streamrec.stream.schemas import RecommendationRecord, encode_recommendation
 from streamrec.stream.serving_model import BaselineServingModel, ServingModel
 from streamrec.stream.topics import ensure_topics
 
@@ -80,9 +82,7 @@ class RateLimitedWorker(Worker):
         limit_handlers(logger)
 
 
-def run_worker(
-    settings: Settings, loglevel: str = "warning", topics_ready: Callable[[], object] | None = None
-) -> None:
+def run_worker(settings: Settings, loglevel: str = "warning", topics_ready: Callable[[], object] | None = None) -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM). `topics_ready` waits for topics being
     ensured elsewhere (the CLI does it while this module loads); without it, they are ensured here."""
     if topics_ready is None:
@@ -95,10 +95,19 @@ def run_worker(
     print(f"streamrec worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     recommender = open_recommender(settings)
     recent = RecentRecommendations(recommender.title_of)
+    held: list[set[int] | None] = [None]  # the clicks partitions held, as the app last reported
+    latest = LatestRecommendations(encode_recommendation, settings.lookup_users, settings.partitions, lambda: held[0])
     page: DashboardServer | None = None
     if settings.dashboard_port:
-        page = DashboardServer(registry, recent, settings.dashboard_port, settings.metrics_host).start()
-        print(f"streamrec worker: live page on {page.url}", flush=True)
+        page = DashboardServer(
+            registry, recent, settings.dashboard_port, settings.metrics_host, lookup=latest.answer
+        ).start()
+        print(f"streamrec worker: live page on {page.url}, lookups at {page.url}users/ID/recommendations", flush=True)
+
+    def emitted(recs: list[RecommendationRecord]) -> None:
+        recent.add(recs)
+        latest.add(recs)
+
     store = ModelStore(settings.model_store_dir)
     journal = BatchJournal(worker_state_dir(settings) / "journal.json")
     if journal.crashed_at_start:
@@ -115,11 +124,12 @@ def run_worker(
         settings,
         recommender,
         metrics,
-        on_recommendations=recent.add,
+        on_recommendations=emitted,
         load_version=lambda version: load_serving_version(settings, store.get(version).path),
         journal=journal,
         has_version=store.has,
         on_fatal=journal.note_fatal,
+        on_assignment=lambda partitions: held.__setitem__(0, partitions),
     )
     worker = RateLimitedWorker(app, loglevel=loglevel, quiet=True)
     try:

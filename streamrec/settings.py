@@ -115,6 +115,9 @@ class Settings:
     dashboard_port: int = 9465
     # STREAMREC_TOP_K
     top_k: int = 10
+    # STREAMREC_LOOKUP_USERS: users whose latest recommendations a worker keeps for
+    # GET /users/{id}/recommendations on its page port (about 1.5 KB each).
+    lookup_users: int = 20_000
     # STREAMREC_MAX_SEQ_LEN: per-user sequence cap.
     max_seq_len: int = 2048
     # STREAMREC_BATCH_SIZE / STREAMREC_BATCH_WAIT_MS: micro-batch bounds of the click agent.
@@ -172,6 +175,7 @@ class Settings:
             metrics_port=_env_int("STREAMREC_METRICS_PORT", base.metrics_port),
             dashboard_port=_env_int("STREAMREC_DASHBOARD_PORT", base.dashboard_port),
             top_k=_env_int("STREAMREC_TOP_K", base.top_k),
+            lookup_users=_env_int("STREAMREC_LOOKUP_USERS", base.lookup_users),
             max_seq_len=_env_int("STREAMREC_MAX_SEQ_LEN", base.max_seq_len),
             batch_size=_env_int("STREAMREC_BATCH_SIZE", base.batch_size),
             batch_wait_ms=_env_float("STREAMREC_BATCH_WAIT_MS", base.batch_wait_ms),
@@ -198,6 +202,7 @@ class Settings:
         parse_bootstrap(self.kafka_bootstrap)
         at_least = {
             "STREAMREC_TOP_K": (self.top_k, 1),
+            "STREAMREC_LOOKUP_USERS": (self.lookup_users, 1),
             "STREAMREC_PARTITIONS": (self.partitions, 1),
             "STREAMREC_BATCH_SIZE": (self.batch_size, 1),
             "STREAMREC_MAX_SEQ_LEN": (self.max_seq_len, 1),
