@@ -1,21 +1,27 @@
 """`make demo`: the whole system live on one machine.
 
-Starts the local broker (unless KAFKA_BOOTSTRAP names one), creates the topics, starts a worker,
-replays a dataset as live clicks, and tails the recommendations topic with item titles and
-freshness, printing throughput and freshness from the worker's metrics as it goes. Stops on
-Ctrl-C, or by itself after `events` clicks.
+Uses the broker at KAFKA_BOOTSTRAP when one answers there, else starts the local one on that
+address's port (127.0.0.1:19092 by default); creates the topics, starts a worker, replays a dataset
+as live clicks, and tails the recommendations topic from its end (records of earlier runs are not
+shown) with item titles and freshness. Stops on Ctrl-C, or by itself after `events` clicks.
+
+What survives a run: the model store and the title-vector cache (the state directory's, so an
+imported model is served and MiniLM vectors are computed once), and the worker logs of every run
+under <state_dir>/demo/logs/. What each run starts afresh: the demo worker's own state and the
+local broker's data.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from streamrec.datasets import load_dataset
+from streamrec.errors import UserError, parse_bootstrap
 from streamrec.settings import Settings
 from streamrec.stream.broker import LocalBroker, port_open
 from streamrec.stream.processes import WorkerProcess, start_worker
@@ -36,7 +42,7 @@ class LiveTail(threading.Thread):
 
     def __init__(self, settings: Settings, titles: dict[str, str], lines_per_s: float = 4.0) -> None:
         super().__init__(daemon=True)
-        self.reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations)
+        self.reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations, from_end=True)
         self.titles = titles
         self.interval = 1.0 / lines_per_s
         self.count = 0
@@ -61,29 +67,42 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _broker_for(settings: Settings, data_dir: Path) -> LocalBroker | None:
+    """None when a broker answers at KAFKA_BOOTSTRAP; else the local one, started on its port."""
+    (host, port), *_ = parse_bootstrap(settings.kafka_bootstrap)
+    if port_open(port, host if host != "localhost" else "127.0.0.1"):
+        print(f"using the broker at {settings.kafka_bootstrap} (KAFKA_BOOTSTRAP)")
+        return None
+    if host not in ("127.0.0.1", "localhost"):
+        raise UserError(
+            f"no broker answers at {settings.kafka_bootstrap}, and the local one runs only on 127.0.0.1",
+            "start yours, or unset KAFKA_BOOTSTRAP",
+        )
+    broker = LocalBroker(data_dir, port).start()
+    print(f"local Kafka-protocol broker (noida-db) on {broker.bootstrap}, data in {broker.data_dir}")
+    return broker
+
+
 def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) -> int:
     # Ctrl-C and SIGTERM both stop the demo cleanly, even when started from a script that
     # launched it with SIGINT ignored (background jobs of non-interactive shells).
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    demo_state = settings.state_dir / "demo"
-    if demo_state.exists():
-        shutil.rmtree(demo_state)
-    settings = replace(settings, state_dir=demo_state)
     dataset = load_dataset(dataset_name, settings.data_dir)
-    broker: LocalBroker | None = None
-    if "KAFKA_BOOTSTRAP" not in os.environ:
-        port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
-        if port_open(port):
-            raise SystemExit(f"port {port} is busy: stop what runs there or set KAFKA_BOOTSTRAP to a broker")
-        broker = LocalBroker(demo_state / "broker", port).start()
-        print(f"local Kafka-protocol broker (noida-db) on {broker.bootstrap}, data in {broker.data_dir}")
+    demo_state = settings.state_dir / "demo"
+    for fresh in ("worker", "broker"):
+        shutil.rmtree(demo_state / fresh, ignore_errors=True)
+    log_path = demo_state / "logs" / f"worker-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    settings = replace(
+        settings, state_dir=demo_state, model_store=settings.model_store_dir, features_dir=settings.feature_cache
+    )
+    broker = _broker_for(settings, demo_state / "broker")
     worker: WorkerProcess | None = None
     tail: LiveTail | None = None
     producer = None
     try:
         ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
-        worker = start_worker(settings, demo_state / "worker.log")
+        worker = start_worker(settings, log_path)
         print(f"worker up; Prometheus metrics at {worker.metrics_url}; worker log {worker.log_path}")
         if settings.dashboard_port:
             print(f"live dashboard page: {worker.dashboard_url} (open it in a browser)")
@@ -115,6 +134,9 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
     except KeyboardInterrupt:
         print("\nstopping (Ctrl-C)")
         return 130
+    except (RuntimeError, TimeoutError) as exc:
+        # start_worker and wait_until name the worker's log; the log is kept for reading.
+        raise UserError(f"the demo worker failed: {exc}", f"its log is kept at {log_path}") from exc
     finally:
         if producer is not None:
             producer.close(timeout=5)

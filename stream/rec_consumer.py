@@ -33,6 +33,9 @@ class RecommendationReader:
         self._consumer.assign(tps)
         if from_end:
             self._consumer.seek_to_end(*tps)
+            # seek_to_end is lazy: resolve the positions now, so records written from here on are read.
+            for tp in tps:
+                self._consumer.position(tp)
         else:
             self._consumer.seek_to_beginning(*tps)
 
