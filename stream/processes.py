@@ -23,40 +23,7 @@ from streamrec.settings import Settings
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes `Settings.from_env()` return `settings` in a child process."""
     env = dict(os.environ)
-    env.update(
-        STREAMREC_DATA_DIR=str(settings.data_dir),
-        KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        STREAMREC_STATE_DIR=str(settings.state_dir),
-        STREAMREC_TOPIC_PREFIX=settings.topics.prefix,
-        STREAMREC_APP_ID=settings.app_id,
-        STREAMREC_WORKER_ID=settings.worker_id,
-        STREAMREC_PARTITIONS=str(settings.partitions),
-        STREAMREC_LEAVE_GROUP_ON_STOP="1" if settings.leave_group_on_stop else "0",
-        STREAMREC_WORKER_PREFORK="1" if settings.worker_prefork else "0",
-        STREAMREC_METRICS_PORT=str(settings.metrics_port),
-        STREAMREC_DASHBOARD_PORT=str(settings.dashboard_port),
-        STREAMREC_TOP_K=str(settings.top_k),
-        STREAMREC_LOOKUP_USERS=str(settings.lookup_users),
-        STREAMREC_MAX_SEQ_LEN=str(settings.max_seq_len),
-        STREAMREC_BATCH_SIZE=str(settings.batch_size),
-        STREAMREC_BATCH_WAIT_MS=str(settings.batch_wait_ms),
-        STREAMREC_PRODUCER_LINGER_MS=str(settings.producer_linger_ms),
-        STREAMREC_COMMIT_INTERVAL_S=str(settings.commit_interval_s),
-        STREAMREC_MODEL=settings.model_path,
-        STREAMREC_FEATURES_DIR=str(settings.feature_cache),
-        STREAMREC_ANN_THRESHOLD=str(settings.ann_threshold),
-        STREAMREC_ANN_NPROBE=str(settings.ann_nprobe),
-        STREAMREC_EXPLAIN="1" if settings.explain else "0",
-        STREAMREC_STATE_MEMORY_MB=str(settings.state_memory_mb),
-        STREAMREC_CATALOGUE_IDLE_MS=str(settings.catalogue_idle_ms),
-        STREAMREC_TORCH_THREADS=str(settings.torch_threads),
-        STREAMREC_MODEL_STORE=str(settings.model_store_dir),
-        STREAMREC_TRAINER_EVERY_EVENTS=str(settings.trainer_every_events),
-        STREAMREC_TRAINER_EVERY_MINUTES=str(settings.trainer_every_minutes),
-        STREAMREC_TRAINER_EPOCHS=str(settings.trainer_epochs),
-        STREAMREC_TRAINER_TOLERANCE=str(settings.trainer_tolerance),
-        STREAMREC_TRAINER_METRICS_PORT=str(settings.trainer_metrics_port),
-    )
+    env.update(settings.to_env())
     return env
 
 

@@ -1,15 +1,20 @@
 """Runtime settings of streamrec, read from the environment in this one place.
 
 Every process (worker, replay, demo, benchmarks, trainer) builds one `Settings` with
-`Settings.from_env()` and passes it down whole. Model hyper-parameters are not here: they live in
+`Settings.from_env()` and passes it down whole. Each setting is declared once, as a field with its
+environment variable, default and meaning; from that one declaration come the parsing, the checks,
+the environment of child processes (`to_env`) and the README's table (`python -m
+streamrec.settings` prints it; a test checks the README holds it). Model hyper-parameters are not here: they live in
 each model component's own dataclass config and travel inside checkpoints.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from streamrec.errors import UserError, parse_bootstrap
 
@@ -25,36 +30,35 @@ def _default_data_dir() -> Path:
     return cache / "streamrec" / "data"
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _parse(f: Field[Any], raw: str) -> Any:
+    env, kind = f.metadata["env"], f.type
+    if kind == "TopicNames":
+        return TopicNames(raw)
+    if kind in ("Path", "Path | None"):
+        return Path(raw)
+    if kind == "str":
+        return raw
+    example = f"e.g. {env}={_render(f.default)}" if f.default is not MISSING else ""
+    if kind == "bool":
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"setting {env}={raw!r} is not 1 or 0", example)
     try:
-        return int(raw)
-    except ValueError as exc:
-        raise UserError(f"setting {name}={raw!r} is not an integer", f"e.g. {name}={default}") from exc
+        return int(raw) if kind == "int" else float(raw)
+    except ValueError:
+        what = "an integer" if kind == "int" else "a number"
+        raise UserError(f"setting {env}={raw!r} is not {what}", example) from None
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise UserError(f"setting {name}={raw!r} is not a number", f"e.g. {name}={default}") from exc
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise UserError(f"setting {name}={raw!r} is not 1 or 0", f"e.g. {name}={int(default)}")
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, TopicNames):
+        return value.prefix
+    return "" if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -84,140 +88,160 @@ class TopicNames:
         return f"{self.prefix}models"
 
 
+def _setting(
+    env: str,
+    default: Any = MISSING,
+    meaning: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    shown: str | None = None,
+    low: float | None = None,
+    port: bool = False,
+) -> Any:
+    """One runtime setting: its environment variable, default, meaning (the README's table is made
+    from these: `python -m streamrec.settings`), and the bounds `from_env` checks."""
+    meta = {"env": env, "meaning": meaning, "shown": shown, "low": 0 if port else low, "port": port}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Runtime settings. Environment variable names are given beside each field."""
+    """Runtime settings, each declared once here with its environment variable and meaning."""
 
-    # STREAMREC_DATA_DIR: where the datasets are read from (never copied into the repo).
-    data_dir: Path = field(default_factory=_default_data_dir)
-    # KAFKA_BOOTSTRAP: the broker, local noida-db or Apache Kafka alike ("host:port[,host:port]").
-    kafka_bootstrap: str = "127.0.0.1:19092"
-    # STREAMREC_STATE_DIR: RocksDB state, broker data of the local path, model store.
-    state_dir: Path = PROJECT_ROOT / ".state"
-    # STREAMREC_TOPIC_PREFIX
-    topics: TopicNames = field(default_factory=TopicNames)
-    # STREAMREC_APP_ID: Kafka consumer group of the worker.
-    app_id: str = "streamrec-worker"
-    # STREAMREC_WORKER_ID: stable identity of one worker (its static consumer-group member id).
-    worker_id: str = "worker-1"
-    # STREAMREC_LEAVE_GROUP_ON_STOP: a cleanly stopped worker hands its partitions over at once (1/0).
-    leave_group_on_stop: bool = True
-    # STREAMREC_WORKER_PREFORK: `streamrec worker` imports once and runs the worker in a forked
-    # child, replaced at once when it dies: a restart skips the ~2 s of imports (1/0).
-    worker_prefork: bool = False
-    # STREAMREC_PARTITIONS: partitions of clicks/recommendations when the topics are created.
-    partitions: int = 4
-    # STREAMREC_METRICS_HOST: exporter address; 127.0.0.1 locally (containers set their own).
-    metrics_host: str = "127.0.0.1"
-    # STREAMREC_METRICS_PORT: Prometheus exporter on 127.0.0.1 (0 = pick a free port).
-    metrics_port: int = 9464
-    # STREAMREC_DASHBOARD_PORT: the worker's live page on 127.0.0.1 (0 = no page).
-    dashboard_port: int = 9465
-    # STREAMREC_TOP_K
-    top_k: int = 10
-    # STREAMREC_LOOKUP_USERS: users whose latest recommendations a worker keeps for
-    # GET /users/{id}/recommendations on its page port (about 1.5 KB each).
-    lookup_users: int = 20_000
-    # STREAMREC_MAX_SEQ_LEN: per-user sequence cap.
-    max_seq_len: int = 2048
-    # STREAMREC_BATCH_SIZE / STREAMREC_BATCH_WAIT_MS: micro-batch bounds of the click agent.
-    batch_size: int = 256
-    batch_wait_ms: float = 20.0
-    # STREAMREC_PRODUCER_LINGER_MS: measured to raise Faust throughput (see README).
-    producer_linger_ms: float = 5.0
-    # STREAMREC_COMMIT_INTERVAL_S
-    commit_interval_s: float = 1.0
-    # STREAMREC_FEATURES_DIR: cache of encoded item titles (default <state_dir>/features).
-    features_dir: Path | None = None
-    # STREAMREC_MODEL: checkpoint path of the serving model; empty = the content baseline.
-    model_path: str = ""
-    # STREAMREC_ANN_THRESHOLD / STREAMREC_ANN_NPROBE: exact search below this many items, an IVF
-    # index above it (recall measured by `streamrec bench index`).
-    ann_threshold: int = 100_000
-    ann_nprobe: int = 64
-    # STREAMREC_EXPLAIN: attach "why" (history items, modality weights) to recommendations (1/0).
-    explain: bool = True
-    # STREAMREC_STATE_MEMORY_MB: bound on the research model's cached user state per worker.
-    state_memory_mb: int = 256
-    # STREAMREC_CATALOGUE_IDLE_MS: pause of the catalogue reader after an empty poll.
-    catalogue_idle_ms: float = 100.0
-    # STREAMREC_MODEL_STORE: versioned model directory shared by the trainer and the workers
-    # (default <state_dir>/model-store). A worker serves its current version when it has one,
-    # else STREAMREC_MODEL.
-    model_store: Path | None = None
-    # Online trainer (`streamrec trainer`): STREAMREC_TRAINER_EVERY_EVENTS, _EVERY_MINUTES,
-    # _EPOCHS, _TOLERANCE (relative NDCG@10 loss the gate accepts), _METRICS_PORT.
-    trainer_every_events: int = 5000
-    trainer_every_minutes: float = 10.0
-    trainer_epochs: int = 2
-    trainer_tolerance: float = 0.02
-    trainer_metrics_port: int = 9466
-    # STREAMREC_TORCH_THREADS: intra-op threads for the model in a worker; the Kafka consumer
-    # thread needs the other core of a 2-core machine (0 = torch's default).
-    torch_threads: int = 1
+    data_dir: Path = _setting(
+        "STREAMREC_DATA_DIR",
+        meaning="datasets (read in place, never copied)",
+        factory=_default_data_dir,
+        shown="`../shared/data` if present, else `~/.cache/streamrec/data`",
+    )
+    kafka_bootstrap: str = _setting(
+        "KAFKA_BOOTSTRAP", "127.0.0.1:19092", "the broker (`host:port[,host:port]`): local noida-db or Kafka alike"
+    )
+    state_dir: Path = _setting(
+        "STREAMREC_STATE_DIR",
+        PROJECT_ROOT / ".state",
+        "RocksDB state, local broker data, checkpoints",
+        shown="`.state/`",
+    )
+    topics: TopicNames = _setting(
+        "STREAMREC_TOPIC_PREFIX", meaning="prefix of every topic name", factory=TopicNames, shown="empty"
+    )
+    app_id: str = _setting("STREAMREC_APP_ID", "streamrec-worker", "Kafka consumer group of the workers")
+    worker_id: str = _setting("STREAMREC_WORKER_ID", "worker-1", "this worker's static consumer-group member id")
+    leave_group_on_stop: bool = _setting(
+        "STREAMREC_LEAVE_GROUP_ON_STOP",
+        True,
+        "a cleanly stopped worker hands its partitions over at once (0: keep the static membership, "
+        "e.g. for rolling restarts on Apache Kafka)",
+    )
+    worker_prefork: bool = _setting(
+        "STREAMREC_WORKER_PREFORK",
+        False,
+        "`streamrec worker` imports once and serves from a forked child, replaced at once when it dies: "
+        "restarts skip the ~2 s of imports",
+    )
+    partitions: int = _setting(
+        "STREAMREC_PARTITIONS", 4, "partitions of `clicks` and `recommendations` when created", low=1
+    )
+    metrics_host: str = _setting(
+        "STREAMREC_METRICS_HOST", "127.0.0.1", "address of the exporters and the page (containers set 0.0.0.0)"
+    )
+    metrics_port: int = _setting(
+        "STREAMREC_METRICS_PORT", 9464, "a worker's Prometheus exporter (0 = any free port)", port=True
+    )
+    dashboard_port: int = _setting(
+        "STREAMREC_DASHBOARD_PORT", 9465, "the worker's live page and user lookups (0 = off)", port=True
+    )
+    top_k: int = _setting("STREAMREC_TOP_K", 10, "recommendations per click", low=1)
+    lookup_users: int = _setting(
+        "STREAMREC_LOOKUP_USERS",
+        20_000,
+        "users whose latest recommendations a worker keeps for `GET /users/{id}/recommendations` (~1.5 KB each)",
+        low=1,
+    )
+    max_seq_len: int = _setting("STREAMREC_MAX_SEQ_LEN", 2048, "per-user sequence cap", low=1)
+    batch_size: int = _setting("STREAMREC_BATCH_SIZE", 256, "largest micro-batch of the click agent", low=1)
+    batch_wait_ms: float = _setting("STREAMREC_BATCH_WAIT_MS", 20.0, "longest wait for a micro-batch to fill", low=0)
+    producer_linger_ms: float = _setting(
+        "STREAMREC_PRODUCER_LINGER_MS", 5.0, "Faust producer linger (measured to raise throughput)", low=0
+    )
+    commit_interval_s: float = _setting("STREAMREC_COMMIT_INTERVAL_S", 1.0, "offset commit interval", low=0)
+    features_dir: Path | None = _setting(
+        "STREAMREC_FEATURES_DIR", None, "cache of encoded item titles (MiniLM vectors)", shown="`.state/features`"
+    )
+    model_path: str = _setting(
+        "STREAMREC_MODEL",
+        "",
+        "checkpoint to serve when the model store has no current version (empty: the content baseline)",
+        shown="empty",
+    )
+    ann_threshold: int = _setting(
+        "STREAMREC_ANN_THRESHOLD", 100_000, "exact FAISS search below this many items, IVF above", low=1
+    )
+    ann_nprobe: int = _setting(
+        "STREAMREC_ANN_NPROBE", 64, "IVF lists searched (recall: `streamrec bench index`)", low=1
+    )
+    explain: bool = _setting("STREAMREC_EXPLAIN", True, "attach explanations (history items, modality weights)")
+    state_memory_mb: int = _setting(
+        "STREAMREC_STATE_MEMORY_MB", 256, "bound on a worker's cached incremental user state (LRU)", low=1
+    )
+    catalogue_idle_ms: float = _setting(
+        "STREAMREC_CATALOGUE_IDLE_MS", 100.0, "pause of the catalogue reader after an empty poll", low=0
+    )
+    model_store: Path | None = _setting(
+        "STREAMREC_MODEL_STORE",
+        None,
+        "versioned model store shared by the trainer and the workers; a worker serves its current version "
+        "when it has one, else STREAMREC_MODEL",
+        shown="`.state/model-store`",
+    )
+    trainer_every_events: int = _setting(
+        "STREAMREC_TRAINER_EVERY_EVENTS", 5000, "online fine-tuning period, clicks", low=1
+    )
+    trainer_every_minutes: float = _setting(
+        "STREAMREC_TRAINER_EVERY_MINUTES", 10.0, "online fine-tuning period, minutes", low=0
+    )
+    trainer_epochs: int = _setting("STREAMREC_TRAINER_EPOCHS", 2, "epochs of each fine-tuning round", low=1)
+    trainer_tolerance: float = _setting(
+        "STREAMREC_TRAINER_TOLERANCE", 0.02, "relative NDCG@10 loss the promotion gate accepts", low=0
+    )
+    trainer_metrics_port: int = _setting(
+        "STREAMREC_TRAINER_METRICS_PORT", 9466, "the trainer's Prometheus exporter", port=True
+    )
+    torch_threads: int = _setting(
+        "STREAMREC_TORCH_THREADS",
+        1,
+        "model threads in a worker (the Kafka consumer thread needs the other core; 0 = torch's default)",
+        low=0,
+    )
 
     @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        base = cls()
-        return replace(
-            base,
-            data_dir=Path(env["STREAMREC_DATA_DIR"]) if env.get("STREAMREC_DATA_DIR") else base.data_dir,
-            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP", base.kafka_bootstrap),
-            state_dir=Path(env["STREAMREC_STATE_DIR"]) if env.get("STREAMREC_STATE_DIR") else base.state_dir,
-            topics=TopicNames(env.get("STREAMREC_TOPIC_PREFIX", "")),
-            app_id=env.get("STREAMREC_APP_ID", base.app_id),
-            worker_id=env.get("STREAMREC_WORKER_ID", base.worker_id),
-            partitions=_env_int("STREAMREC_PARTITIONS", base.partitions),
-            worker_prefork=_env_bool("STREAMREC_WORKER_PREFORK", base.worker_prefork),
-            leave_group_on_stop=_env_bool("STREAMREC_LEAVE_GROUP_ON_STOP", base.leave_group_on_stop),
-            metrics_host=env.get("STREAMREC_METRICS_HOST", base.metrics_host),
-            metrics_port=_env_int("STREAMREC_METRICS_PORT", base.metrics_port),
-            dashboard_port=_env_int("STREAMREC_DASHBOARD_PORT", base.dashboard_port),
-            top_k=_env_int("STREAMREC_TOP_K", base.top_k),
-            lookup_users=_env_int("STREAMREC_LOOKUP_USERS", base.lookup_users),
-            max_seq_len=_env_int("STREAMREC_MAX_SEQ_LEN", base.max_seq_len),
-            batch_size=_env_int("STREAMREC_BATCH_SIZE", base.batch_size),
-            batch_wait_ms=_env_float("STREAMREC_BATCH_WAIT_MS", base.batch_wait_ms),
-            producer_linger_ms=_env_float("STREAMREC_PRODUCER_LINGER_MS", base.producer_linger_ms),
-            commit_interval_s=_env_float("STREAMREC_COMMIT_INTERVAL_S", base.commit_interval_s),
-            model_path=env.get("STREAMREC_MODEL", base.model_path),
-            features_dir=Path(env["STREAMREC_FEATURES_DIR"]) if env.get("STREAMREC_FEATURES_DIR") else None,
-            ann_threshold=_env_int("STREAMREC_ANN_THRESHOLD", base.ann_threshold),
-            ann_nprobe=_env_int("STREAMREC_ANN_NPROBE", base.ann_nprobe),
-            explain=_env_bool("STREAMREC_EXPLAIN", base.explain),
-            state_memory_mb=_env_int("STREAMREC_STATE_MEMORY_MB", base.state_memory_mb),
-            catalogue_idle_ms=_env_float("STREAMREC_CATALOGUE_IDLE_MS", base.catalogue_idle_ms),
-            model_store=Path(env["STREAMREC_MODEL_STORE"]) if env.get("STREAMREC_MODEL_STORE") else None,
-            trainer_every_events=_env_int("STREAMREC_TRAINER_EVERY_EVENTS", base.trainer_every_events),
-            trainer_every_minutes=_env_float("STREAMREC_TRAINER_EVERY_MINUTES", base.trainer_every_minutes),
-            trainer_epochs=_env_int("STREAMREC_TRAINER_EPOCHS", base.trainer_epochs),
-            trainer_tolerance=_env_float("STREAMREC_TRAINER_TOLERANCE", base.trainer_tolerance),
-            trainer_metrics_port=_env_int("STREAMREC_TRAINER_METRICS_PORT", base.trainer_metrics_port),
-            torch_threads=_env_int("STREAMREC_TORCH_THREADS", base.torch_threads),
-        )._checked()
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `env` (default: os.environ); unset or empty variables keep their defaults.
+        A value that does not parse or is out of bounds is a UserError naming the variable."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is not None and (raw != "" or f.type == "TopicNames"):
+                values[f.name] = _parse(f, raw)
+        return replace(cls(), **values)._checked()
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `Settings.from_env()` return these settings in a child process."""
+        return {f.metadata["env"]: _render(getattr(self, f.name)) for f in fields(self)}
 
     def _checked(self) -> Settings:
         """Values that parse but cannot work fail here, in one line naming the variable."""
         parse_bootstrap(self.kafka_bootstrap)
-        at_least = {
-            "STREAMREC_TOP_K": (self.top_k, 1),
-            "STREAMREC_LOOKUP_USERS": (self.lookup_users, 1),
-            "STREAMREC_PARTITIONS": (self.partitions, 1),
-            "STREAMREC_BATCH_SIZE": (self.batch_size, 1),
-            "STREAMREC_MAX_SEQ_LEN": (self.max_seq_len, 1),
-            "STREAMREC_METRICS_PORT": (self.metrics_port, 0),
-            "STREAMREC_DASHBOARD_PORT": (self.dashboard_port, 0),
-            "STREAMREC_TRAINER_METRICS_PORT": (self.trainer_metrics_port, 0),
-            "STREAMREC_BATCH_WAIT_MS": (self.batch_wait_ms, 0),
-            "STREAMREC_TORCH_THREADS": (self.torch_threads, 0),
-        }
-        for name, (value, low) in at_least.items():
-            if value < low:
-                raise UserError(f"setting {name}={value} must be at least {low}")
-        for name in ("STREAMREC_METRICS_PORT", "STREAMREC_DASHBOARD_PORT", "STREAMREC_TRAINER_METRICS_PORT"):
-            if at_least[name][0] > 65535:
-                raise UserError(f"setting {name}={at_least[name][0]} is not a port (0-65535)")
+        for f in fields(self):
+            value, low = getattr(self, f.name), f.metadata["low"]
+            if low is not None and value < low:
+                raise UserError(f"setting {f.metadata['env']}={value} must be at least {low}")
+            if f.metadata["port"] and value > 65535:
+                raise UserError(f"setting {f.metadata['env']}={value} is not a port (0-65535)")
         return self
 
     @property
@@ -235,3 +259,17 @@ class Settings:
     @property
     def worker_dir(self) -> Path:
         return self.state_dir / "worker"
+
+
+def markdown_table() -> str:
+    """The README's table of settings, one row per variable."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        meta = f.metadata
+        shown = meta["shown"] or (f"`{_render(f.default)}`" if f.default not in ("", None) else "empty")
+        rows.append(f"| `{meta['env']}` | {shown} | {meta['meaning']} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
