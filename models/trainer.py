@@ -9,12 +9,12 @@ itself is never excluded). Model selection uses NDCG@10 with history excluded.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from streamrec.models.ranking_metrics import mask_history, metrics_from_ranks, target_rank
 from streamrec.models.seqrec import SeqRec
@@ -34,9 +34,33 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = all; tiny values for smoke tests
 
 
-def pick_device() -> torch.device:
-    """CUDA when present, CPU otherwise; the same code runs on both."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(choice: str = "auto") -> torch.device:
+    """ "auto": CUDA when present, CPU otherwise (the same code runs on both); else the device named."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class _StepLine:
+    """One in-place progress line on a terminal (steps and loss), redrawn at most once a second;
+    silent when disabled or when stderr is not a terminal (logs and CI keep the epoch lines only)."""
+
+    def __init__(self, epoch: int, total: int, enabled: bool) -> None:
+        self.epoch, self.total, self.step = epoch, total, 0
+        self.enabled = enabled and sys.stderr.isatty()
+        self.drawn = 0.0
+
+    def update(self, loss: float) -> None:
+        self.step += 1
+        if self.enabled and time.monotonic() - self.drawn >= 1.0:
+            self.drawn = time.monotonic()
+            print(
+                f"\repoch {self.epoch}: {self.step}/{self.total} loss {loss:.3f}", end="", file=sys.stderr, flush=True
+            )
+
+    def close(self) -> None:
+        if self.enabled and self.drawn:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -89,7 +113,7 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         totals: dict[str, float] = {}
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress, leave=False)
+        bar = _StepLine(epoch, steps_per_epoch, progress)
         for step, (seqs, targets) in enumerate(
             training_batches(split.train, model.cfg.encoder.max_len, cfg.batch_size, gen)
         ):
@@ -102,8 +126,7 @@ def train(
             opt.step()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            bar.update(float(loss.detach()))
         bar.close()
         valid = evaluate(model, split.valid, cfg.eval_batch, device)
         score = valid["excl_history"]["NDCG@10"]

@@ -31,6 +31,7 @@ from streamrec.models.checkpoint import read_checkpoint
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig, window_start
 from streamrec.models.seqrec import SeqRec
+from streamrec.models.trainer import pick_device
 from streamrec.stream.schemas import CatalogueRecord
 from streamrec.stream.serving_model import UserEncoding, UserHistory
 
@@ -49,12 +50,6 @@ class _Slot:
     start: int  # absolute click position where the encoder window starts
     length: int  # positions of the window held in the slot
     vector: np.ndarray  # the user vector after the last step
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 class ResearchServingModel:
