@@ -33,6 +33,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset
 from streamrec.ops.dashboard_page import histogram_quantile
+from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings, TopicNames
 from streamrec.stream.broker import LocalBroker, free_port
 from streamrec.stream.processes import settings_env, start_worker
@@ -57,11 +58,6 @@ class RunResult:
     # from the worker's own metrics over the run: mean micro-batch size, seconds per stage
     mean_batch: float | None = None
     stage_seconds: dict[str, float] | None = None
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Drain(threading.Thread):
@@ -339,6 +335,8 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             }
             for vname, knobs in variants.items():
                 results.append(on_fresh_broker(vname, worker_run, dataset, f"var-{vname}", n, 0, workdir, knobs=knobs))
+        # Inside the block: the state stores it opens live in the bench's temporary directory.
+        state = state_bytes(settings, args.model, workdir)
     print_table(results)
     for r in results:
         if r.stage_seconds:
@@ -352,7 +350,6 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             f"catalogue event to searchable p99: {fixed_run.catalogue_to_searchable_p99_s:.3f} s "
             f"({fixed_run.new_items} new items during the fixed-rate run; histogram estimate)"
         )
-    state = state_bytes(settings, args.model, Path(tmp))
     print("state per user at 2,048 clicks: " + ", ".join(f"{k} {v:,} B" for k, v in state.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

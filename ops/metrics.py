@@ -239,6 +239,15 @@ def serve_metrics(
     return server, int(server.server_port)
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of raw samples, nearest rank; NaN for none (the demo's and the
+    benchmarks' summaries, which keep every sample rather than a histogram)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
     """Read a Prometheus text exposition into {"name{labels}": value} (for the demo and tests)."""
     from urllib.request import urlopen

@@ -22,19 +22,13 @@ from pathlib import Path
 
 from streamrec.datasets import load_dataset
 from streamrec.errors import UserError, parse_bootstrap
+from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings
 from streamrec.stream.broker import LocalBroker, port_open
 from streamrec.stream.processes import WorkerProcess, start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.topics import ensure_topics
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class LiveTail(threading.Thread):
@@ -123,7 +117,7 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
         elapsed = time.monotonic() - started
         print(
             f"\n{sent} clicks -> {tail.count} recommendations in {elapsed:.1f}s; freshness p50 "
-            f"{_percentile(tail.freshness_ms, 0.5):.0f} ms, p99 {_percentile(tail.freshness_ms, 0.99):.0f} ms"
+            f"{percentile(tail.freshness_ms, 0.5):.0f} ms, p99 {percentile(tail.freshness_ms, 0.99):.0f} ms"
         )
         m = worker.metrics()
         users = m.get("streamrec_state_stored_users", 0)
