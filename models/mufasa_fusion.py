@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from streamrec.models.item_features import ItemFeatures
@@ -114,9 +113,3 @@ class MultimodalFusion(nn.Module):
             out["mfl_dist"] = cfg.dist_weight * reg
         return out
 
-    @staticmethod
-    def collapse_score(fused: torch.Tensor) -> float:
-        """Mean pairwise cosine similarity of fused vectors (1.0 = fully collapsed)."""
-        z = F.normalize(fused, dim=-1)
-        n = len(z)
-        return float(((z @ z.T).sum() - n) / (n * (n - 1)))
