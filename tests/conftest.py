@@ -17,7 +17,7 @@ from streamrec.stream.broker import LocalBroker, free_port
 def data_dir() -> Path:
     settings = Settings.from_env()
     if not (settings.data_dir / "ml-100k").is_dir():
-        pytest.fail(f"datasets not found under {settings.data_dir}: set STREAMREC_DATA_DIR")
+        pytest.skip(f"datasets not found under {settings.data_dir}: set STREAMREC_DATA_DIR to run this test")
     return settings.data_dir
 
 
