@@ -77,7 +77,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     max_len = args.max_len or default_max_len(ds)
     device = torch.device("cpu")
     torch.manual_seed(args.seed)
-    cfg = replace(build_config(args.model, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout)
+    cfg = replace(build_config(args.preset, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout)
     model = SeqRec(cfg, catalog.features)
     # Held-out items do not exist at training time: not negatives either (they would be pushed
     # down by every training step while never being a target).
@@ -92,7 +92,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     among_cold = rank_among(model, cold_test, cold, max_len)
     out = {
         "dataset": ds.name,
-        "model": args.model,
+        "model": args.preset,
         "id_dropout": args.id_dropout,
         "holdout_items": len(cold),
         "cold_test_users": len(cold_test),
@@ -105,12 +105,13 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
         "best_epoch": run.best_epoch,
         "minutes": round((time.monotonic() - started) / 60, 1),
         "command": (
-            f"streamrec bench coldstart --dataset {args.dataset} --model {args.model} --id-dropout {args.id_dropout} "
+            f"streamrec bench coldstart --dataset {args.dataset} --preset {args.preset} --id-dropout {args.id_dropout} "
             f"--holdout {args.holdout} --minutes {args.minutes} --seed {args.seed} --threads {args.threads}"
         ),
     }
     print(
-        f"{args.model} id_dropout {args.id_dropout}: cold items ({len(cold_test)} users) HR@10 {cold_res['HR@10']:.4f} "
+        f"{args.preset} id_dropout {args.id_dropout}: cold items ({len(cold_test)} users) "
+        f"HR@10 {cold_res['HR@10']:.4f} "
         f"NDCG@10 {cold_res['NDCG@10']:.4f} (among held-out items only: HR@10 {among_cold['HR@10']:.4f}, "
         f"NDCG@10 {among_cold['NDCG@10']:.4f}); warm ({len(split.test)} users) HR@10 {warm['HR@10']:.4f} "
         f"NDCG@10 {warm['NDCG@10']:.4f}; best epoch {run.best_epoch}"

@@ -57,7 +57,7 @@ def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
     max_len = args.max_len or default_max_len(ds)
     device = torch.device("cpu")
     torch.manual_seed(args.seed)
-    cfg = build_config(args.model, len(catalog.item_ids), max_len, 64)
+    cfg = build_config(args.preset, len(catalog.item_ids), max_len, 64)
     base = SeqRec(cfg, catalog.features)
     split = leave_one_out(list(history.values()), len(catalog.item_ids))
     started = time.monotonic()
@@ -71,8 +71,8 @@ def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="streamrec-drift-") as tmp:
         ckpt = Path(tmp) / "base.pt"
-        meta = {"dataset": ds.name, "model": args.model, "text": args.text}
-        save_checkpoint(ckpt, base, cfg, f"{ds.name}-{args.model}-drift-base", meta)
+        meta = {"dataset": ds.name, "model": args.preset, "text": args.text}
+        save_checkpoint(ckpt, base, cfg, f"{ds.name}-{args.preset}-drift-base", meta)
         store = ModelStore(Path(tmp) / "store")
         stored = import_checkpoint(store, ckpt)
         frozen = load_research_model(stored.path, settings.data_dir, settings.feature_cache, ResearchServingConfig(1))
@@ -119,7 +119,7 @@ def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "dataset": ds.name,
-        "model": args.model,
+        "model": args.preset,
         "cut_unix_s": cut,
         "head_clicks": len(head),
         "tail_clicks": len(tail),

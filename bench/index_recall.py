@@ -35,8 +35,9 @@ def _search_all(
 
 
 def run_index_bench(settings: Settings, args: argparse.Namespace) -> int:
-    model = load_research_model(Path(args.checkpoint), settings.data_dir, settings.feature_cache)
     ds = load_dataset(args.dataset, settings.data_dir)
+    checkpoint = settings.checkpoint_or_default(args.checkpoint, ds.name)
+    model = load_research_model(checkpoint, settings.data_dir, settings.feature_cache)
     records = [
         CatalogueRecord(it.item_id, "upsert", 0, it.title, it.category_path, it.brand, it.price) for it in ds.items
     ]
@@ -66,14 +67,14 @@ def run_index_bench(settings: Settings, args: argparse.Namespace) -> int:
         table.append({"nprobe": nprobe, "recall": round(recall, 4), "ms_per_query": round(1000 * ann_s, 4)})
     result = {
         "dataset": args.dataset,
-        "checkpoint": args.checkpoint,
+        "checkpoint": str(checkpoint),
         "items": len(records),
         "users": len(histories),
         "k": args.k,
         "nlist": ann.nlist,
         "exact_ms_per_query": round(1000 * exact_s, 4),
         "ivf": table,
-        "command": f"streamrec bench index --dataset {args.dataset} --checkpoint {args.checkpoint}",
+        "command": f"streamrec bench index --dataset {args.dataset} --checkpoint {checkpoint}",
     }
     print(f"{args.dataset}: {len(records)} items, {len(histories)} users, IVF nlist {ann.nlist}, recall@{args.k}")
     print(f"{'nprobe':>8} {'recall':>8} {'ms/query':>10}   (exact flat: {1000 * exact_s:.4f} ms/query)")

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from streamrec.datasets import load_dataset
+from streamrec.datasets.registry import canonical_name
 from streamrec.settings import Settings, TopicNames
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.broker import LocalBroker, free_port
@@ -122,17 +123,18 @@ def online_round_trip(
 
 
 def run_online_bench(settings: Settings, args: argparse.Namespace) -> int:
+    checkpoint = settings.checkpoint_or_default(args.checkpoint, canonical_name(args.dataset))
     with tempfile.TemporaryDirectory(prefix="streamrec-online-") as tmp:
         workdir = Path(tmp)
         broker = LocalBroker(workdir / "broker", free_port()).start()
         try:
             base = replace(settings, kafka_bootstrap=broker.bootstrap, features_dir=settings.feature_cache)
-            out = online_round_trip(base, Path(args.model), args.dataset, args.every, args.rate, args.clicks, workdir)
+            out = online_round_trip(base, checkpoint, args.dataset, args.every, args.rate, args.clicks, workdir)
         finally:
             broker.stop()
     out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out["command"] = (
-        f"streamrec bench online --dataset {args.dataset} --model {args.model} --every {args.every} "
+        f"streamrec bench online --dataset {args.dataset} --checkpoint {checkpoint} --every {args.every} "
         f"--rate {args.rate} --clicks {args.clicks}"
     )
     for key in ("fine_tune_sequences_per_s", "fine_tune_seconds", "event_to_served_s", "swap_seconds"):

@@ -307,7 +307,7 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
                 kafka_bootstrap=broker.bootstrap,
                 state_dir=workdir / f"state-{name}",
                 features_dir=settings.feature_cache,
-                model_path=args.model,
+                model_path=args.checkpoint,
                 **(knobs or {}),
             )
             try:
@@ -336,7 +336,7 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             for vname, knobs in variants.items():
                 results.append(on_fresh_broker(vname, worker_run, dataset, f"var-{vname}", n, 0, workdir, knobs=knobs))
         # Inside the block: the state stores it opens live in the bench's temporary directory.
-        state = state_bytes(settings, args.model, workdir)
+        state = state_bytes(settings, args.checkpoint, workdir)
     print_table(results)
     for r in results:
         if r.stage_seconds:
@@ -360,7 +360,7 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         "results": [asdict(r) for r in results],
         "worker_over_ceiling": results[0].clicks_per_s / ceiling,
         "state_bytes_per_user_at_2048": state,
-        "model": args.model or "content baseline",
+        "model": args.checkpoint or "content baseline",
         "command": " ".join(["streamrec", "bench", "pipeline", *sys.argv[3:]]),
     }
     out.write_text(json.dumps(payload, indent=2))

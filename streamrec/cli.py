@@ -7,7 +7,7 @@
     streamrec broker up|down
     streamrec bench pipeline [...]
     streamrec data fetch ml-100k
-    streamrec train --dataset amazon-beauty --model sasrec|mufasa|cammsr|... [--seed N]
+    streamrec train --dataset amazon-beauty --preset sasrec|mufasa|cammsr|... [--seed N]
     streamrec eval --checkpoint PATH
     streamrec trainer [--backfill N] [--max-rounds N]
     streamrec model list|rollback|import PATH
@@ -227,12 +227,14 @@ MODEL_PRESETS = (
     "sasrec",
     "sasrec-sparse",
 )
+PRESET_HELP = "a named model configuration (models/presets.py); --model is its former name"
+CHECKPOINT_HELP = "a checkpoint from `streamrec train` (default: <STREAMREC_STATE_DIR>/models/<dataset>/mufasa-s0.pt)"
 DATASET_HELP = "amazon-beauty, ml-100k, lastfm-2k-mm, or the path of your own RecBole .inter file or CSV"
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="amazon-beauty", help=DATASET_HELP)
-    p.add_argument("--model", default="sasrec", choices=MODEL_PRESETS)
+    p.add_argument("--preset", "--model", dest="preset", default="sasrec", choices=MODEL_PRESETS, help=PRESET_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=10)
@@ -302,13 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fixed-rate", type=float, default=500.0, help="offered clicks/s of the freshness run")
     b.add_argument("--fixed-events", type=int, default=15000)
     b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
-    b.add_argument("--model", default="", help="checkpoint to serve (default: the content baseline)")
+    b.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        default="",
+        help="checkpoint to serve (default: the content baseline)",
+    )
     b.add_argument("--new-items", type=int, default=100, help="unseen items published during the fixed-rate run")
     b.add_argument("--out", default="bench/results/pipeline.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("index", help="recall and speed of the approximate FAISS index vs exact search")
     b.add_argument("--dataset", default="amazon-beauty")
-    b.add_argument("--checkpoint", default=".state/models/amazon-beauty/mufasa-s0.pt")
+    b.add_argument("--checkpoint", default="", help=CHECKPOINT_HELP)
     b.add_argument("--users", type=int, default=2000)
     b.add_argument("--k", type=int, default=10)
     b.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64, 256])
@@ -316,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("coldstart", help="quality on items held out of training, placed by content alone")
     b.add_argument("--dataset", default="amazon-beauty")
-    b.add_argument("--model", default="mufasa")
+    b.add_argument("--preset", "--model", dest="preset", default="mufasa", choices=MODEL_PRESETS, help=PRESET_HELP)
     b.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
     b.add_argument("--id-dropout", type=float, default=0.3)
     b.add_argument("--holdout", type=float, default=0.1, help="share of the catalogue held out of training")
@@ -328,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("online", help="trainer + worker: fine-tune speed, event to served model, swap time")
     b.add_argument("--dataset", default="ml-100k")
-    b.add_argument("--model", default=".state/models/ml-100k/mufasa-s0.pt")
+    b.add_argument("--checkpoint", "--model", dest="checkpoint", default="", help=CHECKPOINT_HELP)
     b.add_argument("--every", type=int, default=5000)
     b.add_argument("--rate", type=float, default=500.0)
     b.add_argument("--clicks", type=int, default=20000)
@@ -336,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("drift", help="frozen vs continuously fine-tuned model over the last 20%% of the time span")
     b.add_argument("--dataset", default="ml-100k")
-    b.add_argument("--model", default="mufasa")
+    b.add_argument("--preset", "--model", dest="preset", default="mufasa", choices=MODEL_PRESETS, help=PRESET_HELP)
     b.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
     b.add_argument("--max-len", type=int, default=0)
     b.add_argument("--base-minutes", type=float, default=6.0)

@@ -244,6 +244,14 @@ class Settings:
                 raise UserError(f"setting {f.metadata['env']}={value} is not a port (0-65535)")
         return self
 
+    def checkpoint_path(self, dataset: str, preset: str, seed: int = 0) -> Path:
+        """Where `streamrec train` writes (and benchmarks look for) a checkpoint."""
+        return self.state_dir / "models" / dataset / f"{preset}-s{seed}.pt"
+
+    def checkpoint_or_default(self, given: str, dataset: str) -> Path:
+        """`given` when set, else the MUFASA checkpoint of seed 0 for `dataset`."""
+        return Path(given) if given else self.checkpoint_path(dataset, "mufasa")
+
     @property
     def feature_cache(self) -> Path:
         return self.features_dir if self.features_dir is not None else self.state_dir / "features"

@@ -40,7 +40,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     if not split.test:
         raise UserError(f"{args.dataset}: no user has the 3 clicks leave-one-out needs", "give a larger click log")
     max_len = args.max_len or default_max_len(dataset)
-    cfg = replace(build_config(args.model, len(catalog.item_ids), max_len, args.dim), id_dropout=args.id_dropout)
+    cfg = replace(build_config(args.preset, len(catalog.item_ids), max_len, args.dim), id_dropout=args.id_dropout)
     torch.manual_seed(args.seed)
     device = pick_device()
     model = SeqRec(cfg, catalog.features.to(device))
@@ -52,14 +52,14 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         max_minutes=args.max_minutes,
     )
-    version = f"{name}-{args.model}-s{args.seed}-{time.strftime('%Y%m%d%H%M%S')}"
-    ckpt = settings.state_dir / "models" / name / f"{args.model}-s{args.seed}.pt"
+    version = f"{name}-{args.preset}-s{args.seed}-{time.strftime('%Y%m%d%H%M%S')}"
+    ckpt = settings.checkpoint_path(name, args.preset, args.seed)
     source = args.dataset if dataset.name == args.dataset else str(Path(args.dataset).resolve())
     meta = {
         "dataset": name,
         "dataset_source": source,
         "dataset_fingerprint": dataset.fingerprint,
-        "model": args.model,
+        "model": args.preset,
         "text": args.text,
         "seed": args.seed,
     }
@@ -70,7 +70,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     record = {
         "dataset": name,
         "dataset_fingerprint": dataset.fingerprint,
-        "model": args.model,
+        "model": args.preset,
         "seed": args.seed,
         "command": "streamrec " + " ".join(sys.argv[1:]),
         "best_epoch": result.best_epoch,
@@ -90,12 +90,12 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "checkpoint": str(ckpt),
         "version": version,
     }
-    out = Path(args.results_dir) / name / f"{args.model}-s{args.seed}.json"
+    out = Path(args.results_dir) / name / f"{args.preset}-s{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     t, ta = result.test["excl_history"], result.test["all"]
     print(
-        f"{args.model} on {name}: test HR@10 {t['HR@10']:.4f} NDCG@10 {t['NDCG@10']:.4f} (history excluded); "
+        f"{args.preset} on {name}: test HR@10 {t['HR@10']:.4f} NDCG@10 {t['NDCG@10']:.4f} (history excluded); "
         f"{ta['HR@10']:.4f} / {ta['NDCG@10']:.4f} (all items); best epoch {result.best_epoch}, "
         f"{result.seconds / 60:.1f} min. Wrote {out} and {ckpt}"
     )

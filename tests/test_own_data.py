@@ -117,7 +117,7 @@ def test_use_your_own_data_walk_through(stream_settings: Settings, tmp_path: Pat
         return proc.stdout
 
     cli(
-        "train", "--dataset", str(trained_on), "--model", "mufasa", "--text", "hashed", "--epochs", "2",
+        "train", "--dataset", str(trained_on), "--preset", "mufasa", "--text", "hashed", "--epochs", "2",
         "--max-minutes", "0.5", "--threads", "1", "--quiet", "--results-dir", str(tmp_path / "results"),
     )  # fmt: skip
     (checkpoint,) = (settings.state_dir / "models").glob("shop-*/mufasa-s0.pt")
