@@ -402,11 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _known_failure(exc: BaseException) -> UserError | None:
     """Errors of the libraries below the CLI that are the user's to fix, as one line each."""
+    if isinstance(exc, UserError):
+        return exc
+    # Imported only now: the checkpoint module imports torch, which a plain mistake should not wait for.
     from streamrec.models.checkpoint import CheckpointError
     from streamrec.state.model_store import ModelStoreError
 
-    if isinstance(exc, UserError):
-        return exc
     if isinstance(exc, CheckpointError):
         return UserError(str(exc), "give a file written by `streamrec train`, via STREAMREC_MODEL or the command")
     if isinstance(exc, ModelStoreError):

@@ -51,7 +51,7 @@ def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
     return pairs
 
 
-def require_broker(bootstrap: str, timeout_s: float = 3.0) -> None:
+def require_broker(bootstrap: str, timeout_s: float = 2.0) -> None:
     """Fail fast, in one line, when no broker of `bootstrap` accepts a connection within `timeout_s`
     (a Kafka client would otherwise retry for tens of seconds and end in a traceback)."""
     deadline = time.monotonic() + timeout_s
