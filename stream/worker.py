@@ -33,6 +33,7 @@ from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import RecommendationRecord, encode_recommendation
 from streamrec.stream.serving_model import BaselineServingModel, ServingModel
 from streamrec.stream.topics import ensure_topics
+from streamrec.stream.worker_context import WorkerHooks
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +121,14 @@ def run_worker(settings: Settings, loglevel: str = "warning", topics_ready: Call
     # A hard crash (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) writes its traceback into the
     # journal's fatal record, which tells the next start that the batch in flight crashed it.
     faulthandler.enable(file=journal.open_fatal_record(), all_threads=True)
-    app = build_app(
-        settings,
-        recommender,
-        metrics,
+    hooks = WorkerHooks(
         on_recommendations=emitted,
         load_version=lambda version: load_serving_version(settings, store.get(version).path),
-        journal=journal,
         has_version=store.has,
         on_fatal=journal.note_fatal,
         on_assignment=lambda partitions: held.__setitem__(0, partitions),
     )
+    app = build_app(settings, recommender, metrics, journal, hooks)
     worker = RateLimitedWorker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
