@@ -28,6 +28,7 @@ import torch
 from streamrec.datasets import load_dataset
 from streamrec.datasets.registry import default_max_len
 from streamrec.features import build_catalog
+from streamrec.model_bundle import load_bundle
 from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
@@ -36,7 +37,6 @@ from streamrec.models.trainer import TrainConfig, evaluate, train
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.online_trainer import OnlineTrainer, OnlineTrainerConfig, import_checkpoint
-from streamrec.stream.research_model import ResearchServingConfig, load_research_model
 
 
 def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -75,7 +75,8 @@ def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
         save_checkpoint(ckpt, base, cfg, f"{ds.name}-{args.preset}-drift-base", meta)
         store = ModelStore(Path(tmp) / "store")
         stored = import_checkpoint(store, ckpt)
-        frozen = load_research_model(stored.path, settings.data_dir, settings.feature_cache, ResearchServingConfig(1))
+        frozen = load_bundle(stored.path, settings.data_dir, settings.feature_cache)
+        frozen.model.to(device)
         tcfg = OnlineTrainerConfig(
             every_events=args.every, epochs=args.epochs, lr=args.lr, window_users=100_000, window_len=max_len
         )
@@ -93,7 +94,7 @@ def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:
                     pairs.append((list(h), row_of[e.item_id]))
                 h.append(row_of[e.item_id])
             row = {"chunk": start // args.every, "clicks": len(chunk), "predicted": len(pairs)}
-            for name, model in (("frozen", frozen.model), ("fine-tuned", online.serving.model)):
+            for name, model in (("frozen", frozen.model), ("fine-tuned", online.current.model)):
                 res = evaluate(model, pairs, 512, device)["excl_history"]
                 row[name] = {"HR@10": res["HR@10"], "NDCG@10": res["NDCG@10"]}
                 totals[name].append((len(pairs), res))

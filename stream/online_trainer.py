@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 
-from streamrec.features import ItemCatalog
+from streamrec.model_bundle import ModelBundle, grown_catalog
 from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
 from streamrec.models.growth import grow_items
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import leave_one_out
-from streamrec.models.trainer import TrainConfig, evaluate, train
+from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
 from streamrec.state.model_store import ModelStore, ModelStoreError, StoredVersion
-from streamrec.stream.research_model import ResearchServingConfig, ResearchServingModel, grown_catalog
 from streamrec.stream.schemas import CatalogueRecord
 
 
@@ -100,14 +99,14 @@ class OnlineTrainer:
         self,
         cfg: OnlineTrainerConfig,
         store: ModelStore,
-        serving: ResearchServingModel,
+        current: ModelBundle,
         device: torch.device | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.store = store
-        self.serving = serving
-        self.device = device or serving.device
+        self.current = current  # the version being served: the next round starts from it
+        self.device = device or pick_device()
         self.clock = clock
         self.window = RecentWindow(cfg.window_users, cfg.window_len)
         self.new_items: dict[str, CatalogueRecord] = {}  # items the serving model has no row for
@@ -122,7 +121,7 @@ class OnlineTrainer:
         self.events_since += 1
 
     def observe_catalogue(self, rec: CatalogueRecord) -> None:
-        if rec.item_id in self.serving.catalog.row_of:
+        if rec.item_id in self.current.catalog.row_of:
             return  # the model has a row for it; its content changes are handled by serving
         if rec.op == "withdraw":
             self.new_items.pop(rec.item_id, None)
@@ -143,7 +142,7 @@ class OnlineTrainer:
         self.rounds += 1
         self.events_since = 0
         self.last_round = self.clock()
-        serving = self.serving
+        serving = self.current
         base = serving.catalog
         new = [r for r in self.new_items.values() if r.item_id not in base.row_of]
         grown = [_record_dict(r) for r in new]
@@ -209,24 +208,16 @@ class OnlineTrainer:
             {k: v for k, v in meta.items() if k != "grown_items"} | {"grown_items": len(all_grown)},
         )
         self.store.promote(version)
-        self.serving = self._serving_from(candidate, catalog, version, meta, serving)
+        titles = {**serving.titles, **{g["item_id"]: g["title"] for g in grown}}
+        self.current = ModelBundle(candidate, catalog, titles, version, serving.text, meta, serving.base_catalogue)
         self.new_items = {k: v for k, v in self.new_items.items() if k not in catalog.row_of}
         result.decision, result.candidate_version = "promoted", stored.version
         result.reason = f"candidate NDCG@10 {result.candidate_ndcg10:.4f} vs serving {result.serving_ndcg10:.4f}"
         return result
 
-    def adopt(self, stored: StoredVersion, load: Callable[[StoredVersion], ResearchServingModel]) -> None:
+    def adopt(self, stored: StoredVersion, load: Callable[[StoredVersion], ModelBundle]) -> None:
         """Continue from another version (after a rollback): later rounds start from it."""
-        self.serving = load(stored)
-
-    @staticmethod
-    def _serving_from(
-        model: SeqRec, catalog: ItemCatalog, version: str, meta: dict, previous: ResearchServingModel
-    ) -> ResearchServingModel:
-        titles = dict(previous.titles)
-        titles.update({g["item_id"]: g["title"] for g in meta["grown_items"]})
-        cfg = ResearchServingConfig(state_memory_mb=1)  # the trainer never serves users
-        return ResearchServingModel(model, catalog, titles, version, previous.text, cfg, meta, previous.base_catalogue)
+        self.current = load(stored)
 
 
 def _record_dict(rec: CatalogueRecord) -> dict:

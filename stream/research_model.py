@@ -17,20 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamrec.datasets import load_dataset
-from streamrec.datasets.schema import Item
-from streamrec.features import (
-    ItemCatalog,
-    attribute_tokens,
-    build_catalog,
-    catalogue_from_payload,
-    catalogue_payload,
-    hashed_text_vectors,
-)
-from streamrec.models.checkpoint import read_checkpoint
+from streamrec.model_bundle import ModelBundle, content_features, load_bundle
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig, window_start
-from streamrec.models.seqrec import SeqRec
 from streamrec.models.trainer import pick_device
 from streamrec.stream.schemas import CatalogueRecord
 from streamrec.stream.serving_model import UserEncoding, UserHistory
@@ -53,31 +42,19 @@ class _Slot:
 
 
 class ResearchServingModel:
-    def __init__(
-        self,
-        model: SeqRec,
-        catalog: ItemCatalog,
-        titles: dict[str, str],
-        version: str,
-        text: str,
-        cfg: ResearchServingConfig | None = None,
-        meta: dict | None = None,
-        base_catalogue: dict | None = None,
-    ) -> None:
+    """A `ModelBundle` served: per-user incremental state on top of the bundle's model."""
+
+    def __init__(self, bundle: ModelBundle, cfg: ResearchServingConfig | None = None) -> None:
         self.cfg = cfg or ResearchServingConfig()
-        # The training catalogue as saved in checkpoints (features.catalogue_payload): versions the
-        # online trainer derives from this one carry it on, so no version needs the training files.
-        self.base_catalogue = base_catalogue
-        # What the checkpoint says about itself (dataset, text encoder, parent, items grown since
-        # training): the online trainer carries it forward into the versions it makes.
-        self.meta = dict(meta or {})
-        self.grown_items: list[dict] = list(self.meta.get("grown_items", []))
+        self.bundle = bundle
+        self.meta = dict(bundle.meta)
         self.device = pick_device(self.cfg.device)
+        model = bundle.model
         self.model = model.to(self.device).eval()
-        self.catalog = catalog
-        self.titles = titles
-        self._version = version
-        self.text = text
+        self.catalog = bundle.catalog
+        self.titles = bundle.titles
+        self._version = bundle.version
+        self.text = bundle.text
         self.max_len = model.cfg.encoder.max_len
         probe = LiveEncoder(model.encoder, LiveEncoderConfig(slots=1))
         per_slot = probe.state_bytes(self.max_len)
@@ -87,12 +64,12 @@ class ResearchServingModel:
         self._users: OrderedDict[str, _Slot] = OrderedDict()
         self._free = list(range(slots - 1, -1, -1))
         self._weights: dict[str, np.ndarray] = {}
-        if text == "minilm":
+        if self.text == "minilm":
             # Load the sentence encoder now: a first catalogue event must not wait seconds for it.
             from streamrec.text_encoder import encode_texts
 
             encode_texts(["warm-up"])
-        names = catalog.features.modality_names
+        names = self.catalog.features.modality_names
         self.modality_names = ["id", *names] if model.cfg.item_encoder == "cammsr" else names
 
     @property
@@ -212,81 +189,8 @@ class ResearchServingModel:
         return self.live.state_bytes(length - window_start(length, self.max_len))
 
 
-def content_features(
-    catalog: ItemCatalog, titles: dict[str, str], text: str, records: list[CatalogueRecord]
-) -> tuple[ItemFeatures, torch.Tensor]:
-    """Features of catalogue records in the checkpoint's vocabularies, and each one's ID row
-    (0 for items the model has no ID row for: placed by content alone)."""
-    cat, f = catalog, catalog.features
-    n = len(records)
-    id_rows = torch.tensor([cat.row_of.get(r.item_id, 0) for r in records], dtype=torch.long)
-    title = torch.zeros(n, f.title.shape[1])
-    fresh = []
-    for i, (rec, row) in enumerate(zip(records, id_rows.tolist(), strict=True)):
-        if row and rec.title == titles.get(rec.item_id):
-            title[i] = f.title[row]  # the training-time vector of an unchanged title
-        else:
-            fresh.append(i)
-    if fresh:
-        texts = [records[i].title for i in fresh]
-        if text == "minilm":
-            from streamrec.text_encoder import encode_texts
-
-            vecs = encode_texts(texts)
-        else:
-            vecs = hashed_text_vectors(texts)
-        title[fresh] = torch.from_numpy(np.asarray(vecs, dtype=np.float32))
-    title_mask = torch.tensor([bool(r.title.strip()) for r in records])
-    attr = torch.zeros(n, f.attr_tokens.shape[1], dtype=torch.long)
-    category = torch.zeros(n, dtype=torch.long)
-    cat_index = {c: i for i, c in enumerate(cat.categories)}
-    for i, rec in enumerate(records):
-        item = Item(rec.item_id, rec.title, tuple(rec.category_path), rec.brand, rec.price)
-        toks = [cat.attr_vocab[t] for t in attribute_tokens(item) if t in cat.attr_vocab]  # unknown dropped
-        attr[i, : len(toks)] = torch.tensor(toks[: attr.shape[1]], dtype=torch.long)
-        category[i] = cat_index.get(item.top_category, 0)
-    # Dataset-specific precomputed vectors (e.g. audio) are not carried by catalogue records:
-    # known items keep theirs, new items have that modality masked.
-    extra = {k: v[id_rows] for k, v in f.extra.items()}
-    extra_mask = {k: m[id_rows] & (id_rows > 0) for k, m in f.extra_mask.items()}
-    feats = ItemFeatures(title, title_mask, attr, f.attr_vocab, category, f.n_categories, extra, extra_mask)
-    return feats, id_rows
-
-
-def grown_catalog(catalog: ItemCatalog, titles: dict[str, str], text: str, grown: list[dict]) -> ItemCatalog:
-    """The training catalogue plus items added by online fine-tuning (rows n+1.. in order); their
-    content travels in the checkpoint's metadata because the dataset does not have them."""
-    if not grown:
-        return catalog
-    records = [CatalogueRecord(**g) for g in grown]
-    feats, _ = content_features(catalog, titles, text, records)
-    ids = catalog.item_ids + [r.item_id for r in records]
-    return ItemCatalog(
-        ids,
-        {item: row + 1 for row, item in enumerate(ids)},
-        catalog.features.append(feats),
-        catalog.categories,
-        catalog.attr_vocab,
-    )
-
-
 def load_research_model(
     path: Path, data_dir: Path, features_dir: Path, cfg: ResearchServingConfig | None = None
 ) -> ResearchServingModel:
-    """A checkpoint from `streamrec train` (or the online trainer), with the item features of the
-    dataset it was trained on (carried in the checkpoint; older checkpoints without them re-read
-    the dataset) and of the items it grew to since."""
-    ck = read_checkpoint(path)
-    meta = ck.meta
-    payload = ck.catalogue
-    if payload is None:
-        dataset = load_dataset(meta.get("dataset_source", meta["dataset"]), data_dir)
-        base = build_catalog(dataset, text=meta["text"], cache_dir=features_dir, progress=False)
-        payload = catalogue_payload(base, {it.item_id: it.title for it in dataset.items})
-    catalog, titles = catalogue_from_payload(payload)
-    grown = meta.get("grown_items", [])
-    catalog = grown_catalog(catalog, titles, meta["text"], grown)
-    titles.update({g["item_id"]: g["title"] for g in grown})
-    model = SeqRec(ck.config, catalog.features)
-    model.load_state_dict(ck.state_dict)
-    return ResearchServingModel(model, catalog, titles, ck.version, meta["text"], cfg, meta, payload)
+    """A checkpoint (model_bundle.load_bundle) ready to serve."""
+    return ResearchServingModel(load_bundle(path, data_dir, features_dir), cfg)

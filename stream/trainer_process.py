@@ -20,12 +20,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamrec.errors import require_broker
+from streamrec.model_bundle import ModelBundle, load_bundle
 from streamrec.models.checkpoint import load_checkpoint
 from streamrec.ops.metrics import Metrics, create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore, StoredVersion
 from streamrec.stream.online_trainer import OnlineTrainer, OnlineTrainerConfig, RoundResult, import_checkpoint
-from streamrec.stream.research_model import ResearchServingConfig, ResearchServingModel, load_research_model
 from streamrec.stream.schemas import ModelAnnouncement, RecordError, decode_catalogue, decode_click, encode, now_ms
 from streamrec.stream.topics import ensure_topics
 
@@ -41,10 +41,8 @@ def announce(settings: Settings, stored: StoredVersion, action: str) -> None:
         producer.close()
 
 
-def load_for_training(settings: Settings, stored: StoredVersion) -> ResearchServingModel:
-    return load_research_model(
-        stored.path, settings.data_dir, settings.feature_cache, ResearchServingConfig(state_memory_mb=1)
-    )
+def load_for_training(settings: Settings, stored: StoredVersion) -> ModelBundle:
+    return load_bundle(stored.path, settings.data_dir, settings.feature_cache)
 
 
 def open_store(settings: Settings, poll_s: float = 10.0) -> tuple[ModelStore, StoredVersion]:
@@ -135,7 +133,7 @@ def run_trainer(settings: Settings, backfill: int = 20_000, max_rounds: int = 0)
             metrics.trainer_window_users.set(len(trainer.window))
             clicks.commit()
             external = store.current()
-            if external is not None and external.version != trainer.serving.version:
+            if external is not None and external.version != trainer.current.version:
                 # A rollback (or another trainer) changed the current version: continue from it.
                 trainer.adopt(external, lambda s: load_for_training(settings, s))
             if trainer.due():

@@ -9,6 +9,7 @@ import torch
 
 from streamrec.datasets import load_dataset
 from streamrec.features import build_catalog
+from streamrec.model_bundle import load_bundle
 from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
@@ -38,11 +39,9 @@ def make_trainer(checkpoint: Path, tmp_path: Path) -> tuple[OnlineTrainer, Model
     settings = Settings.from_env()
     store = ModelStore(tmp_path / "store")
     stored = import_checkpoint(store, checkpoint)
-    serving = load_research_model(
-        stored.path, settings.data_dir, tmp_path / "features", ResearchServingConfig(state_memory_mb=1)
-    )
+    current = load_bundle(stored.path, settings.data_dir, tmp_path / "features")
     cfg = OnlineTrainerConfig(every_events=3000, epochs=2, lr=2e-3, max_minutes=2.0)
-    trainer = OnlineTrainer(cfg, store, serving, torch.device("cpu"))
+    trainer = OnlineTrainer(cfg, store, current, torch.device("cpu"))
     ds = load_dataset("ml-100k", settings.data_dir)
     new = [
         CatalogueRecord("new-film-1", "upsert", 0, "A Brand New Film (2026)", ("Drama",)),
@@ -81,7 +80,7 @@ def test_a_round_fine_tunes_grows_new_items_passes_the_gate_and_promotes(checkpo
     n = len(served.catalog.item_ids)
     assert served.catalog.row_of["new-film-1"] == n - 1 and served.catalog.row_of["new-film-2"] == n
     assert served.model.id_emb.weight[n].abs().sum() > 0, "the new item's ID row was learned from its clicks"
-    assert trainer.serving.version == result.candidate_version, "later rounds start from the promoted model"
+    assert trainer.current.version == result.candidate_version, "later rounds start from the promoted model"
 
 
 def test_the_gate_refuses_a_deliberately_worse_candidate(checkpoint: Path, tmp_path: Path) -> None:
@@ -103,14 +102,14 @@ def test_the_gate_refuses_a_deliberately_worse_candidate(checkpoint: Path, tmp_p
     assert result.serving_ndcg10 > 0 and result.candidate_ndcg10 < result.serving_ndcg10 * (1 - 0.02)
     assert store.current().version == first.candidate_version
     assert [v.version for v in store.versions()] == ["ml-100k-mufasa-base", first.candidate_version]
-    assert trainer.serving.version == first.candidate_version
+    assert trainer.current.version == first.candidate_version
 
 
 def test_a_crash_mid_fine_tune_leaves_the_serving_model_and_the_store_untouched(
     checkpoint: Path, tmp_path: Path
 ) -> None:
     trainer, store = make_trainer(checkpoint, tmp_path)
-    serving_before = {k: v.clone() for k, v in trainer.serving.model.state_dict().items()}
+    serving_before = {k: v.clone() for k, v in trainer.current.model.state_dict().items()}
 
     def crash(model: SeqRec) -> None:
         raise RuntimeError("the trainer died mid-round")
@@ -120,5 +119,5 @@ def test_a_crash_mid_fine_tune_leaves_the_serving_model_and_the_store_untouched(
     assert store.current().version == "ml-100k-mufasa-base"
     assert [v.version for v in store.versions()] == ["ml-100k-mufasa-base"]
     assert not list((tmp_path / "store").glob(".tmp-*"))
-    after = trainer.serving.model.state_dict()
+    after = trainer.current.model.state_dict()
     assert all(torch.equal(serving_before[k], after[k]) for k in serving_before), "warm start copied, not mutated"
