@@ -8,6 +8,9 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY streamrec ./streamrec
 COPY stream ./stream
+COPY serving ./serving
+COPY training ./training
+COPY local ./local
 COPY models ./models
 COPY state ./state
 COPY ops ./ops

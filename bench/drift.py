@@ -36,7 +36,7 @@ from streamrec.models.sequence_data import leave_one_out
 from streamrec.models.trainer import TrainConfig, evaluate, train
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
-from streamrec.stream.online_trainer import OnlineTrainer, OnlineTrainerConfig, import_checkpoint
+from streamrec.training.online_trainer import OnlineTrainer, OnlineTrainerConfig, import_checkpoint
 
 
 def run_drift_bench(settings: Settings, args: argparse.Namespace) -> int:

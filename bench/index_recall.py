@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from streamrec.datasets import load_dataset
+from streamrec.serving.research_model import load_research_model
+from streamrec.serving.serving_model import UserHistory
 from streamrec.settings import Settings
 from streamrec.state.item_index import FaissItemIndex
-from streamrec.stream.research_model import load_research_model
 from streamrec.stream.schemas import CatalogueRecord
-from streamrec.stream.serving_model import UserHistory
 
 
 def _search_all(

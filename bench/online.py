@@ -24,14 +24,14 @@ from pathlib import Path
 
 from streamrec.datasets import load_dataset
 from streamrec.datasets.registry import canonical_name
+from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.processes import start_trainer, start_worker
 from streamrec.settings import Settings, TopicNames
 from streamrec.state.model_store import ModelStore
-from streamrec.stream.broker import LocalBroker, free_port
-from streamrec.stream.online_trainer import import_checkpoint
-from streamrec.stream.processes import start_trainer, start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.topics import ensure_topics
+from streamrec.training.online_trainer import import_checkpoint
 
 
 def online_round_trip(

@@ -32,11 +32,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset
+from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.processes import settings_env, start_worker
 from streamrec.ops.dashboard_page import histogram_quantile
 from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings, TopicNames
-from streamrec.stream.broker import LocalBroker, free_port
-from streamrec.stream.processes import settings_env, start_worker
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import CatalogueRecord, encode, now_ms
 from streamrec.stream.topics import ensure_topics
@@ -283,7 +283,7 @@ def state_bytes(settings: Settings, model_path: str, workdir: Path) -> dict[str,
     disk = sum(f.stat().st_size for f in path.rglob("*.sst"))
     out = {"sequence_on_disk": disk // users}
     if model_path:
-        from streamrec.stream.research_model import load_research_model
+        from streamrec.serving.research_model import load_research_model
 
         model = load_research_model(Path(model_path), settings.data_dir, settings.feature_cache)
         out["encoder_state"] = model.state_bytes_per_user(2048)

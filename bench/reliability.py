@@ -41,10 +41,10 @@ from streamrec.bench.machine import machine_load
 from streamrec.bench.malformed import kinds_for, valid_announcement, valid_catalogue, valid_click
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset, Event
+from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.processes import WorkerProcess, start_worker
 from streamrec.settings import PROJECT_ROOT, Settings, TopicNames
 from streamrec.state.sequence_store import RocksSequenceStore
-from streamrec.stream.broker import LocalBroker, free_port
-from streamrec.stream.processes import WorkerProcess, start_worker
 from streamrec.stream.replay import DeliveryError, make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import now_ms
 from streamrec.stream.topics import ensure_topics

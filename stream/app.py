@@ -25,12 +25,12 @@ import faust
 from faust.tables import TableManager
 
 from streamrec.ops.metrics import Metrics
+from streamrec.serving.recommender import Recommender
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.stream.catalogue_task import read_catalogue
 from streamrec.stream.click_agent import answer_clicks, answer_stream
 from streamrec.stream.model_task import watch_models
-from streamrec.stream.recommender import Recommender
 from streamrec.stream.worker_context import WorkerContext, WorkerHooks
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamrec.serving.recommender import ClickBatchResult, Recommender
+from streamrec.serving.serving_model import ServingModel
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.model_store import ModelStoreError
-from streamrec.stream.recommender import ClickBatchResult, Recommender
 from streamrec.stream.schemas import (
     CatalogueRecord,
     ClickRecord,
@@ -41,7 +42,6 @@ from streamrec.stream.schemas import (
     encode,
     now_ms,
 )
-from streamrec.stream.serving_model import ServingModel
 
 # How much of an offending payload a dead letter keeps (enough to replay it by hand).
 DEAD_LETTER_PAYLOAD_BYTES = 10_000

@@ -22,6 +22,8 @@ from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
 from streamrec.ops.log_limit import limit_handlers
 from streamrec.ops.lookup import LatestRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.catalogue_store import CatalogueStore
@@ -29,9 +31,7 @@ from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app
-from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import RecommendationRecord, encode_recommendation
-from streamrec.stream.serving_model import BaselineServingModel, ServingModel
 from streamrec.stream.topics import ensure_topics
 from streamrec.stream.worker_context import WorkerHooks
 
@@ -59,7 +59,7 @@ def open_model(settings: Settings) -> ServingModel:
 def load_serving_version(settings: Settings, path: Path) -> ServingModel:
     # Imported here: the research models' code (checkpoints, encoders, text features) adds to the
     # start-up of every worker, and a worker serving the content baseline never needs it.
-    from streamrec.stream.research_model import ResearchServingConfig, load_research_model
+    from streamrec.serving.research_model import ResearchServingConfig, load_research_model
 
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamrec.ops.metrics import Metrics
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.serving_model import ServingModel
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.stream.click_log import ClickLogReader
 from streamrec.stream.handling import encode_dead
 from streamrec.stream.log_watch import LogWatch
-from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import DeadLetterRecord, RecommendationRecord
-from streamrec.stream.serving_model import ServingModel
 
 # send(topic, key, value) -> an awaitable that completes when the broker acknowledged the record,
 # with its RecordMetadata (partition, offset).

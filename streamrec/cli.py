@@ -108,7 +108,7 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec.stream.trainer_process import run_trainer
+    from streamrec.training.trainer_process import run_trainer
 
     require_broker(settings.kafka_bootstrap)
     run_trainer(settings, backfill=args.backfill, max_rounds=args.max_rounds)
@@ -118,7 +118,7 @@ def _cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from streamrec.stream.trainer_process import model_command
+    from streamrec.training.trainer_process import model_command
 
     if args.action == "import" and not Path(args.checkpoint).is_file():
         what = f"no checkpoint at {args.checkpoint}" if args.checkpoint else "no checkpoint given"
@@ -127,7 +127,7 @@ def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec.stream.demo import run_demo
+    from streamrec.local.demo import run_demo
 
     return run_demo(settings, args.dataset, args.events, args.rate)
 
@@ -142,7 +142,7 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec.stream.broker import LocalBroker
+    from streamrec.local.broker import LocalBroker
 
     port = parse_bootstrap(settings.kafka_bootstrap)[0][1]
     broker = LocalBroker(settings.broker_dir, port)

@@ -1,8 +1,8 @@
 """A trained model with what it needs to score items: the `SeqRec` weights, the item catalogue it
 was trained on plus the items it grew to, titles, text encoder, and the checkpoint's metadata.
 
-Serving (stream/research_model.py, which adds per-user state on top) and online training
-(stream/online_trainer.py) both start from a `ModelBundle`; training never builds a serving model.
+Serving (serving/research_model.py, which adds per-user state on top) and online training
+(training/online_trainer.py) both start from a `ModelBundle`; training never builds a serving model.
 No Kafka here; items are anything with `item_id`, `title`, `category_path`, `brand` and `price`
 (a dataset `Item` or a catalogue record).
 """

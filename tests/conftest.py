@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.local.broker import LocalBroker, free_port
 from streamrec.settings import Settings, TopicNames
-from streamrec.stream.broker import LocalBroker, free_port
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.local.broker import free_port
+from streamrec.local.processes import settings_env
 from streamrec.settings import Settings
-from streamrec.stream.broker import free_port
-from streamrec.stream.processes import settings_env
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

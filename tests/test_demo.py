@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.stream.broker import LocalBroker, free_port
+from streamrec.local.broker import LocalBroker, free_port
 
 pytestmark = pytest.mark.integration
 SUMMARY = re.compile(r"(\d+) clicks -> (\d+) recommendations .* p99 (\d+) ms")

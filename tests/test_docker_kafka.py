@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.local.broker import free_port, port_open
 from streamrec.settings import Settings
-from streamrec.stream.broker import free_port, port_open
 
 from .test_pipeline_integration import check_replay_pipeline
 

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.serving_model import BaselineServingModel
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.handling import Message, encode_dead, handle_catalogue_messages, handle_click_messages
-from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import CatalogueRecord, RecordError, decode_click, now_ms
-from streamrec.stream.serving_model import BaselineServingModel
 
 CFG = ContentBaselineConfig(dim=16, buckets=1024)
 ITEMS = [f"i{k}" for k in range(30)]

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.serving_model import BaselineServingModel, UserEncoding, UserHistory
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
@@ -29,9 +31,7 @@ from streamrec.stream.handling import (
     handle_click_messages,
     handle_model_messages,
 )
-from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import CatalogueRecord, RecordError, encode, now_ms
-from streamrec.stream.serving_model import BaselineServingModel, UserEncoding, UserHistory
 
 CFG = ContentBaselineConfig(dim=16, buckets=1024)
 CLICKS = "clicks"

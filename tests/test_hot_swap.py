@@ -21,10 +21,10 @@ from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
-from streamrec.stream.online_trainer import import_checkpoint
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_clicks
-from streamrec.stream.trainer_process import announce, model_command
+from streamrec.training.online_trainer import import_checkpoint
+from streamrec.training.trainer_process import announce, model_command
 from tests.test_pipeline_integration import boot, read_until
 
 pytestmark = pytest.mark.integration

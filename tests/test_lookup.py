@@ -18,9 +18,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from streamrec.datasets import load_dataset
+from streamrec.local.broker import LocalBroker
 from streamrec.ops.lookup import LatestRecommendations, partition_of
 from streamrec.settings import Settings, TopicNames
-from streamrec.stream.broker import LocalBroker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_clicks
 from streamrec.stream.schemas import RecommendationRecord, ScoredItem, encode_recommendation

@@ -13,11 +13,11 @@ from streamrec.model_bundle import load_bundle
 from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
+from streamrec.serving.research_model import ResearchServingConfig, load_research_model
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
-from streamrec.stream.online_trainer import OnlineTrainer, OnlineTrainerConfig, RecentWindow, import_checkpoint
-from streamrec.stream.research_model import ResearchServingConfig, load_research_model
 from streamrec.stream.schemas import CatalogueRecord
+from streamrec.training.online_trainer import OnlineTrainer, OnlineTrainerConfig, RecentWindow, import_checkpoint
 
 MAX_LEN = 16
 

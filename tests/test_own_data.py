@@ -19,8 +19,8 @@ import pytest
 from streamrec.datasets import load_dataset
 from streamrec.datasets.own import load_own
 from streamrec.errors import UserError
+from streamrec.local.processes import settings_env, start_worker
 from streamrec.settings import Settings
-from streamrec.stream.processes import settings_env, start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 
 GENRES = ("Tools", "Garden", "Kitchen", "Toys")

@@ -12,9 +12,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamrec.bench import malformed
 from streamrec.datasets import load_dataset
+from streamrec.local.processes import WorkerProcess, start_worker
 from streamrec.settings import Settings
 from streamrec.state.sequence_store import RocksSequenceStore
-from streamrec.stream.processes import WorkerProcess, start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import RecommendationRecord, RecordError, now_ms

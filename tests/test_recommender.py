@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.serving_model import BaselineServingModel, UserHistory
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import ExactItemIndex, FaissItemIndex
 from streamrec.state.sequence_store import InMemorySequenceStore, RocksSequenceStore
-from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import CatalogueRecord, ClickRecord
-from streamrec.stream.serving_model import BaselineServingModel, UserHistory
 
 T0 = 1_800_000_000_000
 CFG = ContentBaselineConfig(dim=32, buckets=4096)

@@ -19,12 +19,12 @@ from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.live_encoder import window_start
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.research_model import ResearchServingConfig, ResearchServingModel, load_research_model
 from streamrec.settings import Settings
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.sequence_store import RocksSequenceStore
-from streamrec.stream.recommender import Recommender
-from streamrec.stream.research_model import ResearchServingConfig, ResearchServingModel, load_research_model
 from streamrec.stream.schemas import CatalogueRecord, ClickRecord
 
 MAX_LEN = 16

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from streamrec.datasets import load_dataset
+from streamrec.local.broker import free_port
+from streamrec.local.processes import start_worker
 from streamrec.settings import Settings
 from streamrec.state.sequence_store import RocksSequenceStore
-from streamrec.stream.broker import free_port
-from streamrec.stream.processes import start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_clicks
 from streamrec.stream.worker import worker_state_dir

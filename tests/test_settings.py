@@ -75,7 +75,7 @@ def test_bad_values_name_their_variable(variable: str, value: str) -> None:
 def test_trainer_settings_default_to_the_trainer_config() -> None:
     """The online trainer's config has its own defaults (for code that builds one directly); the
     settings that override them must agree with them."""
-    from streamrec.stream.online_trainer import OnlineTrainerConfig
+    from streamrec.training.online_trainer import OnlineTrainerConfig
 
     cfg, s = OnlineTrainerConfig(), Settings()
     assert (s.trainer_every_events, s.trainer_every_minutes, s.trainer_epochs, s.trainer_tolerance) == (

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.ops.metrics import create_metrics
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.serving_model import BaselineServingModel
 from streamrec.settings import Settings, TopicNames
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.catalogue_store import CatalogueStore
@@ -21,9 +23,7 @@ from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.catalogue_task import apply_catalogue_messages
 from streamrec.stream.click_agent import answer_clicks
 from streamrec.stream.handling import Message
-from streamrec.stream.recommender import Recommender
 from streamrec.stream.schemas import CatalogueRecord, decode_recommendation, encode, now_ms
-from streamrec.stream.serving_model import BaselineServingModel
 from streamrec.stream.worker_context import WorkerContext, WorkerHooks
 
 CFG = ContentBaselineConfig(dim=16, buckets=1024)

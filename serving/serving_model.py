@@ -5,7 +5,7 @@ turns users' histories (catalogue rows, oldest first) into user vectors for inne
 over those item vectors, optionally with an explanation. Two implementations:
 
 - `BaselineServingModel` (here): the untrained content baseline of the walking skeleton;
-- `ResearchServingModel` (`stream/research_model.py`): a trained MUFASA / CAMMSR / SASRec checkpoint
+- `ResearchServingModel` (`serving/research_model.py`): a trained MUFASA / CAMMSR / SASRec checkpoint
   with batched incremental user state.
 """
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from streamrec.datasets import load_dataset
 from streamrec.errors import UserError, parse_bootstrap
+from streamrec.local.broker import LocalBroker, port_open
+from streamrec.local.processes import WorkerProcess, start_worker
 from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings
-from streamrec.stream.broker import LocalBroker, port_open
-from streamrec.stream.processes import WorkerProcess, start_worker
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.topics import ensure_topics

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streamrec.serving.serving_model import ServingModel, UserHistory
 from streamrec.state.catalogue_store import CatalogueEntry, CatalogueStore
 from streamrec.state.item_index import ItemIndex
 from streamrec.state.sequence_store import ClickToAppend, SequenceStore
@@ -28,7 +29,6 @@ from streamrec.stream.schemas import (
     ScoredItem,
     now_ms,
 )
-from streamrec.stream.serving_model import ServingModel, UserHistory
 
 
 @dataclass

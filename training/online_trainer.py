@@ -1,6 +1,6 @@
 """Online fine-tuning from the stream: recent sequences, a warm-start fine-tune, a gate, promotion.
 
-Plain code with no Kafka in sight: `stream/trainer_process.py` feeds it from the topics, and the
+Plain code with no Kafka in sight: `training/trainer_process.py` feeds it from the topics, and the
 drift benchmark replays a dataset through it directly, so both run the same rounds.
 
 A round (every `every_events` clicks or `every_minutes`, whichever comes first):

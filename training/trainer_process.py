@@ -25,9 +25,9 @@ from streamrec.models.checkpoint import load_checkpoint
 from streamrec.ops.metrics import Metrics, create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore, StoredVersion
-from streamrec.stream.online_trainer import OnlineTrainer, OnlineTrainerConfig, RoundResult, import_checkpoint
 from streamrec.stream.schemas import ModelAnnouncement, RecordError, decode_catalogue, decode_click, encode, now_ms
 from streamrec.stream.topics import ensure_topics
+from streamrec.training.online_trainer import OnlineTrainer, OnlineTrainerConfig, RoundResult, import_checkpoint
 
 
 def announce(settings: Settings, stored: StoredVersion, action: str) -> None:

@@ -21,8 +21,8 @@ from streamrec.model_bundle import ModelBundle, content_features, load_bundle
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig, window_start
 from streamrec.models.trainer import pick_device
+from streamrec.serving.serving_model import UserEncoding, UserHistory
 from streamrec.stream.schemas import CatalogueRecord
-from streamrec.stream.serving_model import UserEncoding, UserHistory
 
 
 @dataclass(frozen=True)

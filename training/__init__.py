@@ -1,0 +1,1 @@
+"""Online training: fine-tuning from the stream (plain code) and the trainer process around it."""
