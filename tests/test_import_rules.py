@@ -42,3 +42,20 @@ def test_adapters_import_no_faust_no_stream_wiring_no_models(path: Path) -> None
     for name in imported_modules(path):
         assert name.split(".")[0] not in ("faust", "mode", "torch"), f"{path} imports {name}"
         assert not name.startswith(("streamrec.stream", "streamrec.models")), f"{path} imports {name}"
+
+
+KAFKA = ("faust", "mode", "aiokafka", "kafka")
+
+
+@pytest.mark.parametrize("path", files("serving"), ids=lambda p: p.name)
+def test_the_serving_core_has_no_kafka(path: Path) -> None:
+    for name in imported_modules(path):
+        assert name.split(".")[0] not in KAFKA, f"serving/{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", files("training"), ids=lambda p: p.name)
+def test_training_never_imports_serving(path: Path) -> None:
+    for name in imported_modules(path):
+        assert not name.startswith("streamrec.serving"), f"training/{path.name} imports {name}"
+    if path.name == "online_trainer.py":
+        assert not {n.split(".")[0] for n in imported_modules(path)} & set(KAFKA), "fine-tuning is plain code"
