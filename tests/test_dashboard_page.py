@@ -21,7 +21,7 @@ from streamrec.ops.dashboard_page import LiveSeries, histogram_quantile, read_re
 from streamrec.ops.metrics import create_metrics
 from streamrec.settings import Settings
 from streamrec.stream.replay import make_producer, publish_clicks
-from tests.test_pipeline_integration import boot
+from tests.helpers import boot
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:

@@ -12,31 +12,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from streamrec.datasets import load_dataset
-from streamrec.features import build_catalog
-from streamrec.models.checkpoint import save_checkpoint
-from streamrec.models.presets import build_config
-from streamrec.models.seqrec import SeqRec
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_clicks
 from streamrec.training.online_trainer import import_checkpoint
 from streamrec.training.trainer_process import announce, model_command
-from tests.test_pipeline_integration import boot, read_until
+from tests.helpers import boot, read_until, small_checkpoint
 
 pytestmark = pytest.mark.integration
-
-
-def small_checkpoint(path: Path, version: str, seed: int) -> Path:
-    ds = load_dataset("ml-100k", Settings.from_env().data_dir)
-    catalog = build_catalog(ds, text="hashed", progress=False)
-    torch.manual_seed(seed)
-    model = SeqRec(build_config("mufasa", len(catalog.item_ids), 16, 32), catalog.features)
-    save_checkpoint(path, model, model.cfg, version, {"dataset": "ml-100k", "model": "mufasa", "text": "hashed"})
-    return path
 
 
 def test_swap_and_rollback_under_load_lose_no_click_and_switch_every_later_recommendation(

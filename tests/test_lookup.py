@@ -80,7 +80,7 @@ def test_recommendations_topic_is_compacted_also_after_an_upgrade(broker: LocalB
 
 
 def test_a_live_worker_answers_with_the_latest_record_it_emitted(stream_settings: Settings, tmp_path: Path) -> None:
-    from tests.test_pipeline_integration import boot
+    from tests.helpers import boot
 
     ds = load_dataset("ml-100k", stream_settings.data_dir)
     clicks = ds.events[:300]

@@ -8,6 +8,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from streamrec.ops.metrics import create_metrics, scrape, serve_metrics
+from tests.helpers import promtool_check_metrics
 
 NAME = re.compile(r"^streamrec_[a-z]+_[a-z_]+_(total|seconds|events|items|users|messages|info|ratio|per_second)$")
 
@@ -105,17 +106,6 @@ def test_health_says_whether_every_agent_runs() -> None:
     assert gone.returncode == 1 and "STREAMREC_METRICS_PORT" in gone.stdout
     for proc in (ok, down, gone):
         assert len(proc.stdout.strip().splitlines()) == 1 and not proc.stderr.strip(), "one line, no traceback"
-
-
-def promtool_check_metrics(exposition: bytes) -> str:
-    """`promtool check metrics` on a text exposition; returns its complaints ("" when clean)."""
-    import shutil
-    import subprocess
-
-    path = shutil.which("promtool")
-    assert path, "promtool is missing: `make setup` installs Debian's prometheus package"
-    done = subprocess.run([path, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
-    return (done.stdout + done.stderr).decode().strip() if done.returncode or done.stdout or done.stderr else ""
 
 
 def test_each_process_exports_only_its_own_series_and_promtool_accepts_them() -> None:

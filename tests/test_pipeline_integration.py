@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,37 +11,16 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamrec.bench import malformed
 from streamrec.datasets import load_dataset
-from streamrec.local.processes import WorkerProcess, start_worker
+from streamrec.local.processes import start_worker
 from streamrec.settings import Settings
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.rec_consumer import RecommendationReader
-from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
-from streamrec.stream.schemas import RecommendationRecord, RecordError, now_ms
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.replay import make_producer, publish_clicks
+from streamrec.stream.schemas import RecordError, now_ms
 from streamrec.stream.worker import worker_state_dir
+from tests.helpers import boot, read_until
 
 pytestmark = pytest.mark.integration
-
-
-def read_until(
-    reader: RecommendationReader, done: Callable[[list[RecommendationRecord]], bool], timeout_s: float = 90
-) -> list[RecommendationRecord]:
-    got: list[RecommendationRecord] = []
-    deadline = time.monotonic() + timeout_s
-    while not done(got):
-        assert time.monotonic() < deadline, f"timed out with {len(got)} recommendations"
-        got.extend(rec for rec, _ in reader.poll(300))
-    return got
-
-
-def boot(settings: Settings, tmp_path: Path, items: list, name: str = "worker") -> WorkerProcess:
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
-    worker = start_worker(settings, tmp_path / f"{name}.log")
-    producer = make_producer(settings.kafka_bootstrap)
-    n = publish_catalogue(producer, settings.topics, items)
-    producer.close()
-    worker.wait_until("streamrec_index_size_items", lambda v: v >= n, timeout_s=90)
-    return worker
 
 
 def check_replay_pipeline(stream_settings: Settings, tmp_path: Path, n_clicks: int = 1500) -> None:

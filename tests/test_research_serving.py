@@ -171,7 +171,7 @@ def test_worker_serves_the_checkpoint_and_reports_its_version(
 
     from streamrec.stream.rec_consumer import RecommendationReader
     from streamrec.stream.replay import make_producer, publish_clicks
-    from tests.test_pipeline_integration import boot, read_until
+    from tests.helpers import boot, read_until
 
     settings = replace(stream_settings, model_path=str(checkpoint))
     ds = load_dataset("ml-100k", settings.data_dir)
@@ -181,7 +181,7 @@ def test_worker_serves_the_checkpoint_and_reports_its_version(
         assert worker.metric('streamrec_model_version_info{version="test-mufasa-v1"}') == 1
         from urllib.request import urlopen
 
-        from tests.test_metrics import promtool_check_metrics
+        from tests.helpers import promtool_check_metrics
 
         with urlopen(worker.metrics_url, timeout=5) as resp:
             assert promtool_check_metrics(resp.read()) == "", "a live worker's exposition passes promtool"

@@ -17,7 +17,7 @@ from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_clicks
 from streamrec.stream.worker import worker_state_dir
-from tests.test_pipeline_integration import boot, read_until
+from tests.helpers import boot, read_until
 
 pytestmark = pytest.mark.integration
 

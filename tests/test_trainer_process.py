@@ -9,7 +9,7 @@ import pytest
 
 from streamrec.bench.online import online_round_trip
 from streamrec.settings import Settings
-from tests.test_hot_swap import small_checkpoint
+from tests.helpers import small_checkpoint
 
 pytestmark = pytest.mark.integration
 
