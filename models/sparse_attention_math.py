@@ -205,7 +205,7 @@ def pad_time(x: torch.Tensor, front: int, back: int) -> torch.Tensor:
     return out
 
 
-def _compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, block: int, chunk: int) -> torch.Tensor:
+def compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, block: int, chunk: int) -> torch.Tensor:
     """Attention over complete-block summaries, `chunk` queries at a time: (B, H, T, dh).
 
     A chunk's queries can see at most the summaries completed by its last position, so each chunk
@@ -224,7 +224,7 @@ def _compressed_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, b
     return torch.cat(outs, dim=2)
 
 
-def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, chunk: int = 32) -> torch.Tensor:
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, chunk: int = 32) -> torch.Tensor:
     """Sliding-window causal attention, `chunk` queries at a time against the keys of their own
     chunk and the r = ceil(window / chunk) chunks before it: O(T (r + 1) c).
 
@@ -328,8 +328,8 @@ def nsa_efficient(
 ) -> torch.Tensor:
     """Same contract as `nsa_reference`, computing only what each query attends to."""
     t = q.shape[2]
-    o_cmp = _compressed_attention(q, kc, vc, block, chunk)
+    o_cmp = compressed_attention(q, kc, vc, block, chunk)
     idx, valid = select_per_query_block(q, kc, t, block, num_selected, num_recent)
     o_sel = _selected_attention(q, k, v, idx, valid, block, chunk)
-    o_win = _window_attention(q, k, v, window)
+    o_win = window_attention(q, k, v, window)
     return _mix(gates, [o_cmp, o_sel, o_win])

@@ -10,13 +10,13 @@ import torch
 
 from streamrec.models.sparse_attention import DenseCausalAttention, SparseAttention, SparseAttentionConfig
 from streamrec.models.sparse_attention_math import (
-    _compressed_attention,
-    _window_attention,
     causal_mask,
+    compressed_attention,
     compressed_mask,
     masked_softmax_attention,
     nsa_efficient,
     nsa_reference,
+    window_attention,
     window_mask,
 )
 
@@ -57,7 +57,7 @@ def test_chunked_window_kernel_equals_masked_dense(t: int, window: int, chunk: i
     chunk longer than the sequence) changes cost only."""
     q, k, v = (x.requires_grad_() for x in inputs(t)[:3])
     ref = masked_softmax_attention(q, k, v, window_mask(t, window))
-    eff = _window_attention(q, k, v, window, chunk)
+    eff = window_attention(q, k, v, window, chunk)
     torch.testing.assert_close(eff, ref)
     for a, b in zip(torch.autograd.grad(eff.sum(), (q, k, v)), torch.autograd.grad(ref.sum(), (q, k, v)), strict=True):
         torch.testing.assert_close(a, b)
@@ -70,7 +70,7 @@ def test_chunked_compressed_kernel_equals_masked_dense(t: int, chunk: int) -> No
     q, _, _, kc, vc, _ = inputs(t)
     q, kc, vc = (x.requires_grad_() for x in (q, kc, vc))
     ref = masked_softmax_attention(q, kc, vc, compressed_mask(torch.arange(t), kc.shape[2], BLOCK))
-    eff = _compressed_attention(q, kc, vc, BLOCK, chunk)
+    eff = compressed_attention(q, kc, vc, BLOCK, chunk)
     torch.testing.assert_close(eff, ref)
     if kc.shape[2]:
         args = (q, kc, vc)
