@@ -137,12 +137,19 @@ class StreamrecApp(faust.App):
 
     async def on_stop(self) -> None:
         if self.leave_group_on_stop:
-            # aiokafka sends LeaveGroup on close only when no group instance id is set; pinned
-            # versions (aiokafka 0.14, faust-streaming 0.15) keep the consumer here.
-            inner = getattr(getattr(self.consumer, "_thread", None), "_consumer", None)
-            if inner is not None:
-                inner._coordinator._group_instance_id = None
+            leave_like_a_dynamic_member(self.consumer)
         await super().on_stop()
+
+
+def leave_like_a_dynamic_member(consumer: Any) -> None:
+    """The one write into private attributes of the pinned clients (aiokafka 0.14 under
+    faust-streaming 0.15), isolated here: aiokafka sends LeaveGroup on close only when no group
+    instance id is set, so the id is cleared just before Faust closes the consumer. Faust keeps its
+    aiokafka consumer at `consumer._thread._consumer`. Covered by tests/test_scale_out.py (a stopped
+    worker's partitions move to the other worker at once)."""
+    inner = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    if inner is not None:
+        inner._coordinator._group_instance_id = None
 
 
 def build_app(
