@@ -34,6 +34,9 @@ def catalogue_record(item: Item, event_time: int) -> CatalogueRecord:
         category_path=tuple(item.category_path),
         brand=item.brand,
         price=item.price,
+        # Precomputed modality vectors travel with the item, so a worker can place an item it
+        # has no training-time vector for (models use them as the `pre_<name>` modalities).
+        vectors={name: [float(x) for x in vec] for name, vec in item.vectors.items()},
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ class ItemCatalog:
     features: ItemFeatures
     categories: list[str]  # category id c -> name (0 = "unknown")
     attr_vocab: dict[str, int]
+    # Per precomputed modality ("pre_<name>"): the per-dimension mean and std the training rows
+    # were standardised with, so a new item's vector (from its catalogue record) is put on the
+    # same scale.
+    extra_scale: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def sequences(self, dataset: Dataset) -> list[list[int]]:
         return [[self.row_of[i] for i in seq] for seq in dataset.user_sequences().values()]
@@ -87,6 +91,7 @@ def build_catalog(
     category = torch.zeros(n + 1, dtype=torch.long)
     category[1:] = torch.tensor([cat_id[it.top_category] for it in items])
     extra, extra_mask = {}, {}
+    scale: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     names = sorted({k for it in items for k in it.vectors})
     for name in names:
         dim = next(len(it.vectors[name]) for it in items if name in it.vectors)
@@ -98,13 +103,15 @@ def build_catalog(
                 mask[r] = True
         # Precomputed features come on arbitrary scales (VGGish is ~100s): standardise per dimension.
         rows = mat[mask]
-        std = rows.std(0)
-        mat[mask] = (rows - rows.mean(0)) / torch.where(std > 1e-6, std, torch.ones_like(std))
+        mean, std = rows.mean(0), rows.std(0)
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        mat[mask] = (rows - mean) / std
         extra[f"pre_{name}"] = mat
         extra_mask[f"pre_{name}"] = mask
+        scale[f"pre_{name}"] = (mean, std)
     features = ItemFeatures(title, title_mask, attr, len(vocab) + 1, category, len(cats), extra, extra_mask)
     ids = [it.item_id for it in items]
-    return ItemCatalog(ids, {i: r for r, i in enumerate(ids, start=1)}, features, cats, vocab)
+    return ItemCatalog(ids, {i: r for r, i in enumerate(ids, start=1)}, features, cats, vocab, scale)
 
 
 def catalogue_payload(catalog: ItemCatalog, titles: dict[str, str]) -> dict[str, Any]:
@@ -124,6 +131,8 @@ def catalogue_payload(catalog: ItemCatalog, titles: dict[str, str]) -> dict[str,
         "n_categories": f.n_categories,
         "extra": dict(f.extra),
         "extra_mask": dict(f.extra_mask),
+        "extra_mean": {k: m for k, (m, _) in catalog.extra_scale.items()},
+        "extra_std": {k: sd for k, (_, sd) in catalog.extra_scale.items()},
     }
 
 
@@ -146,5 +155,6 @@ def catalogue_from_payload(d: dict[str, Any]) -> tuple[ItemCatalog, dict[str, st
         features,
         json.loads(d["categories"]),
         json.loads(d["attr_vocab"]),
+        {k: (m, d["extra_std"][k]) for k, m in d.get("extra_mean", {}).items()},
     )
     return catalog, dict(zip(ids, json.loads(d["titles"]), strict=True))

@@ -4,7 +4,7 @@ was trained on plus the items it grew to, titles, text encoder, and the checkpoi
 Serving (serving/research_model.py, which adds per-user state on top) and online training
 (training/online_trainer.py) both start from a `ModelBundle`; training never builds a serving model.
 No Kafka here; items are anything with `item_id`, `title`, `category_path`, `brand` and `price`
-(a dataset `Item` or a catalogue record).
+(a dataset `Item` or a catalogue record), and optionally `vectors` (precomputed modalities).
 """
 
 from __future__ import annotations
@@ -88,17 +88,28 @@ def content_features(
         toks = [cat.attr_vocab[t] for t in attribute_tokens(item) if t in cat.attr_vocab]  # unknown dropped
         attr[i, : len(toks)] = torch.tensor(toks[: attr.shape[1]], dtype=torch.long)
         category[i] = cat_index.get(item.top_category, 0)
-    # Dataset-specific precomputed vectors (e.g. audio) are not carried by catalogue records:
-    # known items keep theirs, new items have that modality masked.
-    extra = {k: v[id_rows] for k, v in f.extra.items()}
-    extra_mask = {k: m[id_rows] & (id_rows > 0) for k, m in f.extra_mask.items()}
+    # Precomputed vectors (e.g. audio): known items keep their training-time ones; a new item takes
+    # the one its catalogue record carries (`vectors`, by modality name), standardised as in
+    # training, and has the modality masked without one.
+    extra = {k: v[id_rows].clone() for k, v in f.extra.items()}  # (n, d) each
+    extra_mask = {k: m[id_rows] & (id_rows > 0) for k, m in f.extra_mask.items()}  # (n,) each
+    for i, rec in enumerate(items):
+        if id_rows[i] > 0:
+            continue
+        for name, vec in (getattr(rec, "vectors", None) or {}).items():
+            key = f"pre_{name}"
+            if key in extra and key in cat.extra_scale and len(vec) == extra[key].shape[1]:
+                mean, std = cat.extra_scale[key]
+                extra[key][i] = (torch.as_tensor(np.asarray(vec, dtype=np.float32)) - mean) / std
+                extra_mask[key][i] = True
     feats = ItemFeatures(title, title_mask, attr, f.attr_vocab, category, f.n_categories, extra, extra_mask)
     return feats, id_rows
 
 
 def grown_item(d: dict[str, Any]) -> Item:
     """An item grown by online fine-tuning, from the dict the checkpoint's metadata keeps."""
-    return Item(d["item_id"], d.get("title", ""), tuple(d.get("category_path") or ()), d.get("brand"), d.get("price"))
+    path = tuple(d.get("category_path") or ())
+    return Item(d["item_id"], d.get("title", ""), path, d.get("brand"), d.get("price"), dict(d.get("vectors") or {}))
 
 
 def grown_catalog(catalog: ItemCatalog, titles: dict[str, str], text: str, grown: list[dict]) -> ItemCatalog:
@@ -115,6 +126,7 @@ def grown_catalog(catalog: ItemCatalog, titles: dict[str, str], text: str, grown
         catalog.features.append(feats),
         catalog.categories,
         catalog.attr_vocab,
+        catalog.extra_scale,
     )
 
 
