@@ -1,6 +1,6 @@
 """Helpers shared by several test modules (not tests themselves): start a worker with a
 published catalogue, read recommendations until a condition holds, make a small checkpoint, run
-`promtool check metrics`."""
+`promtool check metrics`, publish clicks as fast as possible."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
 from streamrec.settings import Settings
 from streamrec.stream.rec_consumer import RecommendationReader
-from streamrec.stream.replay import make_producer, publish_catalogue
+from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import RecommendationRecord
 from streamrec.stream.topics import ensure_topics
 
@@ -61,3 +61,12 @@ def promtool_check_metrics(exposition: bytes) -> str:
     assert path, "promtool is missing: `make setup` installs Debian's prometheus package"
     done = subprocess.run([path, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
     return (done.stdout + done.stderr).decode().strip() if done.returncode or done.stdout or done.stderr else ""
+
+
+def publish_now(settings: Settings, clicks: list) -> int:
+    """Publish `clicks` (dataset events) as fast as possible; returns how many were acknowledged."""
+    producer = make_producer(settings.kafka_bootstrap)
+    try:
+        return publish_clicks(producer, settings.topics, clicks, rate=0, progress=False)
+    finally:
+        producer.close()

@@ -22,7 +22,6 @@ from streamrec.local.broker import LocalBroker
 from streamrec.ops.lookup import LatestRecommendations, partition_of
 from streamrec.settings import Settings, TopicNames
 from streamrec.stream.rec_consumer import RecommendationReader
-from streamrec.stream.replay import make_producer, publish_clicks
 from streamrec.stream.schemas import RecommendationRecord, ScoredItem, encode_recommendation
 from streamrec.stream.topics import ensure_topics
 
@@ -80,16 +79,14 @@ def test_recommendations_topic_is_compacted_also_after_an_upgrade(broker: LocalB
 
 
 def test_a_live_worker_answers_with_the_latest_record_it_emitted(stream_settings: Settings, tmp_path: Path) -> None:
-    from tests.helpers import boot
+    from tests.helpers import boot, publish_now
 
     ds = load_dataset("ml-100k", stream_settings.data_dir)
     clicks = ds.events[:300]
     worker = boot(stream_settings, tmp_path, ds.items)
     try:
         reader = RecommendationReader(stream_settings.kafka_bootstrap, stream_settings.topics.recommendations)
-        producer = make_producer(stream_settings.kafka_bootstrap)
-        publish_clicks(producer, stream_settings.topics, clicks, rate=0, progress=False)
-        producer.close()
+        publish_now(stream_settings, clicks)
         last: dict[str, RecommendationRecord] = {}
         deadline = time.monotonic() + 90
         seen: set[str] = set()

@@ -15,10 +15,9 @@ from streamrec.local.processes import start_worker
 from streamrec.settings import Settings
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.rec_consumer import RecommendationReader
-from streamrec.stream.replay import make_producer, publish_clicks
 from streamrec.stream.schemas import RecordError, now_ms
 from streamrec.stream.worker import worker_state_dir
-from tests.helpers import boot, read_until
+from tests.helpers import boot, publish_now, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +29,7 @@ def check_replay_pipeline(stream_settings: Settings, tmp_path: Path, n_clicks: i
     worker = boot(stream_settings, tmp_path, ds.items)
     try:
         reader = RecommendationReader(stream_settings.kafka_bootstrap, stream_settings.topics.recommendations)
-        producer = make_producer(stream_settings.kafka_bootstrap)
-        publish_clicks(producer, stream_settings.topics, clicks, rate=0, progress=False)
-        producer.close()
+        publish_now(stream_settings, clicks)
         recs = read_until(reader, lambda got: len({r.event_id for r in got}) >= len(clicks))
         reader.close()
     finally:
@@ -102,9 +99,7 @@ def test_killed_worker_resumes_without_loss_or_duplicates(stream_settings: Setti
     clicks = ds.events[:4000]
     worker = boot(stream_settings, tmp_path, ds.items)
     reader = RecommendationReader(stream_settings.kafka_bootstrap, stream_settings.topics.recommendations)
-    producer = make_producer(stream_settings.kafka_bootstrap)
-    publish_clicks(producer, stream_settings.topics, clicks, rate=0, progress=False)
-    producer.close()
+    publish_now(stream_settings, clicks)
     seen = read_until(reader, lambda got: len(got) >= 1000)
     worker.kill()  # SIGKILL mid-stream: no flush, no final commit
     assert len({r.event_id for r in seen}) < len(clicks), "the kill must land mid-stream"
@@ -112,9 +107,7 @@ def test_killed_worker_resumes_without_loss_or_duplicates(stream_settings: Setti
     try:
         seen += read_until(reader, lambda got: len({r.event_id for r in seen + got}) >= len(clicks), timeout_s=120)
         # A replay restarted from offset 0 republishes the same event ids: none may append twice.
-        producer = make_producer(stream_settings.kafka_bootstrap)
-        publish_clicks(producer, stream_settings.topics, clicks[:500], rate=0, progress=False)
-        producer.close()
+        publish_now(stream_settings, clicks[:500])
         restarted.wait_until("streamrec_state_duplicate_clicks_total", lambda v: v >= 500, timeout_s=60)
     finally:
         assert restarted.stop() == 0

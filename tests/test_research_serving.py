@@ -170,8 +170,7 @@ def test_worker_serves_the_checkpoint_and_reports_its_version(
     from dataclasses import replace
 
     from streamrec.stream.rec_consumer import RecommendationReader
-    from streamrec.stream.replay import make_producer, publish_clicks
-    from tests.helpers import boot, read_until
+    from tests.helpers import boot, publish_now, read_until
 
     settings = replace(stream_settings, model_path=str(checkpoint))
     ds = load_dataset("ml-100k", settings.data_dir)
@@ -186,9 +185,7 @@ def test_worker_serves_the_checkpoint_and_reports_its_version(
         with urlopen(worker.metrics_url, timeout=5) as resp:
             assert promtool_check_metrics(resp.read()) == "", "a live worker's exposition passes promtool"
         reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations)
-        producer = make_producer(settings.kafka_bootstrap)
-        publish_clicks(producer, settings.topics, clicks, rate=0, progress=False)
-        producer.close()
+        publish_now(settings, clicks)
         recs = read_until(reader, lambda got: len({r.event_id for r in got}) >= len(clicks))
         reader.close()
     finally:

@@ -15,17 +15,14 @@ from streamrec.local.processes import start_worker
 from streamrec.settings import Settings
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.rec_consumer import RecommendationReader
-from streamrec.stream.replay import make_producer, publish_clicks
 from streamrec.stream.worker import worker_state_dir
-from tests.helpers import boot, read_until
+from tests.helpers import boot, publish_now, read_until
 
 pytestmark = pytest.mark.integration
 
 
 def publish(settings: Settings, events: list) -> None:
-    producer = make_producer(settings.kafka_bootstrap)
-    publish_clicks(producer, settings.topics, events, rate=0, progress=False)
-    producer.close()
+    publish_now(settings, events)
 
 
 def test_stopping_one_of_two_workers_moves_its_users_without_losing_clicks(
