@@ -8,6 +8,7 @@ metric state never leaks between them; processes use one registry and expose it 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -54,17 +55,158 @@ class Metrics:
     already_answered: Counter
 
 
-# The online trainer's metrics; every other field of `Metrics` is the worker's.
-TRAINER_FIELDS = frozenset(
-    {
-        "gate_decisions",
-        "gate_ndcg",
-        "trainer_rounds_seconds",
-        "trainer_sequences_per_s",
-        "trainer_window_users",
-        "trainer_events",
-    }
-)
+@dataclass(frozen=True)
+class _Spec:
+    """One metric: its kind, name, help, labels, buckets and the process that exports it."""
+
+    kind: type
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+    process: str = "worker"
+
+
+# Every metric, by its field of `Metrics`: the one declaration of each.
+SPECS: dict[str, _Spec] = {
+    "events_in": _Spec(
+        Counter, "streamrec_stream_events_in_total", "Records read from input topics", labels=("topic",)
+    ),
+    "dead_letters": _Spec(
+        Counter,
+        "streamrec_stream_dead_letters_total",
+        "Records sent to the dead-letter topic, by reason",
+        labels=("reason",),
+    ),
+    "duplicates": _Spec(
+        Counter,
+        "streamrec_state_duplicate_clicks_total",
+        "Redelivered clicks recognised by event id and not appended again",
+    ),
+    "recommendations": _Spec(Counter, "streamrec_stream_recommendations_total", "Recommendation records emitted"),
+    "batch_size": _Spec(
+        Histogram, "streamrec_stream_batch_size_events", "Clicks per micro-batch", buckets=BATCH_BUCKETS
+    ),
+    "batch_wait": _Spec(
+        Histogram,
+        "streamrec_stream_batch_wait_seconds",
+        "Time from the oldest click of a micro-batch entering the broker to its processing",
+        buckets=LATENCY_BUCKETS,
+    ),
+    "processing_latency": _Spec(
+        Histogram,
+        "streamrec_stream_processing_latency_seconds",
+        "Time to process one micro-batch (decode, state, encode, search, send)",
+        buckets=LATENCY_BUCKETS,
+    ),
+    "freshness": _Spec(
+        Histogram,
+        "streamrec_stream_freshness_seconds",
+        "Recommendation emission time minus the triggering click's event time",
+        buckets=FRESHNESS_BUCKETS,
+    ),
+    "index_size": _Spec(Gauge, "streamrec_index_size_items", "Items in the serving index"),
+    "users": _Spec(Gauge, "streamrec_state_stored_users", "Users with a sequence in local state"),
+    "consumer_lag": _Spec(
+        Gauge,
+        "streamrec_stream_consumer_lag_messages",
+        "High-water mark minus the next offset to process (not the fetch position), per topic partition",
+        labels=("topic", "partition"),
+    ),
+    "model_info": _Spec(
+        Gauge, "streamrec_model_version_info", "Serving model version (value 1 on the current one)", labels=("version",)
+    ),
+    "catalogue_latency": _Spec(
+        Histogram,
+        "streamrec_index_catalogue_to_searchable_seconds",
+        "Catalogue event time to the item being searchable",
+        buckets=LATENCY_BUCKETS,
+    ),
+    "stage_latency": _Spec(
+        Histogram,
+        "streamrec_stream_stage_latency_seconds",
+        "Time spent per micro-batch in one stage: decode, state, encode, search or send",
+        labels=("stage",),
+        buckets=LATENCY_BUCKETS,
+    ),
+    "index_updated": _Spec(
+        Gauge, "streamrec_index_last_update_timestamp_seconds", "Unix time of the last change to the serving index"
+    ),
+    "model_loaded": _Spec(
+        Gauge,
+        "streamrec_model_loaded_timestamp_seconds",
+        "Unix time the serving model was loaded or swapped in (age = time() - value)",
+    ),
+    "gate_decisions": _Spec(
+        Counter,
+        "streamrec_trainer_gate_decisions_total",
+        "Promotion gate decisions of the online trainer",
+        labels=("decision",),
+        process="trainer",
+    ),
+    "gate_ndcg": _Spec(
+        Gauge,
+        "streamrec_trainer_gate_ndcg_ratio",
+        "NDCG@10 on the gate's held-out slice, for the serving and the candidate model",
+        labels=("model",),
+        process="trainer",
+    ),
+    "caught_up": _Spec(
+        Counter,
+        "streamrec_state_caught_up_clicks_total",
+        "Clicks read back from the clicks topic after a partition moved to this worker",
+    ),
+    "model_swap": _Spec(
+        Histogram,
+        "streamrec_model_swap_seconds",
+        "Announcement to serving a new model version: load, encode the catalogue, switch",
+        buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    ),
+    "trainer_rounds_seconds": _Spec(
+        Histogram,
+        "streamrec_trainer_fine_tune_seconds",
+        "Duration of one online fine-tune (training only, not the gate)",
+        buckets=(1, 5, 10, 30, 60, 120, 300, 600),
+        process="trainer",
+    ),
+    "trainer_sequences_per_s": _Spec(
+        Gauge,
+        "streamrec_trainer_throughput_sequences_per_second",
+        "Training sequences per second of the last fine-tune (epochs counted)",
+        process="trainer",
+    ),
+    "trainer_window_users": _Spec(
+        Gauge, "streamrec_trainer_window_users", "Users in the trainer's recent window", process="trainer"
+    ),
+    "trainer_events": _Spec(
+        Counter, "streamrec_trainer_events_in_total", "Records the trainer read", labels=("topic",), process="trainer"
+    ),
+    "agent_up": _Spec(
+        Gauge,
+        "streamrec_worker_agent_running_info",
+        "1 while the agent or task is running, 0 once it stopped (the worker is then not consuming)",
+        labels=("agent",),
+    ),
+    "agent_crashes": _Spec(
+        Counter,
+        "streamrec_worker_agent_crashes_total",
+        "Agents or tasks that died of an error (the worker exits so that it is restarted)",
+        labels=("agent",),
+    ),
+    "discontinuities": _Spec(
+        Counter,
+        "streamrec_stream_log_discontinuities_total",
+        "Times a partition's log went backwards: processed beyond its end, or offsets reused",
+        labels=("topic", "partition", "kind"),
+    ),
+    "already_answered": _Spec(
+        Counter,
+        "streamrec_stream_already_answered_clicks_total",
+        "Clicks redelivered after a restart that had been answered already (not answered again)",
+    ),
+}
+# The online trainer's metrics; every other one is the worker's.
+TRAINER_FIELDS = frozenset(f for f, spec in SPECS.items() if spec.process == "trainer")
 
 # Stages of a click micro-batch, in order; each has its own latency series.
 STAGES = ("decode", "state", "encode", "search", "send")
@@ -75,156 +217,14 @@ def create_metrics(registry: CollectorRegistry, process: str = "worker") -> Metr
     in `registry`, the others in a registry nobody exports, so each process shows only its own."""
     assert process in ("worker", "trainer", "all"), f"process {process!r} is worker, trainer or all"
     unexported = CollectorRegistry()
-
-    def reg(field: str) -> CollectorRegistry:
-        own = process == "all" or (field in TRAINER_FIELDS) == (process == "trainer")
-        return registry if own else unexported
-
-    return Metrics(
-        events_in=Counter(
-            "streamrec_stream_events_in_total", "Records read from input topics", ["topic"], registry=reg("events_in")
-        ),
-        dead_letters=Counter(
-            "streamrec_stream_dead_letters_total",
-            "Records sent to the dead-letter topic, by reason",
-            ["reason"],
-            registry=reg("dead_letters"),
-        ),
-        duplicates=Counter(
-            "streamrec_state_duplicate_clicks_total",
-            "Redelivered clicks recognised by event id and not appended again",
-            registry=reg("duplicates"),
-        ),
-        recommendations=Counter(
-            "streamrec_stream_recommendations_total", "Recommendation records emitted", registry=reg("recommendations")
-        ),
-        batch_size=Histogram(
-            "streamrec_stream_batch_size_events",
-            "Clicks per micro-batch",
-            buckets=BATCH_BUCKETS,
-            registry=reg("batch_size"),
-        ),
-        batch_wait=Histogram(
-            "streamrec_stream_batch_wait_seconds",
-            "Time from the oldest click of a micro-batch entering the broker to its processing",
-            buckets=LATENCY_BUCKETS,
-            registry=reg("batch_wait"),
-        ),
-        processing_latency=Histogram(
-            "streamrec_stream_processing_latency_seconds",
-            "Time to process one micro-batch (decode, state, encode, search, send)",
-            buckets=LATENCY_BUCKETS,
-            registry=reg("processing_latency"),
-        ),
-        freshness=Histogram(
-            "streamrec_stream_freshness_seconds",
-            "Recommendation emission time minus the triggering click's event time",
-            buckets=FRESHNESS_BUCKETS,
-            registry=reg("freshness"),
-        ),
-        index_size=Gauge("streamrec_index_size_items", "Items in the serving index", registry=reg("index_size")),
-        users=Gauge("streamrec_state_stored_users", "Users with a sequence in local state", registry=reg("users")),
-        consumer_lag=Gauge(
-            "streamrec_stream_consumer_lag_messages",
-            "High-water mark minus the next offset to process (not the fetch position), per topic partition",
-            ["topic", "partition"],
-            registry=reg("consumer_lag"),
-        ),
-        model_info=Gauge(
-            "streamrec_model_version_info",
-            "Serving model version (value 1 on the current one)",
-            ["version"],
-            registry=reg("model_info"),
-        ),
-        catalogue_latency=Histogram(
-            "streamrec_index_catalogue_to_searchable_seconds",
-            "Catalogue event time to the item being searchable",
-            buckets=LATENCY_BUCKETS,
-            registry=reg("catalogue_latency"),
-        ),
-        stage_latency=Histogram(
-            "streamrec_stream_stage_latency_seconds",
-            "Time spent per micro-batch in one stage: decode, state, encode, search or send",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg("stage_latency"),
-        ),
-        index_updated=Gauge(
-            "streamrec_index_last_update_timestamp_seconds",
-            "Unix time of the last change to the serving index",
-            registry=reg("index_updated"),
-        ),
-        model_loaded=Gauge(
-            "streamrec_model_loaded_timestamp_seconds",
-            "Unix time the serving model was loaded or swapped in (age = time() - value)",
-            registry=reg("model_loaded"),
-        ),
-        gate_decisions=Counter(
-            "streamrec_trainer_gate_decisions_total",
-            "Promotion gate decisions of the online trainer",
-            ["decision"],
-            registry=reg("gate_decisions"),
-        ),
-        gate_ndcg=Gauge(
-            "streamrec_trainer_gate_ndcg_ratio",
-            "NDCG@10 on the gate's held-out slice, for the serving and the candidate model",
-            ["model"],
-            registry=reg("gate_ndcg"),
-        ),
-        caught_up=Counter(
-            "streamrec_state_caught_up_clicks_total",
-            "Clicks read back from the clicks topic after a partition moved to this worker",
-            registry=reg("caught_up"),
-        ),
-        model_swap=Histogram(
-            "streamrec_model_swap_seconds",
-            "Announcement to serving a new model version: load, encode the catalogue, switch",
-            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-            registry=reg("model_swap"),
-        ),
-        trainer_rounds_seconds=Histogram(
-            "streamrec_trainer_fine_tune_seconds",
-            "Duration of one online fine-tune (training only, not the gate)",
-            buckets=(1, 5, 10, 30, 60, 120, 300, 600),
-            registry=reg("trainer_rounds_seconds"),
-        ),
-        trainer_sequences_per_s=Gauge(
-            "streamrec_trainer_throughput_sequences_per_second",
-            "Training sequences per second of the last fine-tune (epochs counted)",
-            registry=reg("trainer_sequences_per_s"),
-        ),
-        trainer_window_users=Gauge(
-            "streamrec_trainer_window_users",
-            "Users in the trainer's recent window",
-            registry=reg("trainer_window_users"),
-        ),
-        trainer_events=Counter(
-            "streamrec_trainer_events_in_total", "Records the trainer read", ["topic"], registry=reg("trainer_events")
-        ),
-        agent_up=Gauge(
-            "streamrec_worker_agent_running_info",
-            "1 while the agent or task is running, 0 once it stopped (the worker is then not consuming)",
-            ["agent"],
-            registry=reg("agent_up"),
-        ),
-        agent_crashes=Counter(
-            "streamrec_worker_agent_crashes_total",
-            "Agents or tasks that died of an error (the worker exits so that it is restarted)",
-            ["agent"],
-            registry=reg("agent_crashes"),
-        ),
-        discontinuities=Counter(
-            "streamrec_stream_log_discontinuities_total",
-            "Times a partition's log went backwards: processed beyond its end, or offsets reused",
-            ["topic", "partition", "kind"],
-            registry=reg("discontinuities"),
-        ),
-        already_answered=Counter(
-            "streamrec_stream_already_answered_clicks_total",
-            "Clicks redelivered after a restart that had been answered already (not answered again)",
-            registry=reg("already_answered"),
-        ),
-    )
+    made = {}
+    for field_name, spec in SPECS.items():
+        own = process in ("all", spec.process)
+        extra: dict[str, Any] = {"buckets": spec.buckets} if spec.buckets is not None else {}
+        made[field_name] = spec.kind(
+            spec.name, spec.help, spec.labels, registry=registry if own else unexported, **extra
+        )
+    return Metrics(**made)
 
 
 def serve_metrics(
