@@ -78,6 +78,8 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
     from streamrec.datasets import load_dataset
     from streamrec.stream.replay import DeliveryError, replay
     from streamrec.stream.topics import ensure_topics
@@ -95,6 +97,10 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             start=args.start,
             limit=args.limit,
             catalogue=not args.no_catalogue,
+            # Workers read the catalogue beside the clicks, pausing up to STREAMREC_CATALOGUE_IDLE_MS
+            # between empty polls: a click published the instant after its item could reach a
+            # worker first and be dead-lettered as unknown_item (docs/topics.md).
+            after_catalogue=lambda _n: time.sleep(args.settle_s),
         )
     except DeliveryError as exc:
         print(f"streamrec replay: {exc}", file=sys.stderr)
@@ -281,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="first click offset (resume point)")
     p.add_argument("--limit", type=int, default=0, help="at most this many clicks (0 = all)")
     p.add_argument("--no-catalogue", action="store_true", help="do not publish the catalogue first")
+    p.add_argument(
+        "--settle-s", type=float, default=1.0, help="pause between the catalogue and the clicks, for workers to read it"
+    )
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("demo", help="end-to-end live demo on the local broker")

@@ -24,6 +24,13 @@ from streamrec.settings import Settings
 from streamrec.stream.rec_consumer import RecommendationReader
 
 GENRES = ("Tools", "Garden", "Kitchen", "Toys")
+WORKER_FIGURES = (
+    "streamrec_stream_recommendations_total",
+    "streamrec_stream_dead_letters_total",
+    "streamrec_stream_consumer_lag_messages",
+    "streamrec_stream_events_in_total",
+    "streamrec_index_size_items",
+)
 
 
 def write_recbole(folder: Path, users: int = 40, items: int = 30, clicks_per_user: int = 12, seed: int = 0) -> Path:
@@ -137,9 +144,11 @@ def test_use_your_own_data_walk_through(stream_settings: Settings, tmp_path: Pat
         while len(got) < 200 and time.monotonic() < deadline:
             got.update({rec.event_id: rec for rec, _ in reader.poll(300)})
         reader.close()
+        # What the worker says of itself, for a failure message that tells where the clicks went.
+        seen = {k: v for k, v in worker.metrics().items() if k.startswith(WORKER_FIGURES)}
     finally:
         assert worker.stop() == 0, f"worker did not stop cleanly; log {worker.log_path}"
-    assert len(got) == 200, f"{len(got)} of 200 clicks answered; log {worker.log_path}"
+    assert len(got) == 200, f"{len(got)} of 200 clicks answered; worker: {seen}; log {worker.log_path}"
     known = {f"p{i}" for i in range(30)}
     for rec in got.values():
         assert rec.model_version.startswith("shop-"), rec.model_version
