@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from streamrec.bench.machine import machine_load
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset
 from streamrec.local.broker import LocalBroker, free_port
@@ -58,6 +59,8 @@ class RunResult:
     # from the worker's own metrics over the run: mean micro-batch size, seconds per stage
     mean_batch: float | None = None
     stage_seconds: dict[str, float] | None = None
+    # how busy the machine was just before the run (bench/machine.py); a busy run is marked
+    machine: dict | None = None
 
 
 class Drain(threading.Thread):
@@ -214,8 +217,17 @@ def worker_run(
     )
 
 
-def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path) -> RunResult:
-    topics = TopicNames("passthrough-")
+# The ceilings measured beside the worker: (run name, module run as `python -m`, topic prefix).
+CEILINGS = {
+    "faust": ("faust-passthrough", "streamrec.bench.passthrough", "passthrough-"),
+    "raw": ("aiokafka-raw-loop", "streamrec.bench.raw_loop", "rawloop-"),
+}
+
+
+def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path, kind: str = "faust") -> RunResult:
+    """A ceiling: the bare Faust passthrough, or the raw aiokafka loop (`kind` in CEILINGS)."""
+    name, module, prefix = CEILINGS[kind]
+    topics = TopicNames(prefix)
     ensure_topics(base.kafka_bootstrap, topics, base.partitions)
     producer = make_producer(base.kafka_bootstrap)
     events = dataset.events[:clicks]
@@ -223,9 +235,9 @@ def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path
     producer.close()
     drain = Drain(base.kafka_bootstrap, topics.recommendations, len(events), timeout_s=900)
     drain.start()
-    log = open(workdir / "passthrough.log", "ab")  # noqa: SIM115 - closed below
+    log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamrec.bench.passthrough", topics.clicks, topics.recommendations, "bench-pass"],
+        [sys.executable, "-m", module, topics.clicks, topics.recommendations, f"bench-{name}"],
         env=settings_env(base),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -239,7 +251,7 @@ def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path
         log.close()
     arrivals = [t for _, t in got]
     return RunResult(
-        "faust-passthrough",
+        name,
         len(events),
         len(got),
         len(got) / (max(arrivals) - min(arrivals)),
@@ -310,13 +322,17 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
                 model_path=args.checkpoint,
                 **(knobs or {}),
             )
+            load = machine_load()
             try:
-                return run(base, *run_args)
+                result = run(base, *run_args)
             finally:
                 broker.stop()
+            result.machine = load
+            return result
 
         results.append(on_fresh_broker("max", worker_run, dataset, "worker-max", clicks, 0, workdir))
         results.append(on_fresh_broker("pass", passthrough_run, dataset, clicks, workdir))
+        results.append(on_fresh_broker("raw", passthrough_run, dataset, clicks, workdir, "raw"))
         fixed = args.fixed_events
         results.append(
             on_fresh_broker(
@@ -342,9 +358,18 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         if r.stage_seconds:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.stage_seconds.items()))
             print(f"{r.name}: mean batch {r.mean_batch or 0:.0f} clicks; seconds per stage: {stages}")
-    ceiling = results[1].clicks_per_s
-    print(f"\nworker / passthrough ceiling: {results[0].clicks_per_s / ceiling:.0%}")
-    fixed_run = results[2]
+    by_name = {r.name: r for r in results}
+    ceiling = by_name["faust-passthrough"].clicks_per_s
+    raw = by_name["aiokafka-raw-loop"].clicks_per_s
+    worker = by_name["worker-max"].clicks_per_s
+    print(
+        f"\nworker / Faust passthrough ceiling: {worker / ceiling:.0%}; "
+        f"worker / raw aiokafka loop: {worker / raw:.0%}"
+    )
+    busy = [r.name for r in results if r.machine and r.machine.get("busy")]
+    if busy:
+        print(f"BUSY MACHINE during: {', '.join(busy)} (other processes used CPU; compare those figures with care)")
+    fixed_run = by_name["worker-fixed"]
     if fixed_run.catalogue_to_searchable_p99_s is not None:
         print(
             f"catalogue event to searchable p99: {fixed_run.catalogue_to_searchable_p99_s:.3f} s "
@@ -358,7 +383,9 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": [asdict(r) for r in results],
-        "worker_over_ceiling": results[0].clicks_per_s / ceiling,
+        "worker_over_ceiling": worker / ceiling,
+        "worker_over_raw_loop": worker / raw,
+        "busy_runs": busy,
         "state_bytes_per_user_at_2048": state,
         "model": args.checkpoint or "content baseline",
         "command": " ".join(["streamrec", "bench", "pipeline", *sys.argv[3:]]),
