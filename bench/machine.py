@@ -3,15 +3,18 @@
 This machine has two shared cores: a figure taken while another job ran is not comparable with
 one taken on a quiet machine. `machine_load()` samples the load average and the CPU used by
 processes outside this benchmark's own process tree; `busy` marks a run that should not be read
-as the code's speed.
+as the code's speed. `code_version()` is the commit recorded with the figures.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import psutil
+
+from streamrec.settings import PROJECT_ROOT
 
 # Other processes using more than this share of one core make a run "busy".
 BUSY_OTHER_CPU_PERCENT = 25.0
@@ -58,3 +61,14 @@ def machine_load(sample_s: float = 1.0) -> dict[str, object]:
         "busiest_others": [f"{name} {cpu:.0f}%" for cpu, name in others[:3] if cpu > 1.0],
         "busy": other_cpu > BUSY_OTHER_CPU_PERCENT,
     }
+
+
+def code_version() -> str:
+    """The commit the figures were taken at, with "+dirty" when tracked files were changed."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
+    )
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
+    return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")

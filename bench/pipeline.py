@@ -30,7 +30,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamrec.bench.machine import machine_load
+from streamrec.bench.machine import code_version, machine_load
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset
 from streamrec.local.broker import LocalBroker, free_port
@@ -386,6 +386,7 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         "worker_over_ceiling": worker / ceiling,
         "worker_over_raw_loop": worker / raw,
         "busy_runs": busy,
+        "commit": code_version(),
         "state_bytes_per_user_at_2048": state,
         "model": args.checkpoint or "content baseline",
         "command": " ".join(["streamrec", "bench", "pipeline", *sys.argv[3:]]),

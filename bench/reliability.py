@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,13 +36,13 @@ from typing import Any
 import psutil
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamrec.bench.machine import machine_load
+from streamrec.bench.machine import code_version, machine_load
 from streamrec.bench.malformed import kinds_for, valid_announcement, valid_catalogue, valid_click
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset, Event
 from streamrec.local.broker import LocalBroker, free_port
 from streamrec.local.processes import WorkerProcess, start_worker
-from streamrec.settings import PROJECT_ROOT, Settings, TopicNames
+from streamrec.settings import Settings, TopicNames
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.replay import DeliveryError, make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import now_ms
@@ -404,14 +403,6 @@ def phase_fuzz(base: Settings, ds: Dataset, workdir: Path, args: argparse.Namesp
     }
 
 
-def _commit() -> str:
-    proc = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
-    )
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=PROJECT_ROOT)
-    return proc.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def run_reliability_bench(base: Settings, args: argparse.Namespace) -> int:
     machine_before = machine_load()
     workdir = Path(tempfile.mkdtemp(prefix="reliability-", dir=base.state_dir if base.state_dir.is_dir() else None))
@@ -420,7 +411,7 @@ def run_reliability_bench(base: Settings, args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset, settings.data_dir)
     result: dict[str, Any] = {
         "command": " ".join(["streamrec", *sys.argv[1:]]),
-        "commit": _commit(),
+        "commit": code_version(),
         "dataset": args.dataset,
         "machine_before": machine_before,
     }
