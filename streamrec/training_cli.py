@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 from streamrec.datasets import load_dataset
+from streamrec.datasets.own import is_own_dataset
 from streamrec.datasets.registry import default_max_len
 from streamrec.errors import UserError
 from streamrec.features import build_catalog, catalogue_payload
-from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
+from streamrec.model_bundle import load_bundle
+from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import leave_one_out
@@ -54,7 +56,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     )
     version = f"{name}-{args.preset}-s{args.seed}-{time.strftime('%Y%m%d%H%M%S')}"
     ckpt = settings.checkpoint_path(name, args.preset, args.seed)
-    source = args.dataset if dataset.name == args.dataset else str(Path(args.dataset).resolve())
+    # A known dataset by its name (any alias), your own by its absolute path.
+    source = str(Path(args.dataset).resolve()) if is_own_dataset(args.dataset) else name
     meta = {
         "dataset": name,
         "dataset_source": source,
@@ -103,19 +106,17 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
-    cfg, state, version, meta = load_checkpoint(Path(args.checkpoint))
+    # The model with the catalogue its checkpoint carries; the dataset only for the held-out clicks.
+    bundle = load_bundle(Path(args.checkpoint), settings.data_dir, settings.feature_cache)
+    meta = bundle.meta
     dataset = load_dataset(args.dataset or meta.get("dataset_source", meta["dataset"]), settings.data_dir)
     if meta.get("dataset_fingerprint") and dataset.fingerprint != meta["dataset_fingerprint"]:
         raise UserError(
             f"{args.checkpoint} was trained on another version of {meta['dataset']} (fingerprints differ)",
             "evaluate on the files it was trained on (--dataset PATH)",
         )
-    catalog = build_catalog(dataset, text=meta["text"], cache_dir=settings.feature_cache)
-    split = leave_one_out(catalog.sequences(dataset), len(catalog.item_ids))
+    split = leave_one_out(bundle.catalog.sequences(dataset), len(bundle.catalog.item_ids))
     device = pick_device()
-    model = SeqRec(cfg, catalog.features.to(device))
-    model.load_state_dict(state)
-    model.to(device)
-    res = evaluate(model, split.test, 512, device)
-    print(json.dumps({"version": version, "test": res}, indent=2))
+    res = evaluate(bundle.model.to(device), split.test, 512, device)
+    print(json.dumps({"version": bundle.version, "test": res}, indent=2))
     return 0
