@@ -37,20 +37,14 @@ class LatestRecommendations:
     RecommendationRecord-like (a `user_id`); `encode` turns one into the topic's bytes (passed in,
     so that ops/ does not import the stream wiring)."""
 
-    def __init__(
-        self,
-        encode: Callable[[Any], bytes],
-        keep_users: int,
-        partitions: int,
-        held: Callable[[], set[int] | None] = lambda: None,
-    ) -> None:
+    def __init__(self, encode: Callable[[Any], bytes], keep_users: int, partitions: int) -> None:
         assert keep_users > 0, "keep at least one user"
         self.encode = encode
         self.keep_users = keep_users
         self.partitions = partitions
-        # The clicks partitions this worker holds now; None while unknown (before the first
+        # The clicks partitions this worker holds now (`hold`); None while unknown (before the first
         # assignment), in which case no user is said to be elsewhere.
-        self.held = held
+        self.held: set[int] | None = None
         self._latest: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -62,6 +56,10 @@ class LatestRecommendations:
             while len(self._latest) > self.keep_users:
                 self._latest.popitem(last=False)
 
+    def hold(self, partitions: set[int]) -> None:
+        """The clicks partitions this worker holds, as the app reports them once a second."""
+        self.held = set(partitions)
+
     def answer(self, user_id: str) -> tuple[int, bytes]:
         """(HTTP status, JSON body) for `GET /users/{user_id}/recommendations`."""
         with self._lock:
@@ -69,7 +67,7 @@ class LatestRecommendations:
         if rec is not None:
             return 200, self.encode(rec)
         partition = partition_of(user_id, self.partitions)
-        held = self.held()
+        held = self.held
         if held is not None and partition not in held:
             detail = f"user {user_id!r} is on clicks partition {partition}, which another worker holds"
             return 404, _error("not_held_here", partition, detail)

@@ -96,8 +96,7 @@ def run_worker(settings: Settings, loglevel: str = "warning", topics_ready: Call
     print(f"streamrec worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     recommender = open_recommender(settings)
     recent = RecentRecommendations(recommender.title_of)
-    held: list[set[int] | None] = [None]  # the clicks partitions held, as the app last reported
-    latest = LatestRecommendations(encode_recommendation, settings.lookup_users, settings.partitions, lambda: held[0])
+    latest = LatestRecommendations(encode_recommendation, settings.lookup_users, settings.partitions)
     page: DashboardServer | None = None
     if settings.dashboard_port:
         page = DashboardServer(
@@ -126,7 +125,7 @@ def run_worker(settings: Settings, loglevel: str = "warning", topics_ready: Call
         load_version=lambda version: load_serving_version(settings, store.get(version).path),
         has_version=store.has,
         on_fatal=journal.note_fatal,
-        on_assignment=lambda partitions: held.__setitem__(0, partitions),
+        on_assignment=latest.hold,
     )
     app = build_app(settings, recommender, metrics, journal, hooks)
     worker = RateLimitedWorker(app, loglevel=loglevel, quiet=True)

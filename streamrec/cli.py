@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 from streamrec.errors import EXIT_USER_ERROR, UserError, parse_bootstrap, require_broker
 from streamrec.ops.log_limit import limit_handlers
@@ -40,15 +41,8 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.stream.worker import run_worker
 
         def child() -> int:
-            try:
-                run_worker(settings, loglevel=args.loglevel)
-            except Exception as exc:  # noqa: BLE001 - as in main(): user mistakes become one line
-                failure = _known_failure(exc)
-                if failure is None:
-                    raise
-                print(failure.line("streamrec worker"), file=sys.stderr, flush=True)
-                return EXIT_USER_ERROR
-            return 0
+            # The forked child reports user mistakes itself: main()'s handler is in the parent.
+            return _one_line_on_user_error("streamrec worker", lambda: run_worker(settings, loglevel=args.loglevel))
 
         return supervise(child)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="topics") as pool:
@@ -424,23 +418,28 @@ def _known_failure(exc: BaseException) -> UserError | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # kafka-python warns about its own slow selector tasks under load; not actionable for users.
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    limit_handlers(logging.getLogger())
-    prog = f"streamrec {args.command}"
+def _one_line_on_user_error(prog: str, run: Callable[[], int | None]) -> int:
+    """`run()`'s exit status; a user mistake is printed as one line and exits EXIT_USER_ERROR."""
     try:
-        return int(args.func(args, Settings.from_env()) or 0)
-    except KeyboardInterrupt:
-        return 130
+        return int(run() or 0)
     except Exception as exc:  # noqa: BLE001 - the CLI's edge: user mistakes become one line, bugs re-raise
         failure = _known_failure(exc)
         if failure is None:
             raise
         print(failure.line(prog), file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python warns about its own slow selector tasks under load; not actionable for users.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    limit_handlers(logging.getLogger())
+    try:
+        return _one_line_on_user_error(f"streamrec {args.command}", lambda: args.func(args, Settings.from_env()))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

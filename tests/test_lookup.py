@@ -47,10 +47,12 @@ def test_latest_record_per_user_and_eviction_of_the_least_recent() -> None:
 def test_users_of_partitions_held_elsewhere_are_told_so(user: str, partitions: int) -> None:
     p = partition_of(user, partitions)
     assert 0 <= p < partitions
-    elsewhere = LatestRecommendations(encode_recommendation, 10, partitions, held=lambda: set(range(partitions)) - {p})
+    elsewhere = LatestRecommendations(encode_recommendation, 10, partitions)
+    elsewhere.hold(set(range(partitions)) - {p})
     code, body = elsewhere.answer(user)
     assert code == 404 and json.loads(body) == {**json.loads(body), "error": "not_held_here", "partition": p}
-    here = LatestRecommendations(encode_recommendation, 10, partitions, held=lambda: {p})
+    here = LatestRecommendations(encode_recommendation, 10, partitions)
+    here.hold({p})
     assert json.loads(here.answer(user)[1])["error"] == "no_recommendations"
 
 
