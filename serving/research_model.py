@@ -46,8 +46,6 @@ class ResearchServingModel:
 
     def __init__(self, bundle: ModelBundle, cfg: ResearchServingConfig | None = None) -> None:
         self.cfg = cfg or ResearchServingConfig()
-        self.bundle = bundle
-        self.meta = dict(bundle.meta)
         self.device = pick_device(self.cfg.device)
         model = bundle.model
         self.model = model.to(self.device).eval()
