@@ -19,13 +19,14 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from streamrec.datasets import load_dataset
 from streamrec.datasets.registry import canonical_name
 from streamrec.local.broker import LocalBroker, free_port
-from streamrec.local.processes import start_trainer, start_worker
+from streamrec.local.processes import WorkerProcess, start_trainer, start_worker
 from streamrec.settings import Settings, TopicNames
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.rec_consumer import RecommendationReader
@@ -44,8 +45,10 @@ def online_round_trip(
     workdir: Path,
     timeout_s: float = 1800.0,
     after_clicks: int = 200,
+    while_running: Callable[[WorkerProcess, WorkerProcess], None] | None = None,
 ) -> dict:
-    """Runs worker + trainer over `clicks` clicks at `rate`/s; returns the measured figures."""
+    """Runs worker + trainer over `clicks` clicks at `rate`/s; returns the measured figures.
+    `while_running(worker, trainer)` is called once both are up (tests read their metrics there)."""
     settings = replace(
         settings,
         model_store=workdir / "store",
@@ -69,6 +72,8 @@ def online_round_trip(
         producer = make_producer(settings.kafka_bootstrap)
         n_items = publish_catalogue(producer, settings.topics, ds.items)
         worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=180)
+        if while_running is not None:
+            while_running(worker, trainer)
         reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations)
         started = time.time()
         feeder = threading.Thread(target=publish_clicks, args=(producer, settings.topics, events, rate, False))
