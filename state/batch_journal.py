@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
@@ -47,6 +48,9 @@ class BatchJournal:
             (t, int(p), int(o)): int(n) for t, p, o, n in data.get("crashes", [])
         }
         self._inflight: list[tuple[str, int, int]] = []
+        # `begin` runs in the worker's compute thread and `done` on its event loop (the next batch
+        # is computed while the previous one's answers are acknowledged): one writer at a time.
+        self._lock = threading.RLock()
         self.fatal_path = self.path.with_name(FATAL_RECORD)
         self.previous_fatal = self._take_fatal_record()
         # Only a process that left a fatal record crashed; one that stopped without one was killed
@@ -115,24 +119,29 @@ class BatchJournal:
     # --- writing ---------------------------------------------------------------------------------
 
     def begin(self, topic: str, offsets: Iterable[tuple[int, int]]) -> None:
-        """Messages (partition, offset) of `topic` are about to be handled."""
-        self._inflight = [(topic, p, o) for p, o in offsets]
-        self._save()
+        """Messages (partition, offset) of `topic` are about to be handled. They replace what was in
+        flight: a batch whose handling finished is past what can crash the worker on its input."""
+        with self._lock:
+            self._inflight = [(topic, p, o) for p, o in offsets]
+            self._save()
 
     def done(self, topic: str, last: Mapping[int, int], offsets: Iterable[tuple[int, int]] = ()) -> None:
         """Outputs of the batch are acknowledged: `last` is {partition: last offset} of the batch;
         `offsets` are all its (partition, offset) pairs, whose crash counts are no longer needed."""
-        answered = self._answered.setdefault(topic, {})
-        for part, offset in last.items():
-            answered[part] = max(offset, answered.get(part, -1))
-        for part, offset in offsets:
-            self._crashes.pop((topic, part, offset), None)
-        self._inflight = []
-        self._save()
+        with self._lock:
+            answered = self._answered.setdefault(topic, {})
+            for part, offset in last.items():
+                answered[part] = max(offset, answered.get(part, -1))
+            for part, offset in offsets:
+                self._crashes.pop((topic, part, offset), None)
+            # Only this batch leaves the in-flight record: a later batch may already be in it.
+            self._inflight = [(t, p, o) for t, p, o in self._inflight if t != topic or o > last.get(p, -1)]
+            self._save()
 
     def unanswer_from(self, topic: str, partition: int, offset: int) -> None:
         """The partition's log went backwards (the broker lost data, offsets were reset): answers
         to messages from `offset` on may have been lost with it, so they count as unanswered."""
-        answered = self._answered.setdefault(topic, {})
-        answered[partition] = min(answered.get(partition, -1), offset - 1)
-        self._save()
+        with self._lock:
+            answered = self._answered.setdefault(topic, {})
+            answered[partition] = min(answered.get(partition, -1), offset - 1)
+            self._save()

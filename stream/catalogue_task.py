@@ -1,6 +1,7 @@
 """The catalogue task: every worker reads every catalogue partition (no consumer group), so each
-holds the whole catalogue and its own index while users are partitioned. New items are searchable
-before the next click batch; clicks wait until the catalogue as it stood at start has been read.
+holds the whole catalogue and its own index while users are partitioned. Items are encoded and
+indexed in the worker's compute thread, in turn with click batches, so a new item is searchable
+from the next click batch on; clicks wait until the catalogue as it stood at start has been read.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import time
 
 from streamrec.stream.handling import Message, handle_catalogue_messages
-from streamrec.stream.kafka_readers import assigned_consumer
+from streamrec.stream.kafka_readers import assigned_consumer, poll
 from streamrec.stream.schemas import now_ms
 from streamrec.stream.worker_context import WorkerContext
 
@@ -37,25 +38,18 @@ async def read_catalogue(ctx: WorkerContext) -> None:
                 if all(positions[tp] >= ends[tp] for tp in tps):
                     ctx.catalogue_ready.set()
                     log.info("streamrec worker: catalogue read up to its end (%d items)", len(rec.index))
-            batches = await consumer.getmany(timeout_ms=int(1000 * ctx.batch_wait_s), max_records=settings.batch_size)
+            batches = await poll(consumer, tps, ctx.idle_s, settings.batch_size)
             for tp, messages in batches.items():
                 ctx.metrics.events_in.labels(topic).inc(len(messages))
                 await apply_catalogue_messages(
                     ctx, [Message(tp.topic, tp.partition, m.offset, m.value, m.timestamp) for m in messages]
                 )
-            if not batches:
-                # Nothing new: stop fetching for a moment. A broker that answers empty fetches at
-                # once (noida-db) would otherwise keep this loop, which the click agent shares,
-                # busy; it bounds the added catalogue latency by catalogue_idle_ms.
-                consumer.pause(*tps)
-                await asyncio.sleep(ctx.idle_s)
-                consumer.resume(*tps)
     finally:
         await consumer.stop()
 
 
 async def apply_catalogue_messages(ctx: WorkerContext, messages: list[Message]) -> None:
-    outcome = handle_catalogue_messages(ctx.recommender, messages, ctx.journal)
+    outcome = await ctx.run_compute(handle_catalogue_messages, ctx.recommender, messages, ctx.journal)
     if outcome.applied:
         searchable = now_ms()
         for rec in outcome.applied:

@@ -1,11 +1,29 @@
 """The click agent: micro-batches of clicks in, recommendations and dead letters out.
 
-`answer_stream` is the agent's body (stream/app.py registers it on the clicks topic);
-`answer_clicks` handles one micro-batch: it makes one call into Kafka-free code
-(stream/handling.py), sends what comes back, waits for the broker to acknowledge those sends,
-records the batch in the journal and the metrics. Only then does Faust acknowledge the input, so a
-crash replays at most the unacknowledged batch, whose clicks the sequence store recognises by
-event id and the journal keeps from being answered twice.
+`answer_stream` is the agent's body (stream/app.py registers it on the clicks topic). It keeps
+three things apart so that they overlap instead of queueing behind each other:
+
+- **batching, on the event loop** (`next_batch`): the agent waits for one click, then takes every
+  click already delivered, up to `STREAMREC_BATCH_SIZE`. Under light load a click is answered
+  alone at once; under heavy load the batch is whatever arrived while the previous batch was being
+  computed, so batches grow to what keeps up. No fixed wait is added (`STREAMREC_BATCH_WAIT_MS`
+  can add one, for deployments that prefer larger batches to freshness).
+- **compute, in the worker's one compute thread** (`WorkerContext.compute`): decoding, state
+  writes, encoding and search of a batch are one call into Kafka-free code
+  (`stream/handling.py`). Torch, FAISS and RocksDB release the GIL, so the event loop keeps
+  fetching and sending meanwhile. Every call that changes the recommender (clicks, catalogue,
+  model swaps) goes through that one thread, in order, so none of them needs a lock.
+- **finishing, on the event loop** (`ClickPipeline._finish`): a batch's answers are handed to the
+  producer at once; a task waits for the broker's acknowledgements, records the batch in the
+  journal and metrics, and only then acknowledges the input events to Faust. Batches finish in
+  order, and at most `PIPELINE_DEPTH` are between compute and acknowledgement. A crash replays at
+  most the unacknowledged batches, whose clicks the sequence store recognises by event id and the
+  journal keeps from being answered twice.
+
+The agent reads the events Faust delivers to its channel directly instead of iterating the Faust
+stream: the stream's per-event processors, sensors and take-buffer measured as most of Faust's
+cost per click (docs/operations.md, "Hot path"). Faust still owns the consumer, the group, the
+delivery into the channel and the offset commits; the agent acknowledges each event itself.
 """
 
 from __future__ import annotations
@@ -13,23 +31,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from faust.types import EventT
 
-from streamrec.stream.handling import Message, handle_click_messages
+from streamrec.stream.handling import ClickOutcome, Message, handle_click_messages
 from streamrec.stream.schemas import RecordError, decode_click
 from streamrec.stream.worker_context import WorkerContext
 
 log = logging.getLogger(__name__)
 
+# Batches computed but not yet acknowledged by the broker: one finishing while the next computes.
+PIPELINE_DEPTH = 2
+
 
 async def answer_stream(ctx: WorkerContext, stream: Any) -> None:
-    """The agent: once the catalogue is read, answer micro-batches of the Faust stream for ever."""
+    """The agent: once the catalogue is read, answer adaptive micro-batches for ever."""
     await ctx.catalogue_ready.wait()
     log.info("streamrec worker: answering clicks")
-    async for events in stream.take_events(ctx.settings.batch_size, within=ctx.batch_wait_s):
-        await answer_clicks(ctx, [message_of(e) for e in events])
+    channel = aiter(stream.channel)  # the agent's own clone, the queue Faust delivers into
+    pipeline = pipeline_of(ctx)
+    while True:
+        try:
+            events = await next_batch(channel.queue, ctx.settings.batch_size, ctx.batch_wait_s)
+        except StopAsyncIteration:
+            break  # Faust ends the channel when the worker stops
+        await pipeline.submit([message_of(e) for e in events], events)
+    await pipeline.drain()
+
+
+async def next_batch(queue: asyncio.Queue, most: int, wait_s: float = 0.0) -> list[Any]:
+    """Wait for one item, then take what is already queued, up to `most`; with `wait_s` > 0, wait
+    up to that long (from the first item) for the batch to fill."""
+    assert most >= 1, "a batch holds at least one item"
+    batch = [await queue.get()]
+    deadline = time.monotonic() + wait_s
+    while len(batch) < most:
+        if not queue.empty():
+            batch.append(queue.get_nowait())
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), left))
+        except TimeoutError:
+            break
+    return batch
 
 
 def message_of(event: EventT) -> Message:
@@ -37,26 +87,107 @@ def message_of(event: EventT) -> Message:
     return Message(m.topic, m.partition, m.offset, event.value, int(m.timestamp * 1000))
 
 
+class ClickPipeline:
+    """Compute of one batch overlapping the sends and acknowledgements of the one before."""
+
+    def __init__(self, ctx: WorkerContext, depth: int = PIPELINE_DEPTH) -> None:
+        assert depth >= 1, "at least one batch in flight"
+        self.ctx = ctx
+        self.depth = depth
+        self.finishing: deque[asyncio.Task[None]] = deque()
+
+    async def submit(self, messages: list[Message], events: Sequence[EventT] = (), repair: bool = False) -> None:
+        """Compute a batch and start sending its answers; returns before the broker acknowledged
+        them (`drain` waits). `events` are acknowledged to Faust once the batch is finished;
+        `repair` marks clicks the log watch answers again after the broker lost records (no rewind
+        check, answered even if the journal says they were)."""
+        ctx = self.ctx
+        while len(self.finishing) >= self.depth:
+            await self.finishing.popleft()
+        async with ctx.answering:
+            started = time.monotonic()
+            _observe_arrival(ctx, messages, repair)
+            if not repair:
+                await catch_up_partitions(ctx, messages)
+            assert ctx.watch is not None, "the context builds its log watch"
+            ctx.watch.note_handled(messages, repair)
+            outcome = await ctx.run_compute(handle_click_messages, ctx.recommender, messages, ctx.journal, repair)
+            note_outcome(ctx, outcome)
+            t_send = time.perf_counter()
+            dead = await ctx.send_dead(outcome.dead)
+            topic = ctx.settings.topics.recommendations
+            sent = [await ctx.send(topic, key, value) for key, value in outcome.encoded]
+        previous = self.finishing[-1] if self.finishing else None
+        task = asyncio.create_task(self._finish(previous, outcome, dead, sent, events, started, t_send))
+        self.finishing.append(task)
+
+    async def drain(self) -> None:
+        """Wait until every submitted batch is finished."""
+        while self.finishing:
+            await self.finishing.popleft()
+
+    async def _finish(
+        self,
+        previous: asyncio.Task[None] | None,
+        outcome: ClickOutcome,
+        dead: list[Any],
+        sent: list[Any],
+        events: Sequence[EventT],
+        started: float,
+        t_send: float,
+    ) -> None:
+        ctx = self.ctx
+        metrics = ctx.metrics
+        assert ctx.watch is not None, "the context builds its log watch"
+        if previous is not None:
+            await previous  # batches finish in order: the journal's answered offsets only grow
+        if dead:
+            await asyncio.gather(*dead)
+        results = await asyncio.gather(*sent)
+        values = [value for _, value in outcome.encoded]
+        ctx.watch.note_written(zip(results, values, outcome.sources, strict=True))
+        if ctx.journal is not None:
+            ctx.journal.done(ctx.settings.topics.clicks, outcome.last, outcome.offsets)
+        for event in events:
+            event.ack()
+        metrics.stage_latency.labels("send").observe(time.perf_counter() - t_send)
+        if ctx.hooks.on_recommendations is not None:
+            ctx.hooks.on_recommendations(outcome.recommendations)
+        for rec in outcome.recommendations:
+            metrics.freshness.observe(max(0, rec.emitted_at - rec.event_time) / 1000.0)
+        metrics.recommendations.inc(len(outcome.recommendations))
+        metrics.users.set(ctx.recommender.sequences.n_users())
+        metrics.processing_latency.observe(time.monotonic() - started)
+
+
 async def answer_clicks(ctx: WorkerContext, messages: list[Message], repair: bool = False) -> None:
-    """Answer one micro-batch; `repair` marks clicks the log watch answers again after the broker
-    lost records (no rewind check, answered even if the journal says they were)."""
-    async with ctx.answering:
-        await _answer_locked(ctx, messages, repair)
+    """Answer one micro-batch and wait until it is finished (the log watch's repairs, tests)."""
+    pipeline = pipeline_of(ctx)
+    await pipeline.submit(messages, repair=repair)
+    await pipeline.drain()
 
 
-async def _answer_locked(ctx: WorkerContext, messages: list[Message], repair: bool) -> None:
-    metrics, topics, watch = ctx.metrics, ctx.settings.topics, ctx.watch
-    assert watch is not None, "the context builds its log watch"
-    started = time.monotonic()
+def pipeline_of(ctx: WorkerContext) -> ClickPipeline:
+    """The context's one click pipeline (the agent and the log watch's repairs share it)."""
+    if ctx.pipeline is None:
+        ctx.pipeline = ClickPipeline(ctx)
+    return ctx.pipeline
+
+
+def _observe_arrival(ctx: WorkerContext, messages: list[Message], repair: bool) -> None:
+    metrics, topics = ctx.metrics, ctx.settings.topics
     metrics.events_in.labels(topics.clicks).inc(len(messages))
     metrics.batch_size.observe(len(messages))
     if not repair:
         oldest = min(m.timestamp_ms for m in messages)
         metrics.batch_wait.observe(max(0.0, time.time() - oldest / 1000.0))
-        watch.note_rewinds(messages)
-        await catch_up_partitions(ctx, messages)
-    watch.note_handled(messages, repair)
-    outcome = handle_click_messages(ctx.recommender, messages, ctx.journal, answer_again=repair)
+        assert ctx.watch is not None, "the context builds its log watch"
+        ctx.watch.note_rewinds(messages)
+
+
+def note_outcome(ctx: WorkerContext, outcome: ClickOutcome) -> None:
+    """Stage timings, duplicates and reused offsets of a computed batch, into metrics and the log."""
+    metrics, topics = ctx.metrics, ctx.settings.topics
     for stage, seconds in outcome.stage_seconds.items():
         metrics.stage_latency.labels(stage).observe(seconds)
     for part, n in outcome.reused_offsets.items():
@@ -68,26 +199,8 @@ async def _answer_locked(ctx: WorkerContext, messages: list[Message], repair: bo
             topics.clicks,
             part,
         )
-    t_send = time.perf_counter()
     metrics.duplicates.inc(outcome.duplicates)
     metrics.already_answered.inc(outcome.already_answered)
-    futures = await ctx.send_dead(outcome.dead)
-    sent = [await ctx.send(topics.recommendations, key, value) for key, value in outcome.encoded]
-    if futures:
-        await asyncio.gather(*futures)
-    results = await asyncio.gather(*sent)
-    values = [value for _, value in outcome.encoded]
-    watch.note_written(zip(results, values, outcome.sources, strict=True))
-    if ctx.journal is not None:
-        ctx.journal.done(topics.clicks, outcome.last, outcome.offsets)
-    metrics.stage_latency.labels("send").observe(time.perf_counter() - t_send)
-    if ctx.hooks.on_recommendations is not None:
-        ctx.hooks.on_recommendations(outcome.recommendations)
-    for rec in outcome.recommendations:
-        metrics.freshness.observe(max(0, rec.emitted_at - rec.event_time) / 1000.0)
-    metrics.recommendations.inc(len(outcome.recommendations))
-    metrics.users.set(ctx.recommender.sequences.n_users())
-    metrics.processing_latency.observe(time.monotonic() - started)
 
 
 async def catch_up_partitions(ctx: WorkerContext, messages: list[Message]) -> None:
@@ -109,4 +222,5 @@ async def catch_up_partitions(ctx: WorkerContext, messages: list[Message]) -> No
                 missed.append(decode_click(value))
             except RecordError:
                 continue  # the worker that read it first sent it to dead letters
-        ctx.metrics.caught_up.inc(ctx.recommender.catch_up(missed, {part: offset - 1}))
+        caught = await ctx.run_compute(ctx.recommender.catch_up, missed, {part: offset - 1})
+        ctx.metrics.caught_up.inc(caught)

@@ -34,3 +34,23 @@ async def assigned_consumer(bootstrap: str, topic: str) -> tuple[AIOKafkaConsume
     tps = [TopicPartition(topic, p) for p in parts]
     consumer.assign(tps)
     return consumer, tps
+
+
+# How long a resumed reader's fetches may run before an empty poll pauses it again. noida-db
+# answers a fetch at once when there is nothing (it ignores fetch.max.wait.ms), so aiokafka's
+# fetcher asks again and again for as long as the partitions are resumed: keeping that window
+# short, not the poll timeout, is what bounds the broker's and this process's idle cost.
+FETCH_WINDOW_MS = 10
+
+
+async def poll(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], idle_s: float, max_records: int | None = None
+) -> dict[TopicPartition, list]:
+    """One poll of a whole-topic reader: what arrives within FETCH_WINDOW_MS; when nothing did,
+    fetching stops for `idle_s` (which bounds how late the reader sees a new record)."""
+    batches = await consumer.getmany(timeout_ms=FETCH_WINDOW_MS, max_records=max_records)
+    if not batches:
+        consumer.pause(*tps)
+        await asyncio.sleep(idle_s)
+        consumer.resume(*tps)
+    return batches

@@ -2,8 +2,8 @@
 rollback`) announces a version on the models topic.
 
 The announced version is loaded and the catalogue encoded into a second index in a thread while
-batches keep being answered; the switch falls between two batches (they are answered
-synchronously on the event loop). An announcement naming a version the store lacks, or one that
+batches keep being answered; the switch runs in the compute thread, so it falls between two
+batches. An announcement naming a version the store lacks, or one that
 does not load, is a dead letter and the worker keeps serving its model.
 """
 
@@ -13,7 +13,7 @@ import asyncio
 import time
 
 from streamrec.stream.handling import Message, handle_model_messages
-from streamrec.stream.kafka_readers import assigned_consumer
+from streamrec.stream.kafka_readers import assigned_consumer, poll
 from streamrec.stream.worker_context import WorkerContext
 
 
@@ -27,11 +27,8 @@ async def watch_models(ctx: WorkerContext) -> None:
         await consumer.seek_to_end(*tps)
         loop = asyncio.get_running_loop()
         while True:
-            batches = await consumer.getmany(timeout_ms=1000)
+            batches = await poll(consumer, tps, ctx.idle_s)
             if not batches:
-                consumer.pause(*tps)
-                await asyncio.sleep(ctx.idle_s)
-                consumer.resume(*tps)
                 continue
             messages = [
                 Message(m.topic, m.partition, m.offset, m.value, m.timestamp) for msgs in batches.values() for m in msgs
@@ -46,7 +43,7 @@ async def watch_models(ctx: WorkerContext) -> None:
             if announced.model is None:
                 continue
             prepared = await loop.run_in_executor(None, rec.prepare_model, announced.model)
-            rec.swap_model(prepared)
+            await ctx.run_compute(rec.swap_model, prepared)
             metrics.model_info.labels(old).set(0)
             metrics.model_info.labels(rec.model_version).set(1)
             metrics.model_loaded.set(time.time())

@@ -1,6 +1,7 @@
 """What a worker's agents, tasks and timers share: settings, the recommender, metrics, the batch
 journal, the hooks the process wires in, and the one way they write to Kafka.
 
+Everything that touches the recommender runs in the context's one compute thread (`run_compute`).
 The click agent (stream/click_agent.py), tasks (stream/catalogue_task.py, stream/model_task.py) and the
 log check (stream/log_watch.py) are module-level functions over this context; stream/app.py only
 registers them on a Faust app. A test builds a context with a fake `send` and real stores, and
@@ -12,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from streamrec.ops.metrics import Metrics
 from streamrec.serving.recommender import Recommender
@@ -24,6 +26,11 @@ from streamrec.stream.click_log import ClickLogReader
 from streamrec.stream.handling import encode_dead
 from streamrec.stream.log_watch import LogWatch
 from streamrec.stream.schemas import DeadLetterRecord, RecommendationRecord
+
+if TYPE_CHECKING:
+    from streamrec.stream.click_agent import ClickPipeline
+
+R = TypeVar("R")
 
 # send(topic, key, value) -> an awaitable that completes when the broker acknowledged the record,
 # with its RecordMetadata (partition, offset).
@@ -63,6 +70,14 @@ class WorkerContext:
     answering: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The watch over the clicks and recommendations logs (built from the settings when not given).
     watch: LogWatch | None = None
+    # The one thread that runs everything that reads or changes the recommender's state (click
+    # batches, catalogue changes, model swaps), in submission order: the event loop stays free to
+    # fetch and send meanwhile, and those calls never run concurrently with each other.
+    compute: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-compute")
+    )
+    # The click agent's pipeline (stream/click_agent.py `pipeline_of`), shared with the log watch.
+    pipeline: ClickPipeline | None = None
 
     def __post_init__(self) -> None:
         if self.watch is None:
@@ -74,6 +89,10 @@ class WorkerContext:
         m.model_loaded.set(time.time())
         m.index_size.set(len(rec.index))
         m.users.set(rec.sequences.n_users())
+
+    async def run_compute(self, fn: Callable[..., R], *args: Any) -> R:
+        """`fn(*args)` in the compute thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
 
     @property
     def batch_wait_s(self) -> float:

@@ -162,8 +162,15 @@ class Settings:
         low=1,
     )
     max_seq_len: int = _setting("STREAMREC_MAX_SEQ_LEN", 2048, "per-user sequence cap", low=1)
-    batch_size: int = _setting("STREAMREC_BATCH_SIZE", 256, "largest micro-batch of the click agent", low=1)
-    batch_wait_ms: float = _setting("STREAMREC_BATCH_WAIT_MS", 20.0, "longest wait for a micro-batch to fill", low=0)
+    batch_size: int = _setting(
+        "STREAMREC_BATCH_SIZE", 512, "largest click micro-batch (batches adapt to the load below it)", low=1
+    )
+    batch_wait_ms: float = _setting(
+        "STREAMREC_BATCH_WAIT_MS",
+        0.0,
+        "extra wait for a click micro-batch to fill once its first click arrived (0: take what has arrived)",
+        low=0,
+    )
     producer_linger_ms: float = _setting(
         "STREAMREC_PRODUCER_LINGER_MS", 5.0, "Faust producer linger (measured to raise throughput)", low=0
     )
