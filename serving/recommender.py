@@ -143,7 +143,9 @@ class Recommender:
                     index.upsert(rows, v[None])
                 else:
                     index.remove(rows)
+        old = self.model
         self.model, self.index, self._matrix = model, index, matrix
+        old.close()
         # Stored vectors follow the served model, so a restart does not recompute them.
         if prepared.entries:
             self.catalogue.put(prepared.entries, prepared.vectors)
@@ -266,6 +268,7 @@ class Recommender:
     def close(self) -> None:
         self.sequences.close()
         self.catalogue.close()
+        self.model.close()
 
 
 def _set_row(matrix: np.ndarray, row: int, vec: np.ndarray) -> np.ndarray:

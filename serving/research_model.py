@@ -182,6 +182,9 @@ class ResearchServingModel:
         for rows, st in jobs:
             st.length = len(rows)
 
+    def close(self) -> None:
+        """Nothing outside this process."""
+
     def state_bytes_per_user(self, length: int) -> int:
         """Cached state of a user whose history has `length` clicks (the window part of it)."""
         return self.live.state_bytes(length - window_start(length, self.max_len))

@@ -6,7 +6,8 @@ over those item vectors, optionally with an explanation. Two implementations:
 
 - `BaselineServingModel` (here): the untrained content baseline of the walking skeleton;
 - `ResearchServingModel` (`serving/research_model.py`): a trained MUFASA / CAMMSR / SASRec checkpoint
-  with batched incremental user state.
+  with batched incremental user state; `ProcessServingModel` (`serving/model_process.py`) serves
+  one from a process of its own.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class ServingModel(Protocol):
         """How the item's representation weighs its modalities (None when the model has no gate)."""
         ...
 
+    def close(self) -> None:
+        """Release what the model holds outside this process (its own process, when it has one)."""
+        ...
+
 
 class BaselineServingModel:
     """The content baseline: hashed title/category/brand tokens, a recency-weighted mean for users."""
@@ -91,3 +96,6 @@ class BaselineServingModel:
 
     def modality_weights(self, item_id: str) -> dict[str, float] | None:
         return None
+
+    def close(self) -> None:
+        """Nothing outside this process."""

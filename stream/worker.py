@@ -22,6 +22,7 @@ from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
 from streamrec.ops.log_limit import limit_handlers
 from streamrec.ops.lookup import LatestRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
+from streamrec.serving.model_process import ModelProcessError, ModelProcessSpec, ProcessServingModel
 from streamrec.serving.recommender import Recommender
 from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
@@ -30,7 +31,7 @@ from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
-from streamrec.stream.app import build_app
+from streamrec.stream.app import build_app, exit_for_restart
 from streamrec.stream.schemas import RecommendationRecord, encode_recommendation
 from streamrec.stream.topics import ensure_topics
 from streamrec.stream.worker_context import WorkerHooks
@@ -42,21 +43,37 @@ def worker_state_dir(settings: Settings) -> Path:
     return settings.worker_dir / settings.app_id
 
 
-def open_model(settings: Settings) -> ServingModel:
+def model_process_died(journal: BatchJournal | None) -> Callable[[str], None]:
+    """What a worker does when its model process dies: what an agent's death does (one line, the
+    journal's fatal record so the batch in flight becomes a suspect, exit for a restart)."""
+    return lambda why: exit_for_restart(
+        "model process", ModelProcessError(why), journal.note_fatal if journal else None
+    )
+
+
+def open_model(settings: Settings, on_death: Callable[[str], None] | None = None) -> ServingModel:
     """The model store's current version; else the checkpoint named by STREAMREC_MODEL; else the
     content baseline."""
     current = ModelStore(settings.model_store_dir).current() if settings.model_store_dir.is_dir() else None
     if current is not None:
-        return load_serving_version(settings, current.path)
+        return load_serving_version(settings, current.path, on_death)
     if not settings.model_path:
         return BaselineServingModel(ContentBaseline(ContentBaselineConfig()))
     path = Path(settings.model_path)
     if not path.is_file():
         raise UserError(f"STREAMREC_MODEL={settings.model_path}: no such checkpoint", "make one with `streamrec train`")
-    return load_serving_version(settings, path)
+    return load_serving_version(settings, path, on_death)
 
 
-def load_serving_version(settings: Settings, path: Path) -> ServingModel:
+def load_serving_version(settings: Settings, path: Path, on_death: Callable[[str], None] | None = None) -> ServingModel:
+    """A research checkpoint served from its own process (serving/model_process.py), or in this one
+    with STREAMREC_MODEL_PROCESS=0. `on_death`: what to do if that process dies (default: leave
+    with the agents' restart status, as when an agent dies)."""
+    if settings.model_process:
+        spec = ModelProcessSpec(
+            path, settings.data_dir, settings.feature_cache, settings.state_memory_mb, settings.torch_threads
+        )
+        return ProcessServingModel(spec, on_death or model_process_died(None))
     # Imported here: the research models' code (checkpoints, encoders, text features) adds to the
     # start-up of every worker, and a worker serving the content baseline never needs it.
     from streamrec.serving.research_model import ResearchServingConfig, load_research_model
@@ -67,8 +84,8 @@ def load_serving_version(settings: Settings, path: Path) -> ServingModel:
     return load_research_model(path, settings.data_dir, settings.feature_cache, cfg)
 
 
-def open_recommender(settings: Settings) -> Recommender:
-    model = open_model(settings)
+def open_recommender(settings: Settings, on_death: Callable[[str], None] | None = None) -> Recommender:
+    model = open_model(settings, on_death)
     root = worker_state_dir(settings)
     sequences = RocksSequenceStore(root / "sequences", max_len=settings.max_seq_len)
     catalogue = CatalogueStore(root / "catalogue", dim=model.dim)
@@ -94,7 +111,19 @@ def run_worker(settings: Settings, loglevel: str = "warning", topics_ready: Call
     metrics = create_metrics(registry)
     _server, port = serve_metrics(registry, settings.metrics_port, settings.metrics_host)
     print(f"streamrec worker: metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
-    recommender = open_recommender(settings)
+    journal = BatchJournal(worker_state_dir(settings) / "journal.json")
+    if journal.crashed_at_start:
+        log.warning(
+            "streamrec worker: the previous run crashed with %d messages in flight (%s); they are handled "
+            "one by one now, and one that crashes the worker again is dead-lettered as poison",
+            journal.crashed_at_start,
+            journal.previous_fatal.strip().splitlines()[0][:200],
+        )
+    # A hard crash (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) writes its traceback into the
+    # journal's fatal record, which tells the next start that the batch in flight crashed it.
+    faulthandler.enable(file=journal.open_fatal_record(), all_threads=True)
+    on_death = model_process_died(journal)
+    recommender = open_recommender(settings, on_death)
     recent = RecentRecommendations(recommender.title_of)
     latest = LatestRecommendations(encode_recommendation, settings.lookup_users, settings.partitions)
     page: DashboardServer | None = None
@@ -109,20 +138,9 @@ def run_worker(settings: Settings, loglevel: str = "warning", topics_ready: Call
         latest.add(recs)
 
     store = ModelStore(settings.model_store_dir)
-    journal = BatchJournal(worker_state_dir(settings) / "journal.json")
-    if journal.crashed_at_start:
-        log.warning(
-            "streamrec worker: the previous run crashed with %d messages in flight (%s); they are handled "
-            "one by one now, and one that crashes the worker again is dead-lettered as poison",
-            journal.crashed_at_start,
-            journal.previous_fatal.strip().splitlines()[0][:200],
-        )
-    # A hard crash (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) writes its traceback into the
-    # journal's fatal record, which tells the next start that the batch in flight crashed it.
-    faulthandler.enable(file=journal.open_fatal_record(), all_threads=True)
     hooks = WorkerHooks(
         on_recommendations=emitted,
-        load_version=lambda version: load_serving_version(settings, store.get(version).path),
+        load_version=lambda version: load_serving_version(settings, store.get(version).path, on_death),
         has_version=store.has,
         on_fatal=journal.note_fatal,
         on_assignment=latest.hold,

@@ -217,6 +217,11 @@ class Settings:
     trainer_metrics_port: int = _setting(
         "STREAMREC_TRAINER_METRICS_PORT", 9466, "the trainer's Prometheus exporter", port=True
     )
+    model_process: bool = _setting(
+        "STREAMREC_MODEL_PROCESS",
+        True,
+        "serve a trained checkpoint from a process of its own (its own GIL; 0 = in the worker's process)",
+    )
     torch_threads: int = _setting(
         "STREAMREC_TORCH_THREADS",
         1,
