@@ -5,7 +5,8 @@ In one run, on one fresh local broker:
      (so the publisher does not share the CPU with it), then the worker drains the backlog;
      sustained clicks/s = recommendations / (last arrival - first arrival) at a plain downstream
      consumer;
-  2. fixed rate: clicks offered at `--fixed-rate`; freshness = arrival at the downstream consumer
+  2. fixed rate: clicks offered at `--fixed-rate` (and at `--high-rate`, and at `--fixed-rate` again
+     beside a CPU-bound process taking one core); freshness = arrival at the downstream consumer
      minus the click's event time (p50/p95/p99);
   3. ceiling: a bare Faust passthrough agent (consume, decode, send one message per input) drains
      the same backlog the same way;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import random
@@ -25,10 +27,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaProducer
 
@@ -63,6 +66,9 @@ class RunResult:
     stage_seconds: dict[str, float] | None = None
     # how busy the machine was just before the run (bench/machine.py); a busy run is marked
     machine: dict | None = None
+    # cores used during the run (CPU seconds / wall seconds) by the worker (with its model
+    # process) and by this benchmark's own load generator and drain
+    cpu_cores: dict[str, float] | None = None
 
 
 DRAIN_PAUSE_S = 0.003
@@ -122,6 +128,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def tree_peak_rss_mb(pid: int) -> float:
+    """Peak RSS of a process plus its children's (the worker and its model process): the sum of
+    their peaks, an upper bound of the peak together."""
+    children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    return peak_rss_mb(pid) + sum(peak_rss_mb(c) for c in children)
+
+
 def new_items_during(producer: KafkaProducer, settings: Settings, dataset: Dataset, n: int, seconds: float) -> None:
     """Publish `n` unseen items (new ids, new titles) spread over `seconds`: catalogue freshness."""
     rng = random.Random(0)
@@ -162,8 +175,8 @@ def worker_run(
         base,
         topics=TopicNames(f"{name}-"),
         app_id=f"bench-{name}",
-        metrics_port=free_port(),
-        dashboard_port=free_port(),
+        metrics_port=(metrics_port := free_port()),
+        dashboard_port=free_port(avoid=metrics_port),
     )
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     events = dataset.events[:clicks]
@@ -176,6 +189,7 @@ def worker_run(
         publish_clicks(producer, settings.topics, events, 0, progress=False)
     worker = start_worker(settings, workdir / f"{name}.log")
     try:
+        cpu = CpuMeter(worker.proc.pid)
         before: dict[str, float] = {}
         if rate:
             worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=120)
@@ -193,6 +207,7 @@ def worker_run(
             publish_clicks(producer, settings.topics, events, rate, progress=False)
         producer.close()
         got = drain.result()
+        cores = cpu.cores()
         cat_p99 = None
         if feeder is not None:
             feeder.join()
@@ -202,7 +217,7 @@ def worker_run(
         delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
         if feeder is not None:
             cat_p99 = catalogue_p99(delta)
-        rss = peak_rss_mb(worker.proc.pid)
+        rss = tree_peak_rss_mb(worker.proc.pid)
     finally:
         worker.stop()
     arrivals = [t for _, t in got]
@@ -237,7 +252,50 @@ def worker_run(
         new_items,
         delta.get("streamrec_stream_batch_size_events_sum", 0.0) / batches if batches else None,
         stages,
+        cpu_cores=cores,
     )
+
+
+class CpuMeter:
+    """CPU seconds per wall second, from now until `cores()`, of a process with its children
+    (the worker and its model process) and of this benchmark process (publisher and drain)."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.me = psutil.Process()
+        self.start = time.monotonic(), self._tree(), self._own()
+
+    def _tree(self) -> float:
+        total = 0.0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                continue
+        return total
+
+    def _own(self) -> float:
+        t = self.me.cpu_times()
+        return t.user + t.system
+
+    def cores(self) -> dict[str, float]:
+        wall = time.monotonic() - self.start[0]
+        return {
+            "worker": round((self._tree() - self.start[1]) / wall, 2),
+            "bench_harness": round((self._own() - self.start[2]) / wall, 2),
+        }
+
+
+@contextlib.contextmanager
+def competing_process() -> Iterator[None]:
+    """A CPU-bound process beside the worker for the duration: one of the machine's cores taken."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 # The ceilings measured beside the worker: (run name, module run as `python -m`, topic prefix).
@@ -362,6 +420,17 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
                 "fixed", worker_run, dataset, "worker-fixed", fixed, args.fixed_rate, workdir, args.new_items
             )
         )
+        if args.high_rate:
+            results.append(
+                on_fresh_broker("high", worker_run, dataset, "worker-high-rate", fixed, args.high_rate, workdir)
+            )
+        if args.contention:
+            with competing_process():
+                contended = on_fresh_broker(
+                    "contended", worker_run, dataset, "worker-contended", fixed, args.fixed_rate, workdir
+                )
+            contended.settings = {**(contended.settings or {}), "competing_cpu_bound_process": True}
+            results.append(contended)
         if args.variants:
             n = min(clicks, 20_000)
             variants = {
@@ -380,7 +449,8 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     for r in results:
         if r.stage_seconds:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.stage_seconds.items()))
-            print(f"{r.name}: mean batch {r.mean_batch or 0:.0f} clicks; seconds per stage: {stages}")
+            cores = ", ".join(f"{k} {v:.2f}" for k, v in (r.cpu_cores or {}).items())
+            print(f"{r.name}: mean batch {r.mean_batch or 0:.0f} clicks; seconds per stage: {stages}; cores: {cores}")
     by_name = {r.name: r for r in results}
     ceiling = by_name["faust-passthrough"].clicks_per_s
     raw = by_name["aiokafka-raw-loop"].clicks_per_s

@@ -32,10 +32,15 @@ def noida_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: int | None = None) -> int:
+    """A port nothing listens on now; never `avoid` (the OS may hand the same port out twice in a
+    row when the first was not bound in between)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != avoid:
+            return port
 
 
 def _real_errors(stderr: str) -> str:

@@ -43,10 +43,20 @@ class ModelProcessSpec:
     features_dir: Path
     state_memory_mb: int = 256
     torch_threads: int = 1
+    state_dtype: str = "float32"
 
 
 class ModelProcessError(RuntimeError):
     """The child raised while handling a call (the call's input is at fault, not the process)."""
+
+
+def _context() -> mp.context.ForkServerContext:
+    """Children are forked from a fork server that imported torch and the serving code once: the
+    first model process pays the imports (about 2 s), later ones (hot swaps) only load their
+    checkpoint. The server is a fresh interpreter, so no torch threads or locks are forked."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "streamrec.serving.research_model"])
+    return ctx
 
 
 class ProcessServingModel:
@@ -55,7 +65,7 @@ class ProcessServingModel:
     def __init__(self, spec: ModelProcessSpec, on_death: Callable[[str], None]) -> None:
         self.spec = spec
         self.on_death = on_death
-        ctx = mp.get_context("spawn")  # a fresh interpreter: no torch threads or locks forked
+        ctx = _context()
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=serve, args=(child_conn, spec), name="streamrec-model", daemon=True)
         self._proc.start()
@@ -150,7 +160,7 @@ def serve(conn: Connection, spec: ModelProcessSpec) -> None:
             spec.checkpoint,
             spec.data_dir,
             spec.features_dir,
-            ResearchServingConfig(state_memory_mb=spec.state_memory_mb),
+            ResearchServingConfig(state_memory_mb=spec.state_memory_mb, state_dtype=spec.state_dtype),
         )
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it where the model is loaded
         conn.recv()  # the parent's first call

@@ -31,6 +31,9 @@ class ResearchServingConfig:
     max_slots: int = 65536
     explain_top: int = 3  # history items named per recommendation
     device: str = "auto"  # "auto" = CUDA when present, else CPU
+    # Storage type of the cached keys, values and block summaries (float32, float16, bfloat16):
+    # computation stays in float32; `streamrec bench precision` measures what a narrower cache costs.
+    state_dtype: str = "float32"
 
 
 @dataclass
@@ -54,10 +57,10 @@ class ResearchServingModel:
         self._version = bundle.version
         self.text = bundle.text
         self.max_len = model.cfg.encoder.max_len
-        probe = LiveEncoder(model.encoder, LiveEncoderConfig(slots=1))
+        probe = LiveEncoder(model.encoder, LiveEncoderConfig(slots=1, dtype=self.cfg.state_dtype))
         per_slot = probe.state_bytes(self.max_len)
         slots = int(min(self.cfg.max_slots, max(16, self.cfg.state_memory_mb * 2**20 // per_slot)))
-        self.live = LiveEncoder(model.encoder, LiveEncoderConfig(slots=slots))
+        self.live = LiveEncoder(model.encoder, LiveEncoderConfig(slots=slots, dtype=self.cfg.state_dtype))
         self.slot_bytes = per_slot
         self._users: OrderedDict[str, _Slot] = OrderedDict()
         self._free = list(range(slots - 1, -1, -1))

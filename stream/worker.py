@@ -71,7 +71,12 @@ def load_serving_version(settings: Settings, path: Path, on_death: Callable[[str
     with the agents' restart status, as when an agent dies)."""
     if settings.model_process:
         spec = ModelProcessSpec(
-            path, settings.data_dir, settings.feature_cache, settings.state_memory_mb, settings.torch_threads
+            path,
+            settings.data_dir,
+            settings.feature_cache,
+            settings.state_memory_mb,
+            settings.torch_threads,
+            settings.state_dtype,
         )
         return ProcessServingModel(spec, on_death or model_process_died(None))
     # Imported here: the research models' code (checkpoints, encoders, text features) adds to the
@@ -80,7 +85,7 @@ def load_serving_version(settings: Settings, path: Path, on_death: Callable[[str
 
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
-    cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb)
+    cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb, state_dtype=settings.state_dtype)
     return load_research_model(path, settings.data_dir, settings.feature_cache, cfg)
 
 

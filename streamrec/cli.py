@@ -175,6 +175,10 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.bench.reliability import run_reliability_bench
 
         return run_reliability_bench(settings, args)
+    if args.bench == "precision":
+        from streamrec.bench.precision import run_precision_bench
+
+        return run_precision_bench(settings, args)
     if args.bench == "attention":
         from streamrec.bench.attention import run
 
@@ -304,8 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("pipeline", help="clicks/s, freshness and RSS of the worker vs a bare Faust agent")
     b.add_argument("--dataset", default="ml-100k")
     b.add_argument("--events", type=int, default=0, help="clicks in the max-rate run (0 = whole dataset)")
-    b.add_argument("--fixed-rate", type=float, default=500.0, help="offered clicks/s of the freshness run")
+    b.add_argument("--fixed-rate", type=float, default=1000.0, help="offered clicks/s of the freshness run")
     b.add_argument("--fixed-events", type=int, default=15000)
+    b.add_argument("--high-rate", type=float, default=2000.0, help="offered clicks/s of a second run (0 = none)")
+    b.add_argument(
+        "--contention",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run at --fixed-rate beside a CPU-bound process taking one core",
+    )
     b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
     b.add_argument(
         "--checkpoint",
@@ -373,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--phases", default="kills,kills-prefork,broker,fuzz")
     b.add_argument("--keep", action="store_true", help="keep the logs and state of the run")
     b.add_argument("--out", default="bench/results/reliability.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("precision", help="ranking quality and state size of narrower encoder-state caches")
+    b.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help="checkpoint to measure")
+    b.add_argument("--dataset", default="ml-100k", help="used when the checkpoint does not name its dataset")
+    b.add_argument("--users", type=int, default=5000, help="users measured (0 = all)")
+    b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--memory-mb", type=int, default=1024, help="cache bound (slots) of the serving model")
+    b.add_argument("--out", default="bench/results/precision.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("attention", help="dense vs sparse attention time/memory, incremental step cost")
     b.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")

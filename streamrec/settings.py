@@ -37,6 +37,9 @@ def _parse(f: Field[Any], raw: str) -> Any:
     if kind in ("Path", "Path | None"):
         return Path(raw)
     if kind == "str":
+        choices = f.metadata.get("choices")
+        if choices and raw not in choices:
+            raise UserError(f"setting {env}={raw!r} is not one of {', '.join(choices)}", f"e.g. {env}={choices[0]}")
         return raw
     example = f"e.g. {env}={_render(f.default)}" if f.default is not MISSING else ""
     if kind == "bool":
@@ -97,10 +100,11 @@ def _setting(
     shown: str | None = None,
     low: float | None = None,
     port: bool = False,
+    choices: tuple[str, ...] = (),
 ) -> Any:
     """One runtime setting: its environment variable, default, meaning (the README's table is made
     from these: `python -m streamrec.settings`), and the bounds `from_env` checks."""
-    meta = {"env": env, "meaning": meaning, "shown": shown, "low": 0 if port else low, "port": port}
+    meta = {"env": env, "meaning": meaning, "shown": shown, "low": 0 if port else low, "port": port, "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -193,6 +197,12 @@ class Settings:
     explain: bool = _setting("STREAMREC_EXPLAIN", True, "attach explanations (history items, modality weights)")
     state_memory_mb: int = _setting(
         "STREAMREC_STATE_MEMORY_MB", 256, "bound on a worker's cached incremental user state (LRU)", low=1
+    )
+    state_dtype: str = _setting(
+        "STREAMREC_STATE_DTYPE",
+        "float16",
+        "storage type of cached encoder state: float16, float32 or bfloat16 (`streamrec bench precision`)",
+        choices=("float16", "float32", "bfloat16"),
     )
     catalogue_idle_ms: float = _setting(
         "STREAMREC_CATALOGUE_IDLE_MS", 100.0, "pause of the catalogue reader after an empty poll", low=0

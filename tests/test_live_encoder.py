@@ -163,3 +163,25 @@ def test_window_start_keeps_between_half_and_all_of_max_len() -> None:
         s = window_start(n, 8)
         assert 4 < n - s <= 8 or (n <= 8 and s == 0)
         assert s % 4 == 0
+
+
+@pytest.mark.parametrize("dtype, tol", [("float16", 2e-3), ("bfloat16", 2e-2)])
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_a_narrow_cache_stays_close_to_the_full_forward_and_halves_the_state(
+    attention: str, dtype: str, tol: float
+) -> None:
+    enc = make_encoder(attention, seed=2)
+    live = LiveEncoder(enc, LiveEncoderConfig(slots=8, dtype=dtype))
+    b, t_max = len(LENGTHS), max(LENGTHS) + 6
+    items = torch.randn(b, t_max, 16)
+    expected = full_outputs(enc, items)
+    lengths = torch.tensor(LENGTHS)
+    slots = torch.arange(b)
+    live.prefill(slots, items[:, : max(LENGTHS)], lengths)
+    for extra in range(6):  # steps read every cached key, value and summary in the narrow type
+        pos = lengths + extra
+        got, _ = live.step(slots, items[torch.arange(b), pos])
+        assert got.dtype == torch.float32, "computed in float32 whatever the cache stores"
+        torch.testing.assert_close(got, expected[torch.arange(b), pos], atol=tol, rtol=tol)
+    wide = LiveEncoder(enc, LiveEncoderConfig(slots=1))
+    assert live.state_bytes(32) < 0.55 * wide.state_bytes(32)

@@ -1,0 +1,111 @@
+"""`streamrec bench precision`: what a narrower cache of encoder state costs in ranking quality
+and saves in memory, through the serving path itself.
+
+For every user with at least three clicks, the serving model (serving/research_model.py) is given
+the history without its last click: the window but its last item is prefilled (computed in float32
+whatever the cache type) and the last item is one incremental step, which reads every cached key,
+value and block summary in the cache's type. The user vector ranks all items, history excluded,
+against the held-out last click (leave-one-out, full ranking): NDCG@10 and HR@10 per cache type,
+with the relative change from float32 and the largest difference of user vectors. Prints a table
+and writes JSON with the commit and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamrec.bench.machine import code_version, machine_load
+from streamrec.datasets import load_dataset
+from streamrec.model_bundle import load_bundle
+from streamrec.serving.research_model import ResearchServingConfig, ResearchServingModel
+from streamrec.serving.serving_model import UserHistory
+from streamrec.settings import Settings
+from streamrec.stream.schemas import CatalogueRecord
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def leave_one_out(events: list, users: int) -> list[tuple[str, list[str], str]]:
+    """(user, history without the last click, last click) of the first `users` users with >= 3 clicks."""
+    by_user: dict[str, list[str]] = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(e.item_id)
+    out = [(u, items[:-1], items[-1]) for u, items in by_user.items() if len(items) >= 3]
+    return out[:users] if users > 0 else out
+
+
+def rank_metrics(vectors: np.ndarray, matrix: np.ndarray, histories: list[list[int]], targets: list[int]) -> np.ndarray:
+    """Per user NDCG@10 of the target among all rows, history rows excluded. vectors (U, D), matrix (R, D)."""
+    scores = vectors @ matrix.T  # (U, R)
+    out = np.zeros(len(targets))
+    for u, (rows, target) in enumerate(zip(histories, targets, strict=True)):
+        s = scores[u].copy()
+        s[[r for r in rows if r != target]] = -np.inf
+        rank = int((s > s[target]).sum())
+        out[u] = 1.0 / np.log2(rank + 2) if rank < 10 else 0.0
+    return out
+
+
+def run_precision_bench(settings: Settings, args: argparse.Namespace) -> int:
+    assert args.checkpoint, "a checkpoint to measure (--checkpoint)"
+    started = time.time()
+    load = machine_load()
+    bundle = load_bundle(Path(args.checkpoint), settings.data_dir, settings.feature_cache)
+    dataset = load_dataset(bundle.meta.get("dataset", args.dataset), settings.data_dir)
+    records = [
+        CatalogueRecord(i.item_id, "upsert", 0, i.title, i.category_path, i.brand, i.price) for i in dataset.items
+    ]
+    row_of = {r.item_id: k for k, r in enumerate(records)}
+    cases = leave_one_out(dataset.events, args.users)
+    histories = [[row_of[i] for i in h] for _, h, _ in cases]
+    targets = [row_of[t] for _, _, t in cases]
+    results = {}
+    reference: np.ndarray | None = None
+    for dtype in DTYPES:
+        model = ResearchServingModel(bundle, ResearchServingConfig(state_memory_mb=args.memory_mb, state_dtype=dtype))
+        matrix = np.concatenate([model.encode_items(records[i : i + 1024]) for i in range(0, len(records), 1024)])
+        vectors = []
+        for start in range(0, len(cases), args.batch):
+            chunk = range(start, min(start + args.batch, len(cases)))
+            batch = [UserHistory(cases[k][0], histories[k], len(histories[k])) for k in chunk]
+            vectors.append(model.encode_users(batch, matrix, explain=False).vectors)
+        vecs = np.concatenate(vectors)  # (U, D)
+        ndcg = rank_metrics(vecs, matrix, histories, targets)
+        if reference is None:
+            reference = vecs
+        results[dtype] = {
+            "ndcg@10": float(ndcg.mean()),
+            "hr@10": float((ndcg > 0).mean()),
+            "state_bytes_per_user_at_2048": model.state_bytes_per_user(2048),
+            "max_abs_vector_difference_from_float32": float(np.abs(vecs - reference).max()),
+        }
+    base = results["float32"]["ndcg@10"]
+    print(f"{'cache':<10}{'NDCG@10':>10}{'vs fp32':>10}{'HR@10':>9}{'state B/user':>14}{'max |dv|':>11}")
+    for dtype, r in results.items():
+        r["ndcg_relative_change"] = (r["ndcg@10"] - base) / base if base else 0.0
+        print(
+            f"{dtype:<10}{r['ndcg@10']:>10.4f}{r['ndcg_relative_change']:>+10.2%}{r['hr@10']:>9.4f}"
+            f"{r['state_bytes_per_user_at_2048']:>14,}{r['max_abs_vector_difference_from_float32']:>11.2e}"
+        )
+    print(f"{len(cases)} users of {dataset.name}, leave-one-out over {len(records)} items, history excluded")
+    payload = {
+        "dataset": dataset.name,
+        "checkpoint": args.checkpoint,
+        "users": len(cases),
+        "results": results,
+        "machine": load,
+        "seconds": round(time.time() - started, 1),
+        "commit": code_version(),
+        "command": " ".join(["streamrec", "bench", "precision", *sys.argv[3:]]),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+    return 0
