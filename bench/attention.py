@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from streamrec.bench.machine import code_version, machine_load
 from streamrec.models.sparse_attention import (
     AttentionCache,
     DenseCausalAttention,
@@ -155,6 +156,53 @@ def _child(kind: str, t: int, repeats: int, allocator: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1]) | {"allocator": allocator}
 
 
+def measure_served_step(t: int, users: int, repeats: int = 20) -> dict:
+    """The serving path's one-click step (models/live_encoder.py, as the worker runs it): one new
+    click for each of `users` users whose cache holds t positions, sparse vs dense encoder of the
+    MUFASA preset's shape (dim 64, 2 layers, 2 heads; block 16, 4 selected, window 32). Caches are
+    filled with random state of the right shape: the step's cost does not depend on the values."""
+    from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig
+    from streamrec.models.sequence_encoder import SequenceEncoder, SequenceEncoderConfig
+
+    out: dict = {"T": t, "users": users}
+    for kind in KINDS:
+        torch.manual_seed(0)
+        sparse = SparseAttentionConfig(block=16, num_selected=4, num_recent=1, window=32)
+        cfg = SequenceEncoderConfig(dim=64, layers=2, heads=2, max_len=t + repeats + 1, attention=kind, sparse=sparse)
+        live = LiveEncoder(SequenceEncoder(cfg).eval(), LiveEncoderConfig(slots=users))
+        with torch.no_grad():
+            for cache in (*live.k, *live.v, *live.kc, *live.vc):
+                cache.normal_()
+            for idx, valid in zip(live.sel_idx, live.sel_valid, strict=True):
+                idx.copy_(torch.randint(0, max(1, t // sparse.block), idx.shape))
+                valid.fill_(True)
+        slots = torch.arange(users)
+        items = torch.randn(users, 64)
+        live.length[slots] = t
+        live.step(slots, items)  # warm-up
+        live.length[slots] = t
+        started = time.perf_counter()
+        for _ in range(repeats):
+            live.step(slots, items)  # each step appends one position: t, t+1, ... as a stream of clicks does
+        per_batch = (time.perf_counter() - started) / repeats
+        out[f"{kind}_batch_ms"] = per_batch * 1000
+        out[f"{kind}_per_click_us"] = per_batch / users * 1e6
+    out["sparse_over_dense"] = out["sparse_batch_ms"] / out["dense_batch_ms"]
+    return out
+
+
+def run_served_steps(lengths: list[int], users: int) -> list[dict]:
+    rows = [measure_served_step(t, users) for t in lengths]
+    print(f"\nserved one-click step, {users} users per batch, {torch.get_num_threads()} thread(s)")
+    print(f"{'T':>6} {'sparse ms':>10} {'dense ms':>9} {'sparse/dense':>13} {'sparse us/click':>16}")
+    for r in rows:
+        print(
+            f"{r['T']:>6} {r['sparse_batch_ms']:>10.2f} {r['dense_batch_ms']:>9.2f} {r['sparse_over_dense']:>13.2f}"
+            f" {r['sparse_per_click_us']:>16.1f}"
+        )
+    return rows
+
+
 def _print_table(rows: list[dict], lengths: list[int], allocator: str) -> None:
     print(f"\nallocator: {allocator}")
     print(
@@ -172,6 +220,21 @@ def _print_table(rows: list[dict], lengths: list[int], allocator: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    served_lengths = [int(x) for x in args.served_lengths.split(",")]
+    if args.served_only:
+        served = run_served_steps(served_lengths, args.served_users)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "served_step": served,
+            "threads": torch.get_num_threads(),
+            "machine": machine_load(),
+            "commit": code_version(),
+            "command": " ".join(["streamrec", "bench", "attention", *sys.argv[3:]]),
+        }
+        out.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {out}")
+        return 0
     lengths = [int(x) for x in args.lengths.split(",")]
     allocators = list(ALLOCATORS) if args.allocator == "both" else [args.allocator]
     rows = []
@@ -187,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
     steps = [measure_step(t) for t in lengths if t <= args.step_max]
+    served = run_served_steps(served_lengths, args.served_users)
     for allocator in allocators:
         _print_table(rows, lengths, allocator)
     print(f"\n{'T':>6} {'step ms':>9} {'full ms':>9} {'x':>7} {'dense step ms':>14}")
@@ -207,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         "allocators": {a: ALLOCATORS[a] for a in allocators},
         "attention": rows,
         "incremental_step": steps,
+        "served_step": served,
     }
     out.write_text(json.dumps(payload, indent=2))
     _plot([r for r in rows if r["allocator"] == allocators[0]], out.with_suffix(".png"), allocators[0])

@@ -376,9 +376,10 @@ def state_bytes(settings: Settings, model_path: str, workdir: Path) -> dict[str,
     disk = sum(f.stat().st_size for f in path.rglob("*.sst"))
     out = {"sequence_on_disk": disk // users}
     if model_path:
-        from streamrec.serving.research_model import load_research_model
+        from streamrec.serving.research_model import ResearchServingConfig, load_research_model
 
-        model = load_research_model(Path(model_path), settings.data_dir, settings.feature_cache)
+        cfg = ResearchServingConfig(state_dtype=settings.state_dtype)  # as served (STREAMREC_STATE_DTYPE)
+        model = load_research_model(Path(model_path), settings.data_dir, settings.feature_cache, cfg)
         out["encoder_state"] = model.state_bytes_per_user(2048)
     return out
 

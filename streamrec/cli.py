@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
     b.add_argument("--repeats", type=int, default=5, help="timed runs per point after a warm-up; the best is kept")
     b.add_argument("--step-max", type=int, default=8192, help="largest T for the incremental-step measurement")
+    b.add_argument("--served-lengths", default="200,512,2048,8192", help="T of the served one-click step")
+    b.add_argument("--served-users", type=int, default=64, help="users per batch of the served one-click step")
+    b.add_argument("--served-only", action="store_true", help="only the served one-click step (fast)")
     b.add_argument(
         "--allocator",
         choices=("default", "retain", "both"),
