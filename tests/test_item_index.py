@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamrec.state.item_index import ExactItemIndex, FaissItemIndex, ItemIndex
 
@@ -94,3 +96,26 @@ def test_index_turns_approximate_past_the_threshold_and_probing_all_lists_is_exa
     ann.upsert(np.array([1, 2], dtype=np.int64), vecs[:2])
     exact.upsert(np.array([1, 2], dtype=np.int64), vecs[:2])
     np.testing.assert_allclose(ann.search(queries, 10)[0], exact.search(queries, 10)[0], rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=12), k=st.integers(1, 20), seed=st.integers(0, 99))
+def test_ragged_exclusions_give_the_brute_force_top_k(sizes: list[int], k: int, seed: int) -> None:
+    """Queries with very different exclusion sets are searched in groups: each must still get the
+    exact top-k of what it may see."""
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(5_000)[:400].astype(np.int64)
+    vecs = unit(rng, 400, 16)
+    index = FaissItemIndex(16)
+    index.upsert(ids, vecs)
+    queries = unit(rng, len(sizes), 16)
+    excl = [set(rng.choice(ids, size=n, replace=False).tolist()) for n in sizes]
+    scores, got = index.search(queries, k, excl)
+    for row, banned in enumerate(excl):
+        allowed = np.array([i not in banned for i in ids.tolist()])
+        s = queries[row] @ vecs[allowed].T
+        top = ids[allowed][np.argsort(-s, kind="stable")[:k]]
+        n = min(k, int(allowed.sum()))
+        assert set(got[row, :n].tolist()) == set(top[:n].tolist())
+        assert (got[row, n:] == -1).all() and np.isneginf(scores[row, n:]).all()
+        assert np.all(np.diff(scores[row, :n]) <= 1e-6), "best first"
