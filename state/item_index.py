@@ -56,31 +56,20 @@ class ItemIndex(ABC):
         n = len(self)
         if n == 0 or b == 0:
             return out_scores, out_ids
-        # Queries are searched in groups by how many candidates they need (k plus their exclusion
-        # set, rounded up to a power of two): one long history must not make every query of the
-        # batch fetch and filter thousands of candidates.
-        groups: dict[int, list[int]] = {}
-        for row, excl in enumerate(exclude):
-            groups.setdefault(min(n, _round_up(k + len(excl))), []).append(row)
-        for fetch, rows in groups.items():
-            scores, ids = self._search_raw(np.ascontiguousarray(queries[rows], dtype=np.float32), fetch)  # (G, fetch)
-            keep = ids >= 0
-            for g, row in enumerate(rows):
-                if exclude[row]:
-                    excluded = np.fromiter(exclude[row], dtype=np.int64, count=len(exclude[row]))
-                    keep[g] &= ~np.isin(ids[g], excluded)
-            # The first k kept candidates of each row, in the index's (descending) score order.
-            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-            taken = np.take_along_axis(keep, order, 1)
-            width = order.shape[1]
-            out_ids[rows, :width] = np.where(taken, np.take_along_axis(ids, order, 1), -1)
-            out_scores[rows, :width] = np.where(taken, np.take_along_axis(scores, order, 1), -np.inf)
+        fetch = min(n, k + max(len(e) for e in exclude))
+        scores, ids = self._search_raw(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        for row in range(b):
+            excl = exclude[row]
+            col = 0
+            for s, i in zip(scores[row], ids[row], strict=True):
+                if i < 0 or int(i) in excl:
+                    continue
+                out_scores[row, col] = s
+                out_ids[row, col] = i
+                col += 1
+                if col == k:
+                    break
         return out_scores, out_ids
-
-
-def _round_up(x: int) -> int:
-    """The smallest power of two >= x."""
-    return 1 << max(0, x - 1).bit_length()
 
 
 class ExactItemIndex(ItemIndex):
