@@ -175,6 +175,10 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.bench.reliability import run_reliability_bench
 
         return run_reliability_bench(settings, args)
+    if args.bench == "soak":
+        from streamrec.bench.soak import run_soak_bench
+
+        return run_soak_bench(settings, args)
     if args.bench == "precision":
         from streamrec.bench.precision import run_precision_bench
 
@@ -384,6 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--phases", default="kills,kills-prefork,broker,fuzz")
     b.add_argument("--keep", action="store_true", help="keep the logs and state of the run")
     b.add_argument("--out", default="bench/results/reliability.json")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("soak", help="a long fixed-rate run: freshness and memory per minute")
+    b.add_argument("--dataset", default="ml-100k")
+    b.add_argument(
+        "--checkpoint", "--model", dest="checkpoint", default="", help="checkpoint (default: content baseline)"
+    )
+    b.add_argument("--rate", type=float, default=1000.0, help="offered clicks/s")
+    b.add_argument("--minutes", type=float, default=30.0)
+    b.add_argument("--drain-s", type=float, default=120.0, help="longest wait for the last answers after the run")
+    b.add_argument("--out", default="bench/results/soak.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("precision", help="ranking quality and state size of narrower encoder-state caches")
     b.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help="checkpoint to measure")

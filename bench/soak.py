@@ -1,0 +1,176 @@
+"""`streamrec bench soak`: a long run at a fixed offered rate, to see whether the worker keeps up.
+
+One worker (content baseline or `--checkpoint`) on a fresh local broker; the dataset's clicks are
+offered at `--rate` for `--minutes`, looping over the dataset with new event ids when it runs out.
+Reported per minute of arrival: answers, freshness p50 / p99 (arrival at a downstream consumer
+minus event time), and the resident memory of the worker (with its model process) and of the
+broker, sampled every 10 s. Flat freshness and flat memory after warm-up mean the worker keeps up;
+growth means a backlog or a leak. Prints a table and writes JSON with the machine's load, the
+commit and the command.
+
+noida-db keeps every message in memory, so the broker's own memory grows with the run by design;
+its column tells that apart from the worker's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+
+from streamrec.bench.machine import code_version, machine_load
+from streamrec.bench.pipeline import Drain
+from streamrec.datasets import load_dataset
+from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.processes import start_worker
+from streamrec.ops.metrics import percentile
+from streamrec.settings import Settings, TopicNames
+from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
+from streamrec.stream.topics import ensure_topics
+
+
+def rss_mb(procs: list[psutil.Process]) -> float:
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+class MemorySampler(threading.Thread):
+    """Every `every_s`: (seconds since start, worker tree RSS MB, broker RSS MB)."""
+
+    def __init__(self, worker_pid: int, broker_dir: Path, every_s: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.worker = psutil.Process(worker_pid)
+        self.broker = [
+            p for p in psutil.process_iter(["cmdline"]) if str(broker_dir) in " ".join(p.info["cmdline"] or [])
+        ]
+        self.every_s = every_s
+        self.samples: list[tuple[float, float, float]] = []
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                tree = [self.worker, *self.worker.children(recursive=True)]
+            except psutil.Error:
+                return
+            self.samples.append((time.monotonic() - self.started, rss_mb(tree), rss_mb(self.broker)))
+
+
+def per_minute(got: list[tuple[int, float]], started: float, samples: list[tuple[float, float, float]]) -> list[dict]:
+    """Per minute of arrival since `started` (unix s): answers, freshness p50/p99 (ms) from
+    (event time ms, arrival s) pairs, and the last memory sample (s since start, worker MB,
+    broker MB) taken in that minute."""
+    minutes: dict[int, list[float]] = {}
+    for event_time, arrival in got:
+        minutes.setdefault(int((arrival - started) // 60), []).append(arrival * 1000 - event_time)
+    rows = []
+    for m in sorted(minutes):
+        fresh = minutes[m]
+        mem = [s for s in samples if m * 60 <= s[0] < (m + 1) * 60]
+        rows.append(
+            {
+                "minute": m + 1,
+                "answers": len(fresh),
+                "freshness_p50_ms": percentile(fresh, 0.5),
+                "freshness_p99_ms": percentile(fresh, 0.99),
+                "worker_rss_mb": mem[-1][1] if mem else None,
+                "broker_rss_mb": mem[-1][2] if mem else None,
+            }
+        )
+    return rows
+
+
+def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset, settings.data_dir)
+    load = machine_load()
+    with tempfile.TemporaryDirectory(prefix="streamrec-soak-") as tmp:
+        workdir = Path(tmp)
+        broker = LocalBroker(workdir / "broker", free_port()).start()
+        metrics_port = free_port()
+        run_settings = replace(
+            settings,
+            kafka_bootstrap=broker.bootstrap,
+            state_dir=workdir / "state",
+            features_dir=settings.feature_cache,
+            model_path=args.checkpoint,
+            topics=TopicNames("soak-"),
+            app_id="bench-soak",
+            metrics_port=metrics_port,
+            dashboard_port=free_port(avoid=metrics_port),
+        )
+        try:
+            ensure_topics(run_settings.kafka_bootstrap, run_settings.topics, run_settings.partitions)
+            producer = make_producer(run_settings.kafka_bootstrap)
+            n_items = publish_catalogue(producer, run_settings.topics, dataset.items)
+            worker = start_worker(run_settings, workdir / "worker.log")
+            try:
+                worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=180)
+                drain = Drain(
+                    run_settings.kafka_bootstrap,
+                    run_settings.topics.recommendations,
+                    expected=1 << 62,
+                    timeout_s=args.minutes * 60 + args.drain_s,
+                    keep=lambda raw, now: (json.loads(raw)["event_time"], now),
+                )
+                drain.start()
+                sampler = MemorySampler(worker.proc.pid, workdir / "broker")
+                sampler.start()
+                started = time.time()
+                end = time.monotonic() + args.minutes * 60
+                published, loop = 0, 0
+                while time.monotonic() < end:
+                    events = [replace(e, event_id=f"{e.event_id}-r{loop}") for e in dataset.events]
+                    published += publish_clicks(
+                        producer, run_settings.topics, events, args.rate, False, lambda: time.monotonic() > end
+                    )
+                    loop += 1
+                producer.close()
+                drain.expected = published
+                got = drain.result()
+                sampler.stop.set()
+                sampler.join()
+            finally:
+                worker.stop()
+        finally:
+            broker.stop()
+    rows = per_minute(got, started, sampler.samples)
+    print(f"{'minute':>6} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} {'worker MB':>10} {'broker MB':>10}")
+    for r in rows:
+        w = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] is not None else "-"
+        b = f"{r['broker_rss_mb']:.0f}" if r["broker_rss_mb"] is not None else "-"
+        print(
+            f"{r['minute']:>6} {r['answers']:>8} {r['freshness_p50_ms']:>8.0f} {r['freshness_p99_ms']:>8.0f}"
+            f" {w:>10} {b:>10}"
+        )
+    print(f"{published} clicks offered at {args.rate:.0f}/s for {args.minutes} min, {len(got)} answered")
+    payload = {
+        "dataset": dataset.name,
+        "model": args.checkpoint or "content baseline",
+        "rate": args.rate,
+        "minutes": args.minutes,
+        "offered": published,
+        "answered": len(got),
+        "per_minute": rows,
+        "memory_samples": sampler.samples,
+        "machine": load,
+        "commit": code_version(),
+        "command": " ".join(["streamrec", "bench", "soak", *sys.argv[3:]]),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+    return 0
