@@ -142,11 +142,11 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                 got = drain.result()
                 sampler.stop.set()
                 sampler.join()
+                rows = per_minute(got, started, sampler.samples)
             finally:
                 worker.stop()
         finally:
             broker.stop()
-    rows = per_minute(got, started, sampler.samples)
     print(f"{'minute':>6} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} {'worker MB':>10} {'broker MB':>10}")
     for r in rows:
         w = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] is not None else "-"

@@ -82,10 +82,20 @@ class LocalBroker:
             time.sleep(0.05)
         return self
 
-    def stop(self) -> None:
-        proc = self._run("down")
-        if proc.returncode != 0:
-            raise BrokerError(f"noida-db down failed ({proc.returncode}): {_real_errors(proc.stderr)}")
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Stop the broker. One holding much data (a long benchmark: millions of messages, all in
+        memory) takes longer to persist it than `noida-db down` waits, so it is asked again."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            proc = self._run("down")
+            if proc.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"noida-db down failed ({proc.returncode}): {_real_errors(proc.stderr)}; "
+                    f"stop it with `noida-db down --data-dir {self.data_dir}`"
+                )
+            time.sleep(2.0)
 
     def running(self) -> bool:
         return port_open(self.port)

@@ -451,6 +451,10 @@ def _known_failure(exc: BaseException) -> UserError | None:
         return UserError(str(exc), "give a file written by `streamrec train`, via STREAMREC_MODEL or the command")
     if isinstance(exc, ModelStoreError):
         return UserError(str(exc), "see `streamrec model list`; STREAMREC_MODEL_STORE sets the store")
+    from streamrec.local.broker import BrokerError
+
+    if isinstance(exc, BrokerError):
+        return UserError(str(exc), "the local broker: `streamrec broker --help`, KAFKA_BOOTSTRAP for another one")
     return None
 
 
