@@ -25,7 +25,7 @@ from pathlib import Path
 
 from streamrec.datasets import load_dataset
 from streamrec.datasets.registry import canonical_name
-from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.broker import LocalBroker, free_port, free_ports
 from streamrec.local.processes import WorkerProcess, start_trainer, start_worker
 from streamrec.settings import Settings, TopicNames
 from streamrec.state.model_store import ModelStore
@@ -55,9 +55,9 @@ def online_round_trip(
         model_path="",
         state_dir=workdir / "state",
         topics=TopicNames("online-"),
-        metrics_port=free_port(),
+        metrics_port=(ports := free_ports(2))[0],
         dashboard_port=0,
-        trainer_metrics_port=free_port(),
+        trainer_metrics_port=ports[1],
         trainer_every_events=every,
         trainer_every_minutes=1e6,
     )

@@ -39,7 +39,7 @@ from kafka import KafkaProducer
 from streamrec.bench.machine import code_version, machine_load
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset
-from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.broker import LocalBroker, free_port, free_ports
 from streamrec.local.processes import settings_env, start_worker
 from streamrec.ops.dashboard_page import histogram_quantile
 from streamrec.ops.metrics import percentile
@@ -184,8 +184,8 @@ def worker_run(
         base,
         topics=TopicNames(f"{name}-"),
         app_id=f"bench-{name}",
-        metrics_port=(metrics_port := free_port()),
-        dashboard_port=free_port(avoid=metrics_port),
+        metrics_port=(ports := free_ports(2))[0],
+        dashboard_port=ports[1],
     )
     ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
     events = dataset.events[:clicks]

@@ -28,7 +28,7 @@ import psutil
 from streamrec.bench.machine import code_version, machine_load
 from streamrec.bench.pipeline import Drain
 from streamrec.datasets import load_dataset
-from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.broker import LocalBroker, free_port, free_ports
 from streamrec.local.processes import start_worker
 from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings, TopicNames
@@ -99,7 +99,7 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="streamrec-soak-") as tmp:
         workdir = Path(tmp)
         broker = LocalBroker(workdir / "broker", free_port()).start()
-        metrics_port = free_port()
+        metrics_port, dashboard_port = free_ports(2)
         run_settings = replace(
             settings,
             kafka_bootstrap=broker.bootstrap,
@@ -109,7 +109,7 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
             topics=TopicNames("soak-"),
             app_id="bench-soak",
             metrics_port=metrics_port,
-            dashboard_port=free_port(avoid=metrics_port),
+            dashboard_port=dashboard_port,
         )
         try:
             ensure_topics(run_settings.kafka_bootstrap, run_settings.topics, run_settings.partitions)

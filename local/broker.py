@@ -32,15 +32,23 @@ def noida_binary() -> str:
     return found
 
 
-def free_port(avoid: int | None = None) -> int:
-    """A port nothing listens on now; never `avoid` (the OS may hand the same port out twice in a
-    row when the first was not bound in between)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports nothing listens on now. The sockets are held open together while the OS
+    picks, because it may hand the same port out twice in a row once the first socket is closed
+    (seen: a worker's metrics and dashboard ports equal)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
             s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port != avoid:
-            return port
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on now (use `free_ports` for several at once)."""
+    return free_ports(1)[0]
 
 
 def _real_errors(stderr: str) -> str:

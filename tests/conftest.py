@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.local.broker import LocalBroker, free_port
+from streamrec.local.broker import LocalBroker, free_port, free_ports
 from streamrec.settings import Settings, TopicNames
 
 
@@ -33,6 +33,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 def stream_settings(broker: LocalBroker, tmp_path: Path, data_dir: Path) -> Settings:
     """Settings for one test: its own topics, consumer group, state directory and metrics port."""
     tag = uuid.uuid4().hex[:8]
+    metrics_port, dashboard_port = free_ports(2)
     return replace(
         Settings.from_env(),
         data_dir=data_dir,
@@ -41,6 +42,6 @@ def stream_settings(broker: LocalBroker, tmp_path: Path, data_dir: Path) -> Sett
         topics=TopicNames(prefix=f"t{tag}-"),
         app_id=f"streamrec-test-{tag}",
         partitions=2,
-        metrics_port=free_port(),
-        dashboard_port=free_port(),
+        metrics_port=metrics_port,
+        dashboard_port=dashboard_port,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.datasets import load_dataset
-from streamrec.local.broker import free_port
+from streamrec.local.broker import free_ports
 from streamrec.local.processes import start_worker
 from streamrec.settings import Settings
 from streamrec.state.sequence_store import RocksSequenceStore
@@ -36,8 +36,8 @@ def test_stopping_one_of_two_workers_moves_its_users_without_losing_clicks(
         stream_settings,
         worker_id="worker-b",
         state_dir=tmp_path / "b",
-        metrics_port=free_port(),
-        dashboard_port=free_port(),
+        metrics_port=(ports := free_ports(2))[0],
+        dashboard_port=ports[1],
     )
     answered: set[str] = set()
 
