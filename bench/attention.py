@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from streamrec.bench.machine import code_version, machine_load
+from streamrec.bench.machine import machine_load, save_record
 from streamrec.models.sparse_attention import (
     AttentionCache,
     DenseCausalAttention,
@@ -223,17 +223,8 @@ def run(args: argparse.Namespace) -> int:
     served_lengths = [int(x) for x in args.served_lengths.split(",")]
     if args.served_only:
         served = run_served_steps(served_lengths, args.served_users)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "served_step": served,
-            "threads": torch.get_num_threads(),
-            "machine": machine_load(),
-            "commit": code_version(),
-            "command": " ".join(["streamrec", "bench", "attention", *sys.argv[3:]]),
-        }
-        out.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {out}")
+        payload = {"served_step": served, "threads": torch.get_num_threads(), "machine": machine_load()}
+        print(f"wrote {save_record(args.out, payload, 'attention')}")
         return 0
     lengths = [int(x) for x in args.lengths.split(",")]
     allocators = list(ALLOCATORS) if args.allocator == "both" else [args.allocator]
@@ -259,8 +250,6 @@ def run(args: argparse.Namespace) -> int:
             f"{s['T']:>6} {s['step_s'] * 1000:>9.2f} {s['full_recompute_s'] * 1000:>9.1f} {s['speedup']:>7.0f}"
             f" {s['dense_step_s'] * 1000:>14.2f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "batch": B,
         "heads": H,
@@ -273,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         "incremental_step": steps,
         "served_step": served,
     }
-    out.write_text(json.dumps(payload, indent=2))
+    out = save_record(args.out, payload, "attention")
     _plot([r for r in rows if r["allocator"] == allocators[0]], out.with_suffix(".png"), allocators[0])
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -8,9 +8,13 @@ as the code's speed. `code_version()` is the commit recorded with the figures.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -72,3 +76,12 @@ def code_version() -> str:
         ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=PROJECT_ROOT
     )
     return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
+
+
+def save_record(out: str | Path, payload: dict[str, Any], bench: str) -> Path:
+    """Write a benchmark's record as JSON, with the commit and the exact command that made it."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["streamrec", "bench", bench, *sys.argv[3:]])
+    path.write_text(json.dumps({**payload, "commit": code_version(), "command": command}, indent=2))
+    return path

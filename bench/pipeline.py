@@ -36,7 +36,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaProducer
 
-from streamrec.bench.machine import code_version, machine_load
+from streamrec.bench.machine import machine_load, save_record
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Dataset
 from streamrec.local.broker import LocalBroker, free_port, free_ports
@@ -478,8 +478,6 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             f"({fixed_run.new_items} new items during the fixed-rate run; histogram estimate)"
         )
     print("state per user at 2,048 clicks: " + ", ".join(f"{k} {v:,} B" for k, v in state.items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "dataset": dataset.name,
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
@@ -488,11 +486,8 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         "worker_over_ceiling": worker / ceiling,
         "worker_over_raw_loop": worker / raw,
         "busy_runs": busy,
-        "commit": code_version(),
         "state_bytes_per_user_at_2048": state,
         "model": args.checkpoint or "content baseline",
-        "command": " ".join(["streamrec", "bench", "pipeline", *sys.argv[3:]]),
     }
-    out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {save_record(args.out, payload, 'pipeline')}")
     return 0

@@ -13,14 +13,12 @@ and writes JSON with the commit and the command.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from streamrec.bench.machine import code_version, machine_load
+from streamrec.bench.machine import machine_load, save_record
 from streamrec.datasets import load_dataset
 from streamrec.model_bundle import load_bundle
 from streamrec.serving.research_model import ResearchServingConfig, ResearchServingModel
@@ -101,11 +99,6 @@ def run_precision_bench(settings: Settings, args: argparse.Namespace) -> int:
         "results": results,
         "machine": load,
         "seconds": round(time.time() - started, 1),
-        "commit": code_version(),
-        "command": " ".join(["streamrec", "bench", "precision", *sys.argv[3:]]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {save_record(args.out, payload, 'precision')}")
     return 0

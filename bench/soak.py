@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from streamrec.bench.machine import code_version, machine_load
+from streamrec.bench.machine import machine_load, save_record
 from streamrec.bench.pipeline import Drain
 from streamrec.datasets import load_dataset
 from streamrec.local.broker import LocalBroker, free_port, free_ports
@@ -166,11 +165,6 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
         "per_minute": rows,
         "memory_samples": sampler.samples,
         "machine": load,
-        "commit": code_version(),
-        "command": " ".join(["streamrec", "bench", "soak", *sys.argv[3:]]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {save_record(args.out, payload, 'soak')}")
     return 0
