@@ -21,17 +21,20 @@ restart, and the batch journal names the batch in flight as the suspect).
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamrec.serving.serving_model import UserEncoding, UserHistory
 from streamrec.stream.schemas import CatalogueRecord
+
+if TYPE_CHECKING:
+    # Only a type here: the research model's code (torch, checkpoints) loads in the child.
+    from streamrec.serving.research_model import ResearchServingConfig
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,8 @@ class ModelProcessSpec:
     checkpoint: Path
     data_dir: Path
     features_dir: Path
-    state_memory_mb: int = 256
+    serving: ResearchServingConfig
     torch_threads: int = 1
-    state_dtype: str = "float32"
 
 
 class ModelProcessError(RuntimeError):
@@ -118,14 +120,14 @@ class ProcessServingModel:
     def _matrix_update(self, item_matrix: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
         """(rows of the matrix, changed row numbers, their vectors), or None when nothing changed."""
         sent = self._sent
-        if sent is not None and sent.shape == item_matrix.shape and np.array_equal(sent, item_matrix):
-            return None
         if sent is None or sent.shape[1] != item_matrix.shape[1]:
             rows = np.arange(len(item_matrix))
         else:
             n = min(len(sent), len(item_matrix))
             differs = np.flatnonzero(np.any(sent[:n] != item_matrix[:n], axis=1))
             rows = np.concatenate([differs, np.arange(n, len(item_matrix))])
+            if not len(rows) and len(sent) == len(item_matrix):
+                return None
         self._sent = item_matrix.copy()
         return len(item_matrix), rows, item_matrix[rows]
 
@@ -152,16 +154,11 @@ def serve(conn: Connection, spec: ModelProcessSpec) -> None:
     """The child: open the model, then answer calls until told to stop or the parent goes away."""
     import torch
 
-    from streamrec.serving.research_model import ResearchServingConfig, load_research_model
+    from streamrec.serving.research_model import load_research_model
 
     torch.set_num_threads(max(1, spec.torch_threads))
     try:
-        model = load_research_model(
-            spec.checkpoint,
-            spec.data_dir,
-            spec.features_dir,
-            ResearchServingConfig(state_memory_mb=spec.state_memory_mb, state_dtype=spec.state_dtype),
-        )
+        model = load_research_model(spec.checkpoint, spec.data_dir, spec.features_dir, spec.serving)
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it where the model is loaded
         conn.recv()  # the parent's first call
         try:
@@ -203,14 +200,3 @@ def serve(conn: Connection, spec: ModelProcessSpec) -> None:
             conn.send(("err", f"{type(exc).__name__}: {str(exc)[:500]}"))
             continue
         conn.send(("ok", result))
-
-
-def child_pid_alive(pid: int | None) -> bool:
-    """Whether a process with `pid` exists (tests)."""
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -22,7 +22,7 @@ from streamrec.ops.dashboard_page import DashboardServer, RecentRecommendations
 from streamrec.ops.log_limit import limit_handlers
 from streamrec.ops.lookup import LatestRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
-from streamrec.serving.model_process import ModelProcessError, ModelProcessSpec, ProcessServingModel
+from streamrec.serving.model_process import ModelProcessError
 from streamrec.serving.recommender import Recommender
 from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
@@ -69,23 +69,17 @@ def load_serving_version(settings: Settings, path: Path, on_death: Callable[[str
     """A research checkpoint served from its own process (serving/model_process.py), or in this one
     with STREAMREC_MODEL_PROCESS=0. `on_death`: what to do if that process dies (default: leave
     with the agents' restart status, as when an agent dies)."""
-    if settings.model_process:
-        spec = ModelProcessSpec(
-            path,
-            settings.data_dir,
-            settings.feature_cache,
-            settings.state_memory_mb,
-            settings.torch_threads,
-            settings.state_dtype,
-        )
-        return ProcessServingModel(spec, on_death or model_process_died(None))
     # Imported here: the research models' code (checkpoints, encoders, text features) adds to the
     # start-up of every worker, and a worker serving the content baseline never needs it.
+    from streamrec.serving.model_process import ModelProcessSpec, ProcessServingModel
     from streamrec.serving.research_model import ResearchServingConfig, load_research_model
 
+    cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb, state_dtype=settings.state_dtype)
+    if settings.model_process:
+        spec = ModelProcessSpec(path, settings.data_dir, settings.feature_cache, cfg, settings.torch_threads)
+        return ProcessServingModel(spec, on_death or model_process_died(None))
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
-    cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb, state_dtype=settings.state_dtype)
     return load_research_model(path, settings.data_dir, settings.feature_cache, cfg)
 
 

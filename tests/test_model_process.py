@@ -16,7 +16,8 @@ import pytest
 
 from streamrec.datasets import load_dataset
 from streamrec.models.checkpoint import CheckpointError
-from streamrec.serving.model_process import ModelProcessError, ModelProcessSpec, ProcessServingModel, child_pid_alive
+from streamrec.serving.model_process import ModelProcessError, ModelProcessSpec, ProcessServingModel
+from streamrec.serving.research_model import ResearchServingConfig
 from streamrec.settings import Settings
 from streamrec.stream.schemas import CatalogueRecord, ClickRecord
 from tests.test_research_serving import checkpoint, make, open_model, records  # noqa: F401 - fixture
@@ -25,7 +26,18 @@ DEATHS: list[str] = []
 
 
 def spec(path: Path, tmp_path: Path) -> ModelProcessSpec:
-    return ModelProcessSpec(path, Settings.from_env().data_dir, tmp_path / "features", state_memory_mb=64)
+    return ModelProcessSpec(path, Settings.from_env().data_dir, tmp_path / "features", ResearchServingConfig(64))
+
+
+def child_pid_alive(pid: int | None) -> bool:
+    """Whether a process with `pid` exists."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_the_process_model_answers_what_the_in_process_model_answers(checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
