@@ -4,42 +4,53 @@ A random share of the catalogue (`--holdout`, seeded) is held out: every click o
 removed from training and they are left out of the training softmax (they do not exist yet), so
 the model never learns their ID rows nor pushes them down. At evaluation they are placed the
 way live serving places an unseen item: by content alone (ID row zeroed, see docs/models.md,
-"Live serving"). Test cases are the users whose last click (leave-one-out, by time) is a held-out
-item; their history is the earlier clicks minus held-out items. Ranking is over the whole
-catalogue, history excluded, as in every other evaluation here. The same split is used for a
-model trained with `--id-dropout` (which trains the content-only path) and without it, and the
-warm test cases (last click on a training item) are reported beside, for scale.
+"Live serving"), and scored through the new-item calibration (`models/cold_start.py`) whose scale
+and offset are fitted on *validation* pairs only: users whose second-last click is a held-out
+item (cold) or a training item (warm). Test cases are the users whose last click (leave-one-out,
+by time) is a held-out item; their history is the earlier clicks minus held-out items. Ranking
+is over the whole catalogue, history excluded, as in every other evaluation here; warm test
+cases (last click on a training item) are reported beside, with and without the calibration.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from streamrec.bench.machine import machine_load, save_record
 from streamrec.datasets import load_dataset
 from streamrec.datasets.registry import default_max_len
-from streamrec.features import build_catalog
+from streamrec.features import build_catalog, catalogue_payload
+from streamrec.models.checkpoint import save_checkpoint
+from streamrec.models.cold_start import ColdStartConfig, fit_calibration
 from streamrec.models.presets import build_config
 from streamrec.models.ranking_metrics import mask_history, metrics_from_ranks, target_rank
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import Split, eval_batches
-from streamrec.models.trainer import TrainConfig, evaluate, train
+from streamrec.models.trainer import TrainConfig, train
 from streamrec.settings import Settings
 
+Pairs = list[tuple[list[int], int]]
 
-def coldstart_split(
-    sequences: list[list[int]], n_items: int, holdout: float, seed: int
-) -> tuple[Split, list[tuple[list[int], int]], set[int]]:
-    """(training split without held-out items, cold test pairs, held-out rows)."""
+
+@dataclass
+class ColdSplit:
+    train: Split  # training data, validation and warm test: held-out items removed everywhere
+    cold_valid: Pairs  # (history without held-out items, held-out second-last click)
+    cold_test: Pairs  # (history without held-out items, held-out last click)
+    held_out: set[int]
+
+
+def coldstart_split(sequences: list[list[int]], n_items: int, holdout: float, seed: int) -> ColdSplit:
     rng = random.Random(seed)
     cold = set(rng.sample(range(1, n_items + 1), int(holdout * n_items)))
-    train, valid, warm_test, cold_test = [], [], [], []
+    train, valid, warm_test, cold_valid, cold_test = [], [], [], [], []
     for seq in sequences:
         if len(seq) < 3:
             continue
@@ -49,23 +60,36 @@ def coldstart_split(
             valid.append((kept[:-1], kept[-1]))
         if kept:
             (cold_test if seq[-1] in cold else warm_test).append((kept, seq[-1]))
-    return Split(n_items, train, valid, warm_test), cold_test, cold
+        before = [r for r in seq[:-2] if r not in cold]
+        if seq[-2] in cold and before:
+            cold_valid.append((before, seq[-2]))
+    return ColdSplit(Split(n_items, train, valid, warm_test), cold_valid, cold_test, cold)
 
 
-@torch.no_grad()
-def rank_among(model: SeqRec, pairs: list[tuple[list[int], int]], candidates: set[int], max_len: int) -> dict:
-    """Full-ranking metrics where only `candidates` (and nothing else) compete with the target:
-    "which of the new items", the content model's own quality without the warm items' ID prior."""
+def _score_batches(
+    model: SeqRec, pairs: Pairs, only: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """History-masked scores (B, N+1) of `pairs`, held-out items by content alone (their ID rows
+    must already be zero); `only` (N+1,) bool keeps just those candidates."""
     model.eval()
     table = model.item_table()
-    allowed = torch.zeros(table.vectors.shape[0], dtype=torch.bool)
-    allowed[torch.tensor(sorted(candidates))] = True
+    with torch.no_grad():
+        for seqs, lengths, targets, history in eval_batches(pairs, model.cfg.encoder.max_len, 512):
+            scores = mask_history(model.recommend_scores(seqs, lengths, table), history, targets)  # (B, N+1)
+            if only is not None:
+                scores = scores.masked_fill(~only, float("-inf"))
+            yield scores, targets
+
+
+def _metrics(
+    model: SeqRec, pairs: Pairs, new_rows: torch.Tensor, cfg: ColdStartConfig, only: torch.Tensor | None = None
+) -> dict:
+    """Full-ranking metrics with new items scored through the calibration `cfg` (no clicks yet)."""
     ranks = []
-    for seqs, lengths, targets, history in eval_batches(pairs, max_len, 512):
-        scores = model.recommend_scores(seqs, lengths, table)  # (B, N+1)
-        scores = mask_history(scores, history, targets).masked_fill(~allowed, float("-inf"))
+    for scores, targets in _score_batches(model, pairs, only):
+        scores[:, new_rows] = scores[:, new_rows] * cfg.scale + cfg.offset
         ranks.append(target_rank(scores, targets))
-    return metrics_from_ranks(torch.cat(ranks))
+    return metrics_from_ranks(torch.cat(ranks)) if ranks else {}
 
 
 def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -73,51 +97,106 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     ds = load_dataset(args.dataset, settings.data_dir)
     catalog = build_catalog(ds, text=args.text, cache_dir=settings.feature_cache, progress=False)
-    split, cold_test, cold = coldstart_split(catalog.sequences(ds), len(catalog.item_ids), args.holdout, args.seed)
+    cs = coldstart_split(catalog.sequences(ds), len(catalog.item_ids), args.holdout, args.seed)
+    split = cs.train
     max_len = args.max_len or default_max_len(ds)
     device = torch.device("cpu")
     torch.manual_seed(args.seed)
-    cfg = replace(build_config(args.preset, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout)
+    cold_cfg = ColdStartConfig(fit=args.fit, warm_floor=args.warm_floor)
+    cfg = replace(
+        build_config(args.preset, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout, cold=cold_cfg
+    )
     model = SeqRec(cfg, catalog.features)
+    new_rows = torch.tensor(sorted(cs.held_out))
     # Held-out items do not exist at training time: not negatives either (they would be pushed
     # down by every training step while never being a target).
-    model.excluded_rows = torch.tensor(sorted(cold))
+    model.excluded_rows = new_rows
+    load_before = machine_load()
     started = time.monotonic()
-    run = train(model, split, TrainConfig(max_minutes=args.minutes, seed=args.seed), device, progress=False)
-    warm = evaluate(model, split.test, 512, device)["excl_history"]
+    tcfg = TrainConfig(lr=args.lr, patience=args.patience, max_minutes=args.minutes, seed=args.seed)
+    run = train(model, split, tcfg, device, progress=False)
+    train_minutes = (time.monotonic() - started) / 60
+    load_after = machine_load()
+    model.excluded_rows = None
     with torch.no_grad():
-        model.id_emb.weight[torch.tensor(sorted(cold))] = 0.0  # unseen items: content only, as served
-    cold_res = evaluate(model, cold_test, 512, device)["excl_history"]
-    warm_after = evaluate(model, split.test, 512, device)["excl_history"]
-    among_cold = rank_among(model, cold_test, cold, max_len)
+        model.id_emb.weight[new_rows] = 0.0  # unseen items: content only, as served
+    # The configured fit is the one reported; the other is fitted on the same validation pairs
+    # and its test figures kept beside, to show the trade-off each choice makes.
+    fits = {}
+    for how in dict.fromkeys([args.fit, "warm_floor", "pooled"]):
+        fits[how] = fit_calibration(
+            lambda: _score_batches(model, split.valid),
+            lambda: _score_batches(model, cs.cold_valid),
+            new_rows,
+            replace(cold_cfg, fit=how),
+        )
+    fitted, grid = fits[args.fit]
+    plain = ColdStartConfig(fit="none")
+    only_new = torch.zeros(split.n_items + 1, dtype=torch.bool)
+    only_new[new_rows] = True
+    res = {
+        "calibrated": {
+            "cold": _metrics(model, cs.cold_test, new_rows, fitted),
+            "warm": _metrics(model, split.test, new_rows, fitted),
+        },
+        "uncalibrated": {
+            "cold": _metrics(model, cs.cold_test, new_rows, plain),
+            "warm": _metrics(model, split.test, new_rows, plain),
+        },
+        "other_fits": {
+            how: {
+                "calibration": asdict(c),
+                "cold": _metrics(model, cs.cold_test, new_rows, c),
+                "warm": _metrics(model, split.test, new_rows, c),
+            }
+            for how, (c, _) in fits.items()
+            if how != args.fit
+        },
+        "cold_ranked_among_held_out_items_only": _metrics(model, cs.cold_test, new_rows, plain, only_new),
+    }
+    if args.save:
+        # Held-out items keep their zero ID rows: served, they are placed by content and calibrated.
+        titles = {it.item_id: it.title for it in ds.items}
+        version = f"{ds.name}-{args.preset}-coldstart-s{args.seed}-{time.strftime('%Y%m%d%H%M%S')}"
+        meta = {
+            "dataset": ds.name,
+            "model": args.preset,
+            "text": args.text,
+            "seed": args.seed,
+            "held_out_items": [catalog.item_ids[r - 1] for r in sorted(cs.held_out)],
+        }
+        save_checkpoint(
+            Path(args.save), model, replace(cfg, cold=fitted), version, meta, catalogue_payload(catalog, titles)
+        )
+    cal, unc = res["calibrated"], res["uncalibrated"]
     out = {
         "dataset": ds.name,
         "model": args.preset,
+        "seed": args.seed,
         "id_dropout": args.id_dropout,
-        "holdout_items": len(cold),
-        "cold_test_users": len(cold_test),
+        "holdout_items": len(cs.held_out),
+        "cold_valid_users": len(cs.cold_valid),
+        "cold_test_users": len(cs.cold_test),
         "warm_test_users": len(split.test),
-        "cold": cold_res,
-        "cold_ranked_among_held_out_items_only": among_cold,
-        "chance_hr10": {"all_items": 10 / len(catalog.item_ids), "held_out_only": 10 / len(cold)},
-        "warm": warm,
-        "warm_with_cold_items_content_only": warm_after,
+        **res,
+        "cold_over_warm_ndcg10": cal["cold"]["NDCG@10"] / max(1e-12, cal["warm"]["NDCG@10"]),
+        "calibration": asdict(fitted),
+        "calibration_grid": grid,
+        "chance_hr10": {"all_items": 10 / len(catalog.item_ids), "held_out_only": 10 / len(cs.held_out)},
         "best_epoch": run.best_epoch,
-        "minutes": round((time.monotonic() - started) / 60, 1),
-        "command": (
-            f"streamrec bench coldstart --dataset {args.dataset} --preset {args.preset} --id-dropout {args.id_dropout} "
-            f"--holdout {args.holdout} --minutes {args.minutes} --seed {args.seed} --threads {args.threads}"
-        ),
+        "epochs_run": run.epochs_run,
+        "train_config": asdict(tcfg),
+        "train_minutes": round(train_minutes, 1),
+        "valid_history": [h["valid"]["excl_history"]["NDCG@10"] for h in run.history],
+        "machine_load": {"before": load_before, "after": load_after},
     }
     print(
-        f"{args.preset} id_dropout {args.id_dropout}: cold items ({len(cold_test)} users) "
-        f"HR@10 {cold_res['HR@10']:.4f} "
-        f"NDCG@10 {cold_res['NDCG@10']:.4f} (among held-out items only: HR@10 {among_cold['HR@10']:.4f}, "
-        f"NDCG@10 {among_cold['NDCG@10']:.4f}); warm ({len(split.test)} users) HR@10 {warm['HR@10']:.4f} "
-        f"NDCG@10 {warm['NDCG@10']:.4f}; best epoch {run.best_epoch}"
+        f"{args.preset} {ds.name} seed {args.seed}: calibration scale {fitted.scale} offset {fitted.offset:.3f}; "
+        f"cold ({len(cs.cold_test)} users) NDCG@10 {cal['cold']['NDCG@10']:.4f} (uncalibrated "
+        f"{unc['cold']['NDCG@10']:.4f}); warm ({len(split.test)} users) NDCG@10 {cal['warm']['NDCG@10']:.4f} "
+        f"(uncalibrated {unc['warm']['NDCG@10']:.4f}); cold/warm {out['cold_over_warm_ndcg10']:.2f}; "
+        f"best epoch {run.best_epoch} of {run.epochs_run}, {train_minutes:.1f} min"
     )
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    out_path = args.out or f"bench/results/coldstart-{ds.name}-{args.preset}-s{args.seed}.json"
+    print(f"wrote {save_record(out_path, out, 'coldstart')}")
     return 0

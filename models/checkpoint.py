@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from streamrec.models.cammsr_moe import MoEConfig
+from streamrec.models.cold_start import ColdStartConfig
 from streamrec.models.modality_swap import SwapConfig
 from streamrec.models.mufasa_fusion import FusionConfig
 from streamrec.models.seqrec import SeqRecConfig
@@ -45,6 +46,8 @@ def config_from_dict(d: dict[str, Any]) -> SeqRecConfig:
         moe=MoEConfig(**d["moe"]),
         swap=SwapConfig(**d["swap"]),
         id_dropout=d["id_dropout"],
+        # Checkpoints written before the new-item calibration existed score new items uncalibrated.
+        cold=ColdStartConfig(**d.get("cold", {})),
     )
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamrec.models.cammsr_moe import CategoryMoE, MoEConfig
+from streamrec.models.cold_start import ColdStartConfig
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.modality_swap import SwapConfig, modality_swap_loss
 from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
@@ -33,6 +34,7 @@ class SeqRecConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     swap: SwapConfig = field(default_factory=SwapConfig)
     id_dropout: float = 0.0  # share of items whose ID embedding is dropped in training (content path)
+    cold: ColdStartConfig = field(default_factory=ColdStartConfig)  # scoring of items with no ID evidence
 
     def __post_init__(self) -> None:
         assert self.item_encoder in ("id", "mufasa", "cammsr"), "item_encoder: id, mufasa or cammsr"

@@ -344,13 +344,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", default="amazon-beauty")
     b.add_argument("--preset", "--model", dest="preset", default="mufasa", choices=MODEL_PRESETS, help=PRESET_HELP)
     b.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
-    b.add_argument("--id-dropout", type=float, default=0.3)
+    b.add_argument("--id-dropout", type=float, default=0.0)
     b.add_argument("--holdout", type=float, default=0.1, help="share of the catalogue held out of training")
-    b.add_argument("--minutes", type=float, default=10.0)
+    b.add_argument("--minutes", type=float, default=65.0, help="wall-clock cap; validation patience stops first")
+    b.add_argument("--lr", type=float, default=2e-3)
+    b.add_argument("--patience", type=int, default=15)
+    b.add_argument(
+        "--fit",
+        default="warm_floor",
+        choices=["warm_floor", "pooled", "none"],
+        help="how the new-item calibration is chosen on validation (docs/models.md, New items)",
+    )
+    b.add_argument("--warm-floor", type=float, default=0.98)
     b.add_argument("--max-len", type=int, default=0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--out", default="bench/results/coldstart.json")
+    b.add_argument("--out", default="", help="default bench/results/coldstart-<dataset>-<model>-s<seed>.json")
+    b.add_argument("--save", default="", help="also write the trained, calibrated model as a checkpoint here")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("online", help="trainer + worker: fine-tune speed, event to served model, swap time")
     b.add_argument("--dataset", default="ml-100k")
