@@ -7,10 +7,13 @@ sequence):
     s<0>{user}<0>{pos:012d}   -> "{item}<1f>{event_id}<1f>{event_time_ms}"
     e<0>{user}<0>{event_id}   -> "{pos}"                  de-duplication of redelivered events
     o<0>{partition}           -> "{offset}"               last clicks-topic offset applied, per partition
+    c<0>{item}                -> "{clicks}"               clicks ever applied on the item (its evidence)
 
 A user's sequence is capped at `max_len`: appending past the cap deletes the oldest record and its
 event key in the same write batch. Redelivery of an event still inside the cap is recognised by
-its event id and appends nothing, which makes at-least-once delivery safe to apply.
+its event id and appends nothing, which makes at-least-once delivery safe to apply. Item click
+counts (the evidence that fades a new item's calibration, models/cold_start.py) are written in the
+same batch as the clicks, so a restart or a redelivery neither loses nor double-counts them.
 """
 
 from __future__ import annotations
@@ -77,6 +80,10 @@ class SequenceStore(ABC):
         """Clicks ever appended for the user (duplicates excluded), including those the cap evicted."""
 
     @abstractmethod
+    def item_clicks(self, item_id: str) -> int:
+        """Clicks ever applied on the item, by any user (duplicates excluded)."""
+
+    @abstractmethod
     def users(self) -> Iterator[str]: ...
 
     @abstractmethod
@@ -102,9 +109,13 @@ class InMemorySequenceStore(SequenceStore):
         self._events: dict[str, set[str]] = {}
         self._totals: dict[str, int] = {}
         self._offsets: dict[int, int] = {}
+        self._item_clicks: dict[str, int] = {}
 
     def applied_offset(self, partition: int) -> int:
         return self._offsets.get(partition, -1)
+
+    def item_clicks(self, item_id: str) -> int:
+        return self._item_clicks.get(item_id, 0)
 
     def append_many(self, clicks: Sequence[ClickToAppend], positions: Mapping[int, int] | None = None) -> list[bool]:
         for part, offset in (positions or {}).items():
@@ -119,6 +130,7 @@ class InMemorySequenceStore(SequenceStore):
             seq.append(StoredClick(c.item_id, c.event_id, c.event_time_ms))
             seen.add(c.event_id)
             self._totals[c.user_id] = self._totals.get(c.user_id, 0) + 1
+            self._item_clicks[c.item_id] = self._item_clicks.get(c.item_id, 0) + 1
             if len(seq) > self.max_len:
                 seen.discard(seq.popleft().event_id)
             applied.append(True)
@@ -159,6 +171,10 @@ def _offset_key(partition: int) -> bytes:
     return b"o" + SEP + str(partition).encode()
 
 
+def _item_key(item_id: str) -> bytes:
+    return b"c" + SEP + item_id.encode()
+
+
 def _encode_click(c: ClickToAppend | StoredClick) -> bytes:
     return f"{c.item_id}{FIELD}{c.event_id}{FIELD}{c.event_time_ms}".encode()
 
@@ -179,6 +195,7 @@ class RocksSequenceStore(SequenceStore):
         opts.create_if_missing(True)
         self._db = Rdict(str(path), opts)
         self._n_users = sum(1 for _ in self._meta_keys())
+        self._item_clicks: dict[str, int] = {}  # read-through cache of the c<0>{item} counts
 
     def _meta_keys(self) -> Iterable[bytes]:
         prefix = b"m" + SEP
@@ -204,6 +221,13 @@ class RocksSequenceStore(SequenceStore):
         raw = self._db.get(_offset_key(partition))
         return int(raw) if raw is not None else -1
 
+    def item_clicks(self, item_id: str) -> int:
+        count = self._item_clicks.get(item_id)
+        if count is None:
+            raw = self._db.get(_item_key(item_id))
+            count = self._item_clicks[item_id] = int(raw) if raw is not None else 0
+        return count
+
     def append_many(self, clicks: Sequence[ClickToAppend], positions: Mapping[int, int] | None = None) -> list[bool]:
         batch = WriteBatch(raw_mode=True)
         for part, offset in (positions or {}).items():
@@ -217,6 +241,7 @@ class RocksSequenceStore(SequenceStore):
         written: dict[bytes, bytes] = {}
         applied = []
         new_users = 0
+        counts: dict[str, int] = {}  # item click counts after this batch, cached once it is written
         for c in clicks:
             ekey = _event_key(c.user_id, c.event_id)
             if ekey in added or (ekey not in dropped and self._db.get(ekey) is not None):
@@ -247,9 +272,13 @@ class RocksSequenceStore(SequenceStore):
                 start += 1
             pending[c.user_id] = (start, end)
             batch.put(_meta_key(c.user_id), f"{start} {end}".encode())
+            counts[c.item_id] = counts.get(c.item_id, self.item_clicks(c.item_id)) + 1
             applied.append(True)
+        for item, count in counts.items():
+            batch.put(_item_key(item), str(count).encode())
         if pending or positions:
             self._db.write(batch)
+        self._item_clicks.update(counts)
         self._n_users += new_users
         return applied
 

@@ -109,3 +109,26 @@ def test_has_event_follows_the_live_sequence(make_store: Factory) -> None:
     store.append(c("u1", "c", 3))
     assert not store.has_event("u1", "u1-e1"), "an evicted event is no longer held"
     assert store.has_event("u1", "u1-e3")
+
+
+def test_item_clicks_count_each_applied_click_once(make_store: Factory) -> None:
+    store = make_store(3)
+    store.append_many([c("u1", "new", 1), c("u2", "new", 1), c("u1", "old", 2), c("u1", "new", 1)])
+    store.append_many([c("u2", "new", 1), c("u3", "new", 5)])  # one redelivery, one new click
+    assert store.item_clicks("new") == 3
+    assert store.item_clicks("old") == 1
+    assert store.item_clicks("never") == 0
+    store.append_many([c("u1", "x", n) for n in range(10, 20)])  # the cap evicts u1's clicks
+    assert store.item_clicks("new") == 3, "evidence counts clicks ever applied, not live ones"
+    store.close()
+
+
+def test_item_evidence_survives_a_restart(tmp_path: Path) -> None:
+    store = RocksSequenceStore(tmp_path / "seq", max_len=5)
+    store.append_many([c(f"u{n}", "new", n) for n in range(4)])
+    store.close()
+    reopened = RocksSequenceStore(tmp_path / "seq", max_len=5)
+    assert reopened.item_clicks("new") == 4
+    reopened.append_many([c("u0", "new", 0), c("u9", "new", 9)])  # a redelivery and a new click
+    assert reopened.item_clicks("new") == 5
+    reopened.close()
