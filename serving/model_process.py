@@ -34,6 +34,7 @@ from streamrec.stream.schemas import CatalogueRecord
 
 if TYPE_CHECKING:
     # Only a type here: the research model's code (torch, checkpoints) loads in the child.
+    from streamrec.models.cold_start import ColdStartConfig
     from streamrec.serving.research_model import ResearchServingConfig
 
 
@@ -73,7 +74,7 @@ class ProcessServingModel:
         self._proc.start()
         child_conn.close()
         try:
-            self._version, self._dim = self._call("hello")
+            self._version, self._dim, self._cold = self._call("hello")
         except Exception:
             self.close()  # the checkpoint did not load: raised to whoever asked for the model
             raise
@@ -87,6 +88,13 @@ class ProcessServingModel:
     @property
     def dim(self) -> int:
         return self._dim
+
+    @property
+    def cold_start(self) -> ColdStartConfig:
+        return self._cold
+
+    def placed_by_content(self, item_ids: list[str]) -> list[bool]:
+        return list(self._call("placed_by_content", item_ids))
 
     @property
     def pid(self) -> int | None:
@@ -176,7 +184,7 @@ def serve(conn: Connection, spec: ModelProcessSpec) -> None:
             return
         try:
             if method == "hello":
-                result: Any = (model.version, model.dim)
+                result: Any = (model.version, model.dim, model.cold_start)
             elif method == "encode_items":
                 (records,) = args
                 vecs = model.encode_items(records)
@@ -192,6 +200,8 @@ def serve(conn: Connection, spec: ModelProcessSpec) -> None:
                     matrix[rows] = vecs
                 encoding = model.encode_users(histories, matrix, explain)
                 result = (encoding.vectors, encoding.because_rows)
+            elif method == "placed_by_content":
+                result = model.placed_by_content(*args)
             elif method == "state_bytes_per_user":
                 result = model.state_bytes_per_user(*args)
             else:

@@ -12,10 +12,12 @@ record carrying its own event id and event time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from streamrec.serving.new_items import ExploreConfig, NewItems
 from streamrec.serving.serving_model import ServingModel, UserHistory
 from streamrec.state.catalogue_store import CatalogueEntry, CatalogueStore
 from streamrec.state.item_index import ItemIndex
@@ -51,6 +53,7 @@ class PreparedModel:
     entries: list[CatalogueEntry]
     vectors: np.ndarray  # (N, D), one per entry
     seconds: float
+    new_items: NewItems  # the rows this model scores apart from its index
 
 
 class Recommender:
@@ -64,6 +67,8 @@ class Recommender:
         model: ServingModel,
         top_k: int = 10,
         explain: bool = True,
+        explore: ExploreConfig | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         assert index.dim == catalogue.dim == model.dim, "index, catalogue and model must share the vector size"
         self.sequences = sequences
@@ -72,6 +77,8 @@ class Recommender:
         self.model = model
         self.top_k = top_k
         self.explain = explain
+        self.explore = explore or ExploreConfig()
+        self.clock = clock  # wall seconds: new items' ages (tests pass their own)
         self._matrix = np.zeros((1024, model.dim), dtype=np.float32)  # (rows, D): every catalogue row's vector
         # Items changed while a new model is being prepared (None when no swap is under way).
         self._changed_during_swap: set[str] | None = None
@@ -83,10 +90,23 @@ class Recommender:
         catalogue.vectors_version = model.version
         for e in entries:
             self._set_row(e.row, catalogue.vector(e.item_id))
+        self.new_items = self._new_items_for(model, [e for e in entries if e.active])
         rows, vecs = catalogue.active_vectors()
         searchable = np.linalg.norm(vecs, axis=1) > 0 if len(rows) else np.zeros(0, dtype=bool)
+        searchable &= np.array([int(r) not in self.new_items for r in rows], dtype=bool)
         if searchable.any():
             index.upsert(rows[searchable], vecs[searchable])
+
+    def _new_items_for(self, model: ServingModel, entries: list[CatalogueEntry]) -> NewItems:
+        """The items `model` scores apart from its index, with their evidence from the state."""
+        held = NewItems(model.cold_start, self.explore)
+        if entries:
+            now = self.clock()
+            by_content = model.placed_by_content([e.item_id for e in entries])
+            for e, content in zip(entries, by_content, strict=True):
+                clicks = self.sequences.item_clicks(e.item_id)
+                held.offer(e.row, e.item_id, content, e.first_seen_ms / 1000, clicks, now)
+        return held
 
     @property
     def model_version(self) -> str:
@@ -119,32 +139,39 @@ class Recommender:
             ).astype(np.float32)  # (N, D)
         matrix = np.zeros((max(1024, len(self._matrix)), model.dim), dtype=np.float32)
         index = self.index.empty_like()
-        keep = [i for i, e in enumerate(entries) if e.active and np.linalg.norm(vecs[i]) > 0]
+        held = self._new_items_for(model, [e for e in entries if e.active])
+        keep = [i for i, e in enumerate(entries) if e.active and np.linalg.norm(vecs[i]) > 0 and e.row not in held]
         for e, v in zip(entries, vecs, strict=True):
             matrix = _set_row(matrix, e.row, v)
         if keep:
             index.upsert(np.array([entries[i].row for i in keep], dtype=np.int64), vecs[keep])
-        return PreparedModel(model, index, matrix, entries, vecs, time.perf_counter() - started)
+        return PreparedModel(model, index, matrix, entries, vecs, time.perf_counter() - started, held)
 
     def swap_model(self, prepared: PreparedModel) -> int:
         """Serve `prepared` from the next batch on (call between batches, in the serving thread).
         Returns how many items changed during preparation and were re-encoded here."""
         changed = sorted(self._changed_during_swap or ())
         self._changed_during_swap = None
-        model, index, matrix = prepared.model, prepared.index, prepared.matrix
+        model, index, matrix, held = prepared.model, prepared.index, prepared.matrix, prepared.new_items
         redo = [e for e in (self.catalogue.get(i) for i in changed) if e is not None]
         if redo:
             records = [_record_of(e) for e in redo]
             vecs = model.encode_items(records)
-            for e, v in zip(redo, vecs, strict=True):
+            by_content = model.placed_by_content([e.item_id for e in redo])
+            now = self.clock()
+            for e, v, content in zip(redo, vecs, by_content, strict=True):
                 matrix = _set_row(matrix, e.row, v)
                 rows = np.array([e.row], dtype=np.int64)
-                if e.active and np.linalg.norm(v) > 0:
+                clicks = self.sequences.item_clicks(e.item_id)
+                if e.active and held.offer(e.row, e.item_id, content, e.first_seen_ms / 1000, clicks, now):
+                    index.remove(rows)
+                elif e.active and np.linalg.norm(v) > 0:
                     index.upsert(rows, v[None])
                 else:
+                    held.remove(e.row)
                     index.remove(rows)
         old = self.model
-        self.model, self.index, self._matrix = model, index, matrix
+        self.model, self.index, self._matrix, self.new_items = model, index, matrix, held
         old.close()
         # Stored vectors follow the served model, so a restart does not recompute them.
         if prepared.entries:
@@ -170,9 +197,13 @@ class Recommender:
         withdrawn = [r for r in latest.values() if r.op == "withdraw"]
         changed = 0
         if upserts:
+            now = self.clock()
             vecs = self._encode(upserts)  # (N, D)
             entries = [
-                CatalogueEntry(r.item_id, -1, r.title, tuple(r.category_path), r.brand, r.price) for r in upserts
+                CatalogueEntry(
+                    r.item_id, -1, r.title, tuple(r.category_path), r.brand, r.price, first_seen_ms=int(now * 1000)
+                )
+                for r in upserts
             ]
             entries = self.catalogue.put(entries, vecs)
             rows = np.array([e.row for e in entries], dtype=np.int64)
@@ -181,6 +212,12 @@ class Recommender:
             # A model that cannot place an item (an ID-only model and an unseen item) gives it a
             # zero vector: such items are kept in the catalogue but are not searchable.
             placed = np.linalg.norm(vecs, axis=1) > 0
+            # New items (short of evidence, or young enough to explore) are scored apart.
+            by_content = self.model.placed_by_content([e.item_id for e in entries])
+            for i, (e, content) in enumerate(zip(entries, by_content, strict=True)):
+                clicks = self.sequences.item_clicks(e.item_id)
+                if placed[i] and self.new_items.offer(e.row, e.item_id, content, e.first_seen_ms / 1000, clicks, now):
+                    placed[i] = False
             if placed.any():
                 self.index.upsert(rows[placed], vecs[placed])
             if (~placed).any():
@@ -189,6 +226,7 @@ class Recommender:
         for rec in withdrawn:
             entry = self.catalogue.withdraw(rec.item_id)
             if entry is not None:
+                self.new_items.remove(entry.row)
                 self.index.remove(np.array([entry.row], dtype=np.int64))
                 changed += 1
         return changed
@@ -222,6 +260,8 @@ class Recommender:
             [ClickToAppend(c.user_id, c.item_id, c.event_id, c.event_time) for c in valid], positions
         )
         result.duplicates = applied.count(False)
+        if len(self.new_items):
+            self._update_evidence(valid, applied)
         users = list(dict.fromkeys(c.user_id for c in valid))
         histories = []
         for user in users:
@@ -234,14 +274,16 @@ class Recommender:
         t1 = time.perf_counter()
         encoded = self.model.encode_users(histories, self._matrix, self.explain)
         t2 = time.perf_counter()
-        scores, ids = self.index.search(encoded.vectors, self.top_k, [set(h.rows) for h in histories])
+        exclude = [set(h.rows) for h in histories]
+        scores, ids = self.index.search(encoded.vectors, self.top_k, exclude)
+        merged = self.new_items.rank(encoded.vectors, scores, ids, self._matrix, exclude, self.top_k, self.clock())
         result.stage_seconds = {"state": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
         ranked: dict[str, list[ScoredItem]] = {}
         why: dict[str, Explanation | None] = {}
         for u, user in enumerate(users):
             ranked[user] = [
-                ScoredItem(self.catalogue.item_id_of(int(i)), round(float(s), 6))
-                for s, i in zip(scores[u], ids[u], strict=True)
+                ScoredItem(self.catalogue.item_id_of(int(i)), round(float(s), 6), bool(n), bool(x))
+                for s, i, n, x in zip(merged.scores[u], merged.ids[u], merged.new[u], merged.explore[u], strict=True)
                 if i >= 0
             ]
             why[user] = None
@@ -264,6 +306,20 @@ class Recommender:
                 )
             )
         return result
+
+    def _update_evidence(self, clicks: list[ClickRecord], applied: list[bool]) -> None:
+        """New clicks on held items raise their evidence; items that no longer need holding (enough
+        clicks, or too old to explore) join the main index."""
+        for click, new in zip(clicks, applied, strict=True):
+            entry = self.catalogue.get(click.item_id) if new else None
+            if entry is not None and entry.row in self.new_items:
+                self.new_items.set_clicks(entry.row, self.sequences.item_clicks(click.item_id))
+        released = [r for r in self.new_items.release(self.clock()) if np.linalg.norm(self._matrix[r]) > 0]
+        if released:
+            rows = np.array(released, dtype=np.int64)
+            self.index.upsert(rows, self._matrix[rows])
+            if self._changed_during_swap is not None:
+                self._changed_during_swap.update(self.catalogue.item_id_of(r) for r in released)
 
     def close(self) -> None:
         self.sequences.close()

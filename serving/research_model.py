@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from streamrec.model_bundle import ModelBundle, content_features, load_bundle
+from streamrec.models.cold_start import ColdStartConfig
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig, window_start
 from streamrec.models.trainer import pick_device
@@ -70,6 +71,10 @@ class ResearchServingModel:
             from streamrec.text_encoder import encode_texts
 
             encode_texts(["warm-up"])
+        # Training-catalogue rows with a trained ID row; others (a row zeroed as held out, or an
+        # item the checkpoint never saw) are placed by content alone.
+        trained = model.id_emb.weight.detach().abs().sum(1) > 0  # (N+1,)
+        self._trained_ids = {item for item, row in self.catalog.row_of.items() if bool(trained[row])}
         names = self.catalog.features.modality_names
         self.modality_names = ["id", *names] if model.cfg.item_encoder == "cammsr" else names
 
@@ -96,6 +101,13 @@ class ResearchServingModel:
             for rec, row in zip(records, w, strict=True):
                 self._weights[rec.item_id] = row
         return vecs
+
+    @property
+    def cold_start(self) -> ColdStartConfig:
+        return self.model.cfg.cold
+
+    def placed_by_content(self, item_ids: list[str]) -> list[bool]:
+        return [item not in self._trained_ids for item in item_ids]
 
     def modality_weights(self, item_id: str) -> dict[str, float] | None:
         w = self._weights.get(item_id)

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from streamrec.models.cold_start import ColdStartConfig
 from streamrec.models.content_baseline import ContentBaseline
 from streamrec.stream.schemas import CatalogueRecord
 
@@ -58,6 +59,15 @@ class ServingModel(Protocol):
         """How the item's representation weighs its modalities (None when the model has no gate)."""
         ...
 
+    @property
+    def cold_start(self) -> ColdStartConfig:
+        """How items the model places by content alone are scored (models/cold_start.py)."""
+        ...
+
+    def placed_by_content(self, item_ids: list[str]) -> list[bool]:
+        """Per item: whether the model has no trained ID row for it (its vector is content alone)."""
+        ...
+
     def close(self) -> None:
         """Release what the model holds outside this process (its own process, when it has one)."""
         ...
@@ -96,6 +106,13 @@ class BaselineServingModel:
 
     def modality_weights(self, item_id: str) -> dict[str, float] | None:
         return None
+
+    @property
+    def cold_start(self) -> ColdStartConfig:
+        return ColdStartConfig(fit="none")  # every item is content alone here: nothing to calibrate
+
+    def placed_by_content(self, item_ids: list[str]) -> list[bool]:
+        return [False] * len(item_ids)
 
     def close(self) -> None:
         """Nothing outside this process."""

@@ -9,6 +9,7 @@ inactive.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class CatalogueEntry:
     brand: str | None
     price: float | None
     active: bool = True
+    first_seen_ms: int = 0  # wall time this store first held the item (kept across updates): its age
 
 
 class CatalogueStore:
@@ -52,7 +54,14 @@ class CatalogueStore:
                 break
             d = json.loads(value)
             entry = CatalogueEntry(
-                d["item_id"], d["row"], d["title"], tuple(d["category_path"]), d["brand"], d["price"], d["active"]
+                d["item_id"],
+                d["row"],
+                d["title"],
+                tuple(d["category_path"]),
+                d["brand"],
+                d["price"],
+                d["active"],
+                d.get("first_seen_ms", 0),  # entries stored before ages were kept count as old
             )
             self._entries[entry.item_id] = entry
             self._by_row[entry.row] = entry.item_id
@@ -65,9 +74,11 @@ class CatalogueStore:
             known = self._entries.get(entry.item_id)
             if known is not None:
                 entry.row = known.row
+                entry.first_seen_ms = known.first_seen_ms
             else:
                 entry.row = self._next_row
                 self._next_row += 1
+                entry.first_seen_ms = entry.first_seen_ms or int(time.time() * 1000)
             self._entries[entry.item_id] = entry
             self._by_row[entry.row] = entry.item_id
             key = entry.item_id.encode()

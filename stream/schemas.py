@@ -103,6 +103,8 @@ class CatalogueRecord:
 class ScoredItem:
     item_id: str
     score: float
+    new: bool = False  # placed by content alone and scored through the new-item calibration
+    explore: bool = False  # the slot was given by the exploration quota (STREAMREC_EXPLORE_SLOTS)
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def encode_recommendation(rec: RecommendationRecord) -> bytes:
     why = rec.explanation
     obj = {
         "user_id": rec.user_id,
-        "items": [{"item_id": i.item_id, "score": i.score} for i in rec.items],
+        "items": [_item_json(i) for i in rec.items],
         "model_version": rec.model_version,
         "event_id": rec.event_id,
         "event_time": rec.event_time,
@@ -179,6 +181,16 @@ def encode_recommendation(rec: RecommendationRecord) -> bytes:
         "v": rec.v,
     }
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _item_json(item: ScoredItem) -> dict[str, Any]:
+    """The flags are written only when set: most slots carry neither."""
+    out: dict[str, Any] = {"item_id": item.item_id, "score": item.score}
+    if item.new:
+        out["new"] = True
+    if item.explore:
+        out["explore"] = True
+    return out
 
 
 # --- bounded parsing ---------------------------------------------------------------------------
@@ -384,7 +396,10 @@ def decode_catalogue(raw: bytes, now: int | None = None) -> CatalogueRecord:
 def decode_recommendation(raw: bytes) -> RecommendationRecord:
     """For consumers (tests, the demo tail, benchmarks)."""
     obj = json.loads(raw)
-    items = [ScoredItem(str(i["item_id"]), float(i["score"])) for i in obj["items"]]
+    items = [
+        ScoredItem(str(i["item_id"]), float(i["score"]), bool(i.get("new")), bool(i.get("explore")))
+        for i in obj["items"]
+    ]
     why = obj.get("explanation")
     return RecommendationRecord(
         user_id=obj["user_id"],

@@ -99,9 +99,14 @@ def test_recommendation_round_trip() -> None:
 @pytest.mark.parametrize("explained", [False, True])
 def test_hand_built_recommendation_json_equals_the_generic_encoding(explained: bool) -> None:
     why = Explanation(["x", "y"], {"title": 0.7, "attr": 0.3}) if explained else None
-    rec = RecommendationRecord("u1", [ScoredItem("a", 0.5)], "m-v2", "e1", NOW - 9, NOW, why)
-    generic = json.dumps(asdict(rec), separators=(",", ":"), ensure_ascii=False).encode()
-    assert encode(rec) == generic
+    items = [ScoredItem("a", 0.5), ScoredItem("b", 0.4, new=True), ScoredItem("c", 0.1, explore=True)]
+    rec = RecommendationRecord("u1", items, "m-v2", "e1", NOW - 9, NOW, why)
+    generic = asdict(rec)
+    for item in generic["items"]:  # the flags are written only when set
+        for flag in ("new", "explore"):
+            if not item[flag]:
+                del item[flag]
+    assert encode(rec) == json.dumps(generic, separators=(",", ":"), ensure_ascii=False).encode()
     assert decode_recommendation(encode(rec)) == rec
 
 

@@ -1,0 +1,193 @@
+"""New items (issue 16): content-placed items are scored through the calibration and flagged, their
+evidence fades it and survives restarts, and the exploration quota never takes more than its slots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamrec.models.cold_start import ColdStartConfig, calibrated_scores, evidence_fade
+from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
+from streamrec.models.seqrec import SeqRec
+from streamrec.serving.new_items import ExploreConfig, NewItems
+from streamrec.serving.recommender import Recommender
+from streamrec.serving.serving_model import BaselineServingModel
+from streamrec.state.catalogue_store import CatalogueStore
+from streamrec.state.item_index import FaissItemIndex
+from streamrec.state.sequence_store import RocksSequenceStore
+from streamrec.stream.schemas import CatalogueRecord, ClickRecord
+from tests.test_models import features, tiny
+
+T0 = 1_800_000_000_000
+CFG = ContentBaselineConfig(dim=32, buckets=4096)
+COLD = ColdStartConfig(scale=1.0, offset=5.0, full_evidence=3, fit="none")
+
+
+class CalibratedModel(BaselineServingModel):
+    """The content baseline, but items named new-* count as placed by content and are calibrated."""
+
+    @property
+    def cold_start(self) -> ColdStartConfig:
+        return COLD
+
+    def placed_by_content(self, item_ids: list[str]) -> list[bool]:
+        return [i.startswith("new-") for i in item_ids]
+
+
+def items(n: int) -> list[CatalogueRecord]:
+    return [CatalogueRecord(f"i{k}", "upsert", T0, f"product {k} shade {k % 5}", ("Makeup",), "Acme") for k in range(n)]
+
+
+def new_item(name: str = "new-lipstick") -> CatalogueRecord:
+    return CatalogueRecord(name, "upsert", T0, "lipstick shade 3", ("Makeup",), "Acme")
+
+
+def make(tmp_path: Path, explore: ExploreConfig | None = None, clock: list[float] | None = None) -> Recommender:
+    now = clock if clock is not None else [1000.0]
+    return Recommender(
+        RocksSequenceStore(tmp_path / "seq", max_len=50),
+        CatalogueStore(tmp_path / "cat", CFG.dim),
+        FaissItemIndex(CFG.dim),
+        CalibratedModel(ContentBaseline(CFG)),
+        5,
+        explore=explore,
+        clock=lambda: now[0],
+    )
+
+
+def click(n: int, user: str, item: str) -> ClickRecord:
+    return ClickRecord(f"e{n}-{user}", user, item, T0 + n)
+
+
+def top_of(rec: Recommender, n: int, user: str, item: str) -> list:
+    return rec.handle_clicks([click(n, user, item)]).recommendations[0].items
+
+
+def test_a_new_item_is_held_apart_scored_through_the_calibration_and_flagged(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    rec.apply_catalogue([*items(20), new_item()])
+    row = rec.catalogue.get("new-lipstick").row
+    assert row in rec.new_items and len(rec.index) == 20, "the new item is scored apart, not in the index"
+    got = top_of(rec, 1, "u1", "i3")
+    assert got[0].item_id == "new-lipstick" and got[0].new and not got[0].explore
+    assert not any(s.new for s in got[1:]), "warm items are not flagged"
+    warm_best = got[1].score
+    assert np.isfinite(got[0].score) and got[0].score <= warm_best + COLD.offset + 1.0, "offset 5 on a cosine"
+
+
+def test_evidence_fades_the_calibration_then_the_item_joins_the_index(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    rec.apply_catalogue([*items(20), new_item()])
+    first = top_of(rec, 1, "u1", "i3")[0]
+    rec.handle_clicks([click(2, "u2", "new-lipstick")])
+    second = top_of(rec, 3, "u1", "i4")
+    fresh = next(s for s in second if s.item_id == "new-lipstick")
+    assert fresh.new and fresh.score < first.score, "one click of three: two thirds of the offset left"
+    rec.handle_clicks([click(4, "u3", "new-lipstick"), click(5, "u4", "new-lipstick")])
+    assert len(rec.new_items) == 0 and len(rec.index) == 21, "full evidence: the item joined the index"
+    later = top_of(rec, 6, "u1", "i5")
+    assert not any(s.new for s in later)
+
+
+def test_a_restart_keeps_item_evidence(tmp_path: Path) -> None:
+    rec = make(tmp_path)
+    rec.apply_catalogue([*items(20), new_item()])
+    rec.handle_clicks([click(1, "u2", "new-lipstick"), click(2, "u3", "new-lipstick")])
+    before = top_of(rec, 3, "u1", "i3")
+    rec.close()
+    again = make(tmp_path)
+    assert again.sequences.item_clicks("new-lipstick") == 2
+    assert again.catalogue.get("new-lipstick").row in again.new_items
+    after = top_of(again, 4, "u1", "i3")  # a redelivered click: same state, same answer
+    assert [(s.item_id, s.new) for s in after] == [(s.item_id, s.new) for s in before]
+    again.handle_clicks([click(5, "u4", "new-lipstick")])
+    assert len(again.new_items) == 0, "the third click after the restart completes the evidence"
+    again.close()
+
+
+def test_an_unseen_item_gets_a_finite_score_comparable_with_warm_items() -> None:
+    torch.manual_seed(0)
+    f = features()
+    model = SeqRec(tiny("mufasa"), f).eval()
+    with torch.no_grad():
+        warm = model.item_table().vectors[1:]  # (N, D)
+        unseen = model.item_table(f, torch.zeros(f.n_rows, dtype=torch.long)).vectors[1:]  # content alone
+        users = torch.randn(8, warm.shape[1])  # (U, D)
+        raw = users @ unseen.T  # (U, N)
+        cal = calibrated_scores(raw, torch.zeros(raw.shape[1]), ColdStartConfig(scale=1.5, offset=0.3))
+        warm_scores = users @ warm.T
+    assert torch.isfinite(cal).all() and torch.isfinite(raw).all()
+    lo, hi = warm_scores.min(1, keepdim=True).values, warm_scores.max(1, keepdim=True).values
+    spread = hi - lo
+    assert ((raw >= lo - spread) & (raw <= hi + spread)).all(), "content-only scores on the warm scale"
+
+
+def test_the_fade_runs_from_one_to_zero_over_full_evidence() -> None:
+    cfg = ColdStartConfig(scale=2.0, offset=1.0, full_evidence=4)
+    fade = evidence_fade(torch.tensor([0, 1, 2, 4, 9]), cfg)
+    assert fade.tolist() == [1.0, 0.75, 0.5, 0.0, 0.0]
+    raw = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.5]])
+    assert calibrated_scores(raw, torch.tensor([0, 1, 2, 4, 9]), cfg).tolist() == [[2.0, 1.625, 1.25, 0.5, 0.5]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    users=st.integers(1, 5),
+    pool=st.integers(0, 12),
+    k=st.integers(1, 8),
+    slots=st.integers(0, 4),
+)
+def test_the_quota_never_exceeds_its_slots_and_flags_them(
+    data: st.DataObject, users: int, pool: int, k: int, slots: int
+) -> None:
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    n_main, dim = 30, 4
+    matrix = rng.normal(size=(n_main + pool, dim)).astype(np.float32)  # rows 0..29 warm, the rest pooled
+    explore = ExploreConfig(slots=slots, max_age_s=100.0)
+    held = NewItems(ColdStartConfig(scale=1.0, offset=0.0, fit="none"), explore)
+    now = 1000.0
+    ages = data.draw(st.lists(st.floats(0, 300), min_size=pool, max_size=pool))
+    for j, age in enumerate(ages):
+        held.offer(n_main + j, f"n{j}", False, now - age, 0, now)
+    u = rng.normal(size=(users, dim)).astype(np.float32)
+    main = u @ matrix[:n_main].T
+    order = np.argsort(-main, axis=1)[:, :k]
+    main_scores, main_ids = np.take_along_axis(main, order, 1).astype(np.float32), order.astype(np.int64)
+    exclude = [set(rng.choice(n_main + pool, size=3, replace=False).tolist()) for _ in range(users)]
+    for b in range(users):  # the main index never returns history
+        keep = [i for i in range(k) if int(main_ids[b, i]) not in exclude[b]]
+        main_ids[b] = np.array([*main_ids[b, keep], *[-1] * (k - len(keep))])
+        main_scores[b] = np.array([*main_scores[b, keep], *[-np.inf] * (k - len(keep))], dtype=np.float32)
+    out = held.rank(u, main_scores, main_ids, matrix, exclude, k, now)
+    young = {n_main + j for j, age in enumerate(ages) if age < 100.0}
+    for b in range(users):
+        listed = [int(i) for i in out.ids[b] if i >= 0]
+        assert len(listed) == len(set(listed)), "no item twice"
+        assert not set(listed) & exclude[b], "never the user's history"
+        assert out.explore[b].sum() <= slots
+        assert all(int(out.ids[b, s]) in young for s in np.flatnonzero(out.explore[b])), "quota slots hold young items"
+        available = len(young - exclude[b])
+        assert sum(int(i) in young for i in listed) >= min(slots, available, k), "the quota is filled when it can be"
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_recommendations_flag_exploration_slots(tmp_path: Path, slots: int) -> None:
+    clock = [1000.0]
+    rec = make(tmp_path, ExploreConfig(slots=slots, max_age_s=3600), clock)
+    rec.apply_catalogue(items(20))
+    clock[0] += 7200  # the first twenty are two hours old when the next three arrive
+    # Unlike anything the user clicked: they reach the list only through the quota.
+    rec.apply_catalogue(
+        [CatalogueRecord(f"young-{x}", "upsert", T0, f"garden hose {x}", ("Garden",), "Other") for x in "abc"]
+    )
+    got = top_of(rec, 1, "u1", "i3")
+    flagged = [s.item_id for s in got if s.explore]
+    assert len(flagged) == slots and all(i.startswith("young-") for i in flagged)
+    assert [s.item_id for s in got if s.item_id.startswith("young-")] == flagged
+    assert len(rec.index) == 20, "the old items joined the index once they were too old to explore"
