@@ -29,6 +29,8 @@ class Metrics:
     dead_letters: Counter
     duplicates: Counter
     recommendations: Counter
+    recommended_slots: Counter
+    new_items_held: Gauge
     batch_size: Histogram
     batch_wait: Histogram
     processing_latency: Histogram
@@ -84,6 +86,17 @@ SPECS: dict[str, _Spec] = {
         "Redelivered clicks recognised by event id and not appended again",
     ),
     "recommendations": _Spec(Counter, "streamrec_stream_recommendations_total", "Recommendation records emitted"),
+    "recommended_slots": _Spec(
+        Counter,
+        "streamrec_serving_recommended_slots_total",
+        "Recommended items by kind: warm, new (placed by content, calibrated) or explore (quota slot)",
+        labels=("kind",),
+    ),
+    "new_items_held": _Spec(
+        Gauge,
+        "streamrec_serving_new_items_held_items",
+        "Items scored apart from the main index: short of evidence, or young enough to explore",
+    ),
     "batch_size": _Spec(
         Histogram, "streamrec_stream_batch_size_events", "Clicks per micro-batch", buckets=BATCH_BUCKETS
     ),

@@ -37,8 +37,9 @@ from typing import Any
 
 from faust.types import EventT
 
+from streamrec.ops.metrics import Metrics
 from streamrec.stream.handling import ClickOutcome, Message, handle_click_messages
-from streamrec.stream.schemas import RecordError, decode_click
+from streamrec.stream.schemas import RecommendationRecord, RecordError, decode_click
 from streamrec.stream.worker_context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,23 @@ class ClickPipeline:
         for rec in outcome.recommendations:
             metrics.freshness.observe(max(0, rec.emitted_at - rec.event_time) / 1000.0)
         metrics.recommendations.inc(len(outcome.recommendations))
+        count_slots(metrics, outcome.recommendations)
+        metrics.new_items_held.set(len(ctx.recommender.new_items))
         metrics.users.set(ctx.recommender.sequences.n_users())
         metrics.processing_latency.observe(time.monotonic() - started)
+
+
+def count_slots(metrics: Metrics, recommendations: list[RecommendationRecord]) -> None:
+    """Recommended items by kind: explore (quota slot), new (calibrated content-placed) or warm."""
+    explore = new = total = 0
+    for rec in recommendations:
+        total += len(rec.items)
+        for item in rec.items:
+            explore += item.explore
+            new += item.new and not item.explore
+    for kind, n in (("explore", explore), ("new", new), ("warm", total - explore - new)):
+        if n:
+            metrics.recommended_slots.labels(kind).inc(n)
 
 
 async def answer_clicks(ctx: WorkerContext, messages: list[Message], repair: bool = False) -> None:

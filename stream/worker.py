@@ -23,6 +23,7 @@ from streamrec.ops.log_limit import limit_handlers
 from streamrec.ops.lookup import LatestRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
 from streamrec.serving.model_process import ModelProcessError
+from streamrec.serving.new_items import ExploreConfig
 from streamrec.serving.recommender import Recommender
 from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
@@ -89,7 +90,10 @@ def open_recommender(settings: Settings, on_death: Callable[[str], None] | None 
     sequences = RocksSequenceStore(root / "sequences", max_len=settings.max_seq_len)
     catalogue = CatalogueStore(root / "catalogue", dim=model.dim)
     index = FaissItemIndex(model.dim, settings.ann_threshold, settings.ann_nprobe)
-    return Recommender(sequences, catalogue, index, model, top_k=settings.top_k, explain=settings.explain)
+    explore = ExploreConfig(settings.explore_slots, settings.explore_max_age_s)
+    return Recommender(
+        sequences, catalogue, index, model, top_k=settings.top_k, explain=settings.explain, explore=explore
+    )
 
 
 class RateLimitedWorker(Worker):

@@ -195,6 +195,15 @@ class Settings:
         "STREAMREC_ANN_NPROBE", 64, "IVF lists searched (recall: `streamrec bench index`)", low=1
     )
     explain: bool = _setting("STREAMREC_EXPLAIN", True, "attach explanations (history items, modality weights)")
+    explore_slots: int = _setting(
+        "STREAMREC_EXPLORE_SLOTS",
+        0,
+        "exploration quota: up to this many of the K slots go to young items, best by content, flagged `explore`",
+        low=0,
+    )
+    explore_max_age_s: float = _setting(
+        "STREAMREC_EXPLORE_MAX_AGE_S", 86400.0, "items younger than this (seconds in the catalogue) may explore", low=1
+    )
     state_memory_mb: int = _setting(
         "STREAMREC_STATE_MEMORY_MB", 256, "bound on a worker's cached incremental user state (LRU)", low=1
     )
