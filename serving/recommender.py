@@ -104,6 +104,7 @@ class Recommender:
             now = self.clock()
             by_content = model.placed_by_content([e.item_id for e in entries])
             for e, content in zip(entries, by_content, strict=True):
+                content = content or e.arrived_unseen
                 clicks = self.sequences.item_clicks(e.item_id)
                 held.offer(e.row, e.item_id, content, e.first_seen_ms / 1000, clicks, now)
         return held
@@ -160,6 +161,7 @@ class Recommender:
             by_content = model.placed_by_content([e.item_id for e in redo])
             now = self.clock()
             for e, v, content in zip(redo, vecs, by_content, strict=True):
+                content = content or e.arrived_unseen
                 matrix = _set_row(matrix, e.row, v)
                 rows = np.array([e.row], dtype=np.int64)
                 clicks = self.sequences.item_clicks(e.item_id)
@@ -199,13 +201,21 @@ class Recommender:
         if upserts:
             now = self.clock()
             vecs = self._encode(upserts)  # (N, D)
+            unseen = self.model.placed_by_content([r.item_id for r in upserts])
             entries = [
                 CatalogueEntry(
-                    r.item_id, -1, r.title, tuple(r.category_path), r.brand, r.price, first_seen_ms=int(now * 1000)
+                    r.item_id,
+                    -1,
+                    r.title,
+                    tuple(r.category_path),
+                    r.brand,
+                    r.price,
+                    first_seen_ms=int(now * 1000),
+                    arrived_unseen=content,
                 )
-                for r in upserts
+                for r, content in zip(upserts, unseen, strict=True)
             ]
-            entries = self.catalogue.put(entries, vecs)
+            entries = self.catalogue.put(entries, vecs)  # an item already known keeps its arrival
             rows = np.array([e.row for e in entries], dtype=np.int64)
             for row, vec in zip(rows, vecs, strict=True):
                 self._set_row(int(row), vec)
@@ -213,10 +223,12 @@ class Recommender:
             # zero vector: such items are kept in the catalogue but are not searchable.
             placed = np.linalg.norm(vecs, axis=1) > 0
             # New items (short of evidence, or young enough to explore) are scored apart.
-            by_content = self.model.placed_by_content([e.item_id for e in entries])
-            for i, (e, content) in enumerate(zip(entries, by_content, strict=True)):
+            for i, (e, content) in enumerate(zip(entries, unseen, strict=True)):
                 clicks = self.sequences.item_clicks(e.item_id)
-                if placed[i] and self.new_items.offer(e.row, e.item_id, content, e.first_seen_ms / 1000, clicks, now):
+                by_content = content or e.arrived_unseen
+                if placed[i] and self.new_items.offer(
+                    e.row, e.item_id, by_content, e.first_seen_ms / 1000, clicks, now
+                ):
                     placed[i] = False
             if placed.any():
                 self.index.upsert(rows[placed], vecs[placed])

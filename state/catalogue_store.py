@@ -34,6 +34,9 @@ class CatalogueEntry:
     price: float | None
     active: bool = True
     first_seen_ms: int = 0  # wall time this store first held the item (kept across updates): its age
+    # Whether the model serving when the item arrived had no ID row for it (kept across updates
+    # and model swaps: its new-item calibration fades with clicks, not with a swap).
+    arrived_unseen: bool = False
 
 
 class CatalogueStore:
@@ -62,6 +65,7 @@ class CatalogueStore:
                 d["price"],
                 d["active"],
                 d.get("first_seen_ms", 0),  # entries stored before ages were kept count as old
+                d.get("arrived_unseen", False),
             )
             self._entries[entry.item_id] = entry
             self._by_row[entry.row] = entry.item_id
@@ -75,6 +79,7 @@ class CatalogueStore:
             if known is not None:
                 entry.row = known.row
                 entry.first_seen_ms = known.first_seen_ms
+                entry.arrived_unseen = known.arrived_unseen
             else:
                 entry.row = self._next_row
                 self._next_row += 1

@@ -191,3 +191,24 @@ def test_recommendations_flag_exploration_slots(tmp_path: Path, slots: int) -> N
     assert len(flagged) == slots and all(i.startswith("young-") for i in flagged)
     assert [s.item_id for s in got if s.item_id.startswith("young-")] == flagged
     assert len(rec.index) == 20, "the old items joined the index once they were too old to explore"
+
+
+class KnowsEverything(BaselineServingModel):
+    """A model swapped in later that has an ID row for every item (e.g. after fine-tuning)."""
+
+    @property
+    def cold_start(self) -> ColdStartConfig:
+        return COLD
+
+
+def test_a_swap_to_a_model_that_knows_the_item_keeps_its_calibration_until_the_evidence_is_complete(
+    tmp_path: Path,
+) -> None:
+    rec = make(tmp_path)
+    rec.apply_catalogue([*items(20), new_item()])
+    rec.handle_clicks([click(1, "u2", "new-lipstick")])
+    rec.swap_model(rec.prepare_model(KnowsEverything(ContentBaseline(CFG))))
+    assert rec.catalogue.get("new-lipstick").row in rec.new_items, "the item arrived unseen: still calibrated"
+    assert top_of(rec, 2, "u1", "i3")[0].new
+    rec.handle_clicks([click(3, "u3", "new-lipstick"), click(4, "u4", "new-lipstick")])
+    assert len(rec.new_items) == 0 and len(rec.index) == 21
