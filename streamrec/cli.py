@@ -159,6 +159,10 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.bench.index_recall import run_index_bench
 
         return run_index_bench(settings, args)
+    if args.bench == "newitems":
+        from streamrec.bench.new_items_live import run_new_items_bench
+
+        return run_new_items_bench(settings, args)
     if args.bench == "coldstart":
         from streamrec.bench.coldstart import run_coldstart_bench
 
@@ -361,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--out", default="", help="default bench/results/coldstart-<dataset>-<model>-s<seed>.json")
     b.add_argument("--save", default="", help="also write the trained, calibrated model as a checkpoint here")
+    b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("newitems", help="new items live: held-out items published mid-replay, live hit rates")
+    b.add_argument("--dataset", default="amazon-beauty")
+    b.add_argument("--checkpoint", required=True, help="a model from `streamrec bench coldstart --save`")
+    b.add_argument("--clicks", type=int, default=30000, help="the dataset's last N clicks by time are replayed")
+    b.add_argument("--rate", type=float, default=300.0)
+    b.add_argument("--every", type=int, default=10000, help="the trainer fine-tunes every N clicks")
+    b.add_argument("--lead", type=int, default=300, help="a new item is published N clicks before its first click")
+    b.add_argument("--explore-slots", type=int, default=0)
+    b.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for answers after the replay")
+    b.add_argument("--out", default="", help="default bench/results/newitems-<dataset>.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("online", help="trainer + worker: fine-tune speed, event to served model, swap time")
     b.add_argument("--dataset", default="ml-100k")

@@ -1,0 +1,218 @@
+"""`streamrec bench newitems`: new items live, on a real broker with a worker and the online trainer.
+
+The checkpoint comes from `streamrec bench coldstart --save`: trained with a share of the catalogue
+held out (listed in its metadata) and carrying the new-item calibration fitted on validation. The
+worker starts with every other item; the held-out items are published on the catalogue topic
+during the replay, each `--lead` clicks before its first click, as a shop adds a product shortly
+before anyone buys it. The last `--clicks` clicks of the dataset (by time) are replayed at
+`--rate`; the online trainer fine-tunes every `--every` clicks and the worker swaps in what it
+promotes. From the recommendations topic, reported:
+
+  * the share of recommended slots holding a held-out (new) item, and the shares flagged `new`
+    (calibrated) and `explore` (quota slot);
+  * live hit rate: for each click by a user who had an earlier recommendation in the replay,
+    whether the clicked item was in that previous top-K, separately for clicks on new and on warm
+    items, and by the model version that made the previous list (how it changes as the trainer
+    promotes versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from streamrec.bench.machine import machine_load, save_record
+from streamrec.datasets import load_dataset
+from streamrec.datasets.schema import Event, Item
+from streamrec.local.broker import LocalBroker, free_port, free_ports
+from streamrec.local.processes import start_trainer, start_worker
+from streamrec.models.checkpoint import read_checkpoint
+from streamrec.settings import Settings, TopicNames
+from streamrec.state.model_store import ModelStore
+from streamrec.stream.rec_consumer import RecommendationReader
+from streamrec.stream.replay import Delivery, Paced, catalogue_record, click_record, make_producer
+from streamrec.stream.schemas import RecommendationRecord, encode, now_ms
+from streamrec.stream.topics import ensure_topics
+from streamrec.training.online_trainer import import_checkpoint
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing to publish: a catalogue item or a click."""
+
+    item: Item | None = None
+    click: Event | None = None
+
+
+def interleave(clicks: list[Event], new_items: dict[str, Item], lead: int) -> list[Step]:
+    """The clicks in order, each new item placed `lead` clicks before its first click (new items
+    never clicked in the window are published at the start)."""
+    first: dict[str, int] = {}
+    for n, e in enumerate(clicks):
+        if e.item_id in new_items:
+            first.setdefault(e.item_id, n)
+    due: dict[int, list[str]] = defaultdict(list)
+    for item, n in first.items():
+        due[max(0, n - lead)].append(item)
+    steps = [Step(item=new_items[i]) for i in new_items if i not in first]
+    for n, e in enumerate(clicks):
+        steps += [Step(item=new_items[i]) for i in due.get(n, [])]
+        steps.append(Step(click=e))
+    return steps
+
+
+def live_figures(clicks: Iterable[Event], answers: dict[str, RecommendationRecord], new_items: set[str]) -> dict:
+    """Hit rates against each user's previous list and the shares of new items in the lists."""
+    slots = new_slots = flagged_new = flagged_explore = 0
+    for rec in answers.values():
+        slots += len(rec.items)
+        new_slots += sum(i.item_id in new_items for i in rec.items)
+        flagged_new += sum(i.new for i in rec.items)
+        flagged_explore += sum(i.explore for i in rec.items)
+    previous: dict[str, RecommendationRecord] = {}
+    hits: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (kind, version) -> [hits, clicks]
+    for e in clicks:
+        prev = previous.get(e.user_id)
+        if prev is not None:
+            kind = "new" if e.item_id in new_items else "warm"
+            for key in ((kind, "all"), (kind, prev.model_version)):
+                hits[key][0] += any(i.item_id == e.item_id for i in prev.items)
+                hits[key][1] += 1
+        rec = answers.get(e.event_id)
+        if rec is not None:
+            previous[e.user_id] = rec
+    by_version: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (kind, version), (h, n) in sorted(hits.items()):
+        by_version[version][kind] = {"clicks": n, "hits": h, "hit_rate": h / n if n else None}
+    return {
+        "recommended_slots": slots,
+        "share_new_items": new_slots / slots if slots else 0.0,
+        "share_flagged_new": flagged_new / slots if slots else 0.0,
+        "share_flagged_explore": flagged_explore / slots if slots else 0.0,
+        "live_hit_rate": dict(by_version),
+    }
+
+
+def _publish(settings: Settings, steps: list[Step], rate: float) -> None:
+    producer = make_producer(settings.kafka_bootstrap)
+    clicks, items = Delivery(settings.topics.clicks), Delivery(settings.topics.catalogue)
+    pacer = Paced(rate)
+    try:
+        for step in steps:
+            if step.item is not None:
+                items.send(producer, step.item.item_id.encode(), encode(catalogue_record(step.item, now_ms())))
+            elif step.click is not None:
+                pacer.wait()
+                clicks.send(producer, step.click.user_id.encode(), encode(click_record(step.click, now_ms())))
+        clicks.check(producer)
+        items.check(producer)
+    finally:
+        producer.close()
+
+
+def run_live(settings: Settings, args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
+    held = set(read_checkpoint(checkpoint).meta.get("held_out_items", []))
+    if not held:
+        raise ValueError(f"{checkpoint} lists no held-out items: make it with `streamrec bench coldstart --save`")
+    ds = load_dataset(args.dataset, settings.data_dir)
+    metrics_port, trainer_port = free_ports(2)
+    settings = replace(
+        settings,
+        model_store=workdir / "store",
+        model_path="",
+        state_dir=workdir / "state",
+        topics=TopicNames("newitems-"),
+        metrics_port=metrics_port,
+        dashboard_port=0,
+        trainer_metrics_port=trainer_port,
+        trainer_every_events=args.every,
+        trainer_every_minutes=1e6,
+        explore_slots=args.explore_slots,
+    )
+    first = import_checkpoint(ModelStore(settings.model_store_dir), checkpoint)
+    clicks = ds.events[-args.clicks :]
+    new_items = {it.item_id: it for it in ds.items if it.item_id in held}
+    warm = [it for it in ds.items if it.item_id not in held]
+    steps = interleave(clicks, new_items, args.lead)
+    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    worker = start_worker(settings, workdir / "worker.log")
+    trainer = start_trainer(settings, workdir / "trainer.log", ("--backfill", "0"))
+    answers: dict[str, RecommendationRecord] = {}
+    try:
+        producer = make_producer(settings.kafka_bootstrap)
+        delivery = Delivery(settings.topics.catalogue)
+        for it in warm:
+            delivery.send(producer, it.item_id.encode(), encode(catalogue_record(it, now_ms())))
+        delivery.check(producer)
+        producer.close()
+        worker.wait_until("streamrec_index_size_items", lambda v: v >= len(warm), timeout_s=300)
+        reader = RecommendationReader(settings.kafka_bootstrap, settings.topics.recommendations)
+        load_before = machine_load()
+        started = time.monotonic()
+        feeder = threading.Thread(target=_publish, args=(settings, steps, args.rate))
+        feeder.start()
+        deadline = time.monotonic() + len(clicks) / args.rate + args.timeout
+        while len(answers) < len(clicks) and time.monotonic() < deadline:
+            for rec, _ in reader.poll(300):
+                answers[rec.event_id] = rec
+        feeder.join()
+        seconds = time.monotonic() - started
+        reader.close()
+        wm = worker.metrics()
+        tm = trainer.metrics()
+    finally:
+        trainer.stop()
+        worker.stop()
+    store = ModelStore(settings.model_store_dir)
+    figures = live_figures(clicks, answers, set(new_items))
+    return {
+        "dataset": ds.name,
+        "checkpoint": str(checkpoint),
+        "first_version": first.version,
+        "promoted": store.history(),
+        "clicks": len(clicks),
+        "answered": len(answers),
+        "new_items_published": len(new_items),
+        "clicks_on_new_items": sum(e.item_id in new_items for e in clicks),
+        "rate": args.rate,
+        "every": args.every,
+        "lead": args.lead,
+        "explore_slots": args.explore_slots,
+        "seconds": round(seconds, 1),
+        "dead_letters": {k: v for k, v in wm.items() if k.startswith("streamrec_stream_dead_letters_total")},
+        "trainer_gate": {k: v for k, v in tm.items() if k.startswith("streamrec_trainer_gate")},
+        "model_swaps": wm.get("streamrec_model_swap_seconds_count", 0.0),
+        "machine_load": {"before": load_before, "after": machine_load()},
+        **figures,
+    }
+
+
+def run_new_items_bench(settings: Settings, args: argparse.Namespace) -> int:
+    checkpoint = Path(args.checkpoint)
+    with tempfile.TemporaryDirectory(prefix="streamrec-newitems-") as tmp:
+        workdir = Path(tmp)
+        broker = LocalBroker(workdir / "broker", free_port()).start()
+        try:
+            base = replace(settings, kafka_bootstrap=broker.bootstrap, features_dir=settings.feature_cache)
+            out = run_live(base, args, checkpoint, workdir)
+        finally:
+            broker.stop()
+    print(
+        f"{out['answered']}/{out['clicks']} clicks answered; {len(out['live_hit_rate']) - 1} versions made lists; "
+        f"new items in {out['share_new_items']:.1%} of slots (flagged new {out['share_flagged_new']:.1%}, "
+        f"explore {out['share_flagged_explore']:.1%})"
+    )
+    print(f"{'version':<44}{'kind':<6}{'clicks':>8}{'hits':>7}{'hit rate':>10}")
+    for version, kinds in out["live_hit_rate"].items():
+        for kind, f in kinds.items():
+            rate = f"{f['hit_rate']:.4f}" if f["hit_rate"] is not None else "-"
+            print(f"{version[-43:]:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}")
+    path = args.out or f"bench/results/newitems-{out['dataset']}.json"
+    print(f"wrote {save_record(path, out, 'newitems')}")
+    return 0

@@ -1,0 +1,42 @@
+"""The live new-items bench's plain parts: when new items are published, and how hits are counted."""
+
+from __future__ import annotations
+
+from streamrec.bench.new_items_live import interleave, live_figures
+from streamrec.datasets.schema import Event, Item
+from streamrec.stream.schemas import RecommendationRecord, ScoredItem
+
+
+def ev(n: int, user: str, item: str) -> Event:
+    return Event(user, item, 1000 + n, f"e{n}")
+
+
+def test_each_new_item_is_published_lead_clicks_before_its_first_click() -> None:
+    clicks = [ev(0, "a", "w1"), ev(1, "b", "w2"), ev(2, "a", "n1"), ev(3, "c", "n1"), ev(4, "b", "n2")]
+    new = {"n1": Item("n1", "one"), "n2": Item("n2", "two"), "n3": Item("n3", "never clicked")}
+    steps = interleave(clicks, new, lead=1)
+    order = [s.item.item_id if s.item else s.click.event_id for s in steps]
+    assert order == ["n3", "e0", "n1", "e1", "e2", "n2", "e3", "e4"]
+    assert [s.click for s in steps if s.click] == clicks, "every click once, in order"
+
+
+def rec(event: str, user: str, items: list[str], version: str, new: tuple[str, ...] = ()) -> RecommendationRecord:
+    scored = [ScoredItem(i, 1.0, new=i in new) for i in items]
+    return RecommendationRecord(user, scored, version, event, 0, 0)
+
+
+def test_a_hit_is_the_clicked_item_in_the_users_previous_list_counted_by_that_lists_version() -> None:
+    clicks = [ev(0, "a", "w1"), ev(1, "a", "n1"), ev(2, "a", "w2"), ev(3, "b", "n1"), ev(4, "b", "w1")]
+    answers = {
+        "e0": rec("e0", "a", ["n1", "w3"], "v1", new=("n1",)),  # e1 clicks n1: a new-item hit for v1
+        "e1": rec("e1", "a", ["w3", "w4"], "v1"),  # e2 clicks w2: a warm miss for v1
+        "e2": rec("e2", "a", ["w1"], "v2"),
+        "e3": rec("e3", "b", ["w1", "n2"], "v2"),  # e4 clicks w1: a warm hit for v2; e3 had no previous list
+    }
+    out = live_figures(clicks, answers, {"n1", "n2"})
+    assert out["live_hit_rate"]["all"]["new"] == {"clicks": 1, "hits": 1, "hit_rate": 1.0}
+    assert out["live_hit_rate"]["all"]["warm"] == {"clicks": 2, "hits": 1, "hit_rate": 0.5}
+    assert out["live_hit_rate"]["v1"]["warm"]["hit_rate"] == 0.0
+    assert out["live_hit_rate"]["v2"]["warm"]["hit_rate"] == 1.0
+    assert out["recommended_slots"] == 7
+    assert out["share_new_items"] == 2 / 7 and out["share_flagged_new"] == 1 / 7
