@@ -76,7 +76,7 @@ def measure_one(kind: str, t: int, repeats: int) -> dict:
         c = BENCH_CFG
         kc = compress_blocks(k, c.block, layer.block_pos_k, layer.compress_k)
         vc = compress_blocks(v, c.block, layer.block_pos_v, layer.compress_v)
-        return nsa_efficient(q, k, v, kc, vc, gates, c.block, c.num_selected, c.num_recent, c.window, c.chunk)
+        return nsa_efficient(q, k, v, kc, vc, gates, c.layout, c.chunk)
 
     with torch.no_grad():
         fwd = _time(forward, repeats)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamrec.models.sparse_attention_math import (
+    BlockLayout,
     block_importance,
     compress_blocks,
     masked_softmax_attention,
@@ -53,6 +54,10 @@ class SparseAttentionConfig:
         assert self.num_recent + 1 <= self.num_selected, "forced blocks must fit in num_selected"
         assert set(self.branches) <= set(BRANCHES) and self.branches, f"branches must be a subset of {BRANCHES}"
         assert self.impl in ("efficient", "reference", "auto"), "impl is 'efficient', 'reference' or 'auto'"
+
+    @property
+    def layout(self) -> BlockLayout:
+        return BlockLayout(self.block, self.num_selected, self.num_recent, self.window)
 
 
 @dataclass
@@ -158,9 +163,9 @@ class SparseAttention(nn.Module):
         if choice == "auto":
             choice = "reference" if x.shape[1] <= c.auto_threshold else "efficient"
         if choice == "reference":
-            o = nsa_reference(q, k, v, kc, vc, self._gates(x), c.block, c.num_selected, c.num_recent, c.window)
+            o = nsa_reference(q, k, v, kc, vc, self._gates(x), c.layout)
         else:
-            o = nsa_efficient(q, k, v, kc, vc, self._gates(x), c.block, c.num_selected, c.num_recent, c.window, c.chunk)
+            o = nsa_efficient(q, k, v, kc, vc, self._gates(x), c.layout, c.chunk)
         return self.out(merge_heads(o))
 
     def gate_values(self, x: torch.Tensor) -> torch.Tensor:

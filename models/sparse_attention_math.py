@@ -23,12 +23,24 @@ costs); a query with nothing to attend to in a branch gets zeros from that branc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 NEG = -1e30  # finite "minus infinity": masked rows stay NaN-free in forward and backward
 FORCED = 1e6  # importance given to always-selected blocks (plus the block index, to break ties)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """What each branch sees: block length l, blocks selected per query block (forced ones
+    included), complete blocks before the query's own always selected, and the window w."""
+
+    block: int
+    num_selected: int
+    num_recent: int
+    window: int
 
 
 def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -174,13 +186,11 @@ def nsa_reference(
     kc: torch.Tensor,
     vc: torch.Tensor,
     gates: torch.Tensor,
-    block: int,
-    num_selected: int,
-    num_recent: int,
-    window: int,
+    lay: BlockLayout,
 ) -> torch.Tensor:
     """Dense attention under masks. q/k/v: (B, H, T, dh); kc/vc: (B, H, T // block, dh);
     gates: (B, T, H, 3) for (cmp, sel, win) -> (B, H, T, dh)."""
+    block, num_selected, num_recent, window = lay.block, lay.num_selected, lay.num_recent, lay.window
     t = q.shape[2]
     pos = torch.arange(t, device=q.device)
     o_cmp = masked_softmax_attention(q, kc, vc, compressed_mask(pos, kc.shape[2], block))
@@ -320,13 +330,11 @@ def nsa_efficient(
     kc: torch.Tensor,
     vc: torch.Tensor,
     gates: torch.Tensor,
-    block: int,
-    num_selected: int,
-    num_recent: int,
-    window: int,
+    lay: BlockLayout,
     chunk: int = 512,
 ) -> torch.Tensor:
     """Same contract as `nsa_reference`, computing only what each query attends to."""
+    block, num_selected, num_recent, window = lay.block, lay.num_selected, lay.num_recent, lay.window
     t = q.shape[2]
     o_cmp = compressed_attention(q, kc, vc, block, chunk)
     idx, valid = select_per_query_block(q, kc, t, block, num_selected, num_recent)

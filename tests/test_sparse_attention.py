@@ -10,6 +10,7 @@ import torch
 
 from streamrec.models.sparse_attention import DenseCausalAttention, SparseAttention, SparseAttentionConfig
 from streamrec.models.sparse_attention_math import (
+    BlockLayout,
     causal_mask,
     compressed_attention,
     compressed_mask,
@@ -41,9 +42,9 @@ def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("t", LENGTHS)
 def test_reference_equals_efficient_outputs_and_gradients(t: int) -> None:
     args = [x.requires_grad_() for x in inputs(t)]
-    ref = nsa_reference(*args, BLOCK, 3, 1, 5)
+    ref = nsa_reference(*args, BlockLayout(BLOCK, 3, 1, 5))
     grads_ref = torch.autograd.grad(ref.square().sum(), args)
-    eff = nsa_efficient(*args, BLOCK, 3, 1, 5, chunk=7)
+    eff = nsa_efficient(*args, BlockLayout(BLOCK, 3, 1, 5), chunk=7)
     grads_eff = torch.autograd.grad(eff.square().sum(), args, allow_unused=True)
     torch.testing.assert_close(eff, ref)
     for a, b in zip(grads_eff, grads_ref, strict=True):
@@ -83,7 +84,7 @@ def test_window_covering_everything_equals_dense(impl: Callable[..., torch.Tenso
     q, k, v, kc, vc, gates = inputs(23)
     gates = torch.zeros_like(gates)
     gates[..., 2] = 1.0  # window branch only
-    torch.testing.assert_close(impl(q, k, v, kc, vc, gates, BLOCK, 3, 1, 23), dense(q, k, v))
+    torch.testing.assert_close(impl(q, k, v, kc, vc, gates, BlockLayout(BLOCK, 3, 1, 23)), dense(q, k, v))
 
 
 @pytest.mark.parametrize("impl", [nsa_reference, nsa_efficient])
@@ -91,7 +92,7 @@ def test_selecting_all_blocks_equals_dense(impl) -> None:  # noqa: ANN001
     q, k, v, kc, vc, gates = inputs(23)
     gates = torch.zeros_like(gates)
     gates[..., 1] = 1.0  # selection branch only, with room for every block
-    torch.testing.assert_close(impl(q, k, v, kc, vc, gates, BLOCK, 6, 1, 5), dense(q, k, v))
+    torch.testing.assert_close(impl(q, k, v, kc, vc, gates, BlockLayout(BLOCK, 6, 1, 5)), dense(q, k, v))
 
 
 @pytest.mark.parametrize("impl", ["reference", "efficient"])
