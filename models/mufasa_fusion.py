@@ -112,4 +112,3 @@ class MultimodalFusion(nn.Module):
             reg = uniformity(fz) if cfg.dist_reg == "uniformity" else variance_covariance(fz)
             out["mfl_dist"] = cfg.dist_weight * reg
         return out
-

@@ -110,4 +110,3 @@ class WorkerContext:
             key, value = encode_dead(d)
             futures.append(await self.send(self.settings.topics.dead_letters, key, value))
         return futures
-

@@ -75,10 +75,10 @@ def test_fingerprint_follows_the_content_not_the_name(tmp_path: Path) -> None:
 def test_csv_with_and_without_optional_columns(tmp_path: Path) -> None:
     full = tmp_path / "full.csv"
     full.write_text(
-        'user,item,timestamp,title,category,brand\n'
+        "user,item,timestamp,title,category,brand\n"
         'u1,i1,10,"Red, big shoe",Shoes>Running,Acme\n'
         "u1,i2,20,Blue sock,Socks,\n"
-        "u2,i1,15,\"Red, big shoe\",Shoes>Running,Acme\n"
+        'u2,i1,15,"Red, big shoe",Shoes>Running,Acme\n'
     )
     ds = load_own(str(full))
     assert ds.item("i1").title == "Red, big shoe" and ds.item("i1").category_path == ("Shoes", "Running")
