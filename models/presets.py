@@ -48,6 +48,10 @@ def _presets(n_items: int, max_len: int, dim: int) -> dict[str, SeqRecConfig]:
     presets = {
         "sasrec": dense_id,
         "sasrec-sparse": sparse_base,
+        # Content-aware baselines: SASRec with a projection of the frozen title vector added to the
+        # ID embedding (UniSRec-style), and with the projection alone.
+        "sasrec-content": replace(dense_id, item_encoder="id+text"),
+        "sasrec-text": replace(dense_id, item_encoder="text"),
         "mufasa": mufasa,
         "cammsr": cammsr,
         # The combination: CAMMSR's item encoder with MUFASA's sparse sequence encoder.

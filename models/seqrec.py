@@ -1,7 +1,9 @@
 """The sequential recommender: an item encoder, a sequence encoder, full-catalogue scoring.
 
 Item encoders: "id" (SASRec: an ID embedding), "mufasa" (ID embedding + MUFASA's fused content
-vector), "cammsr" (CAMMSR's category-guided mixture of ID and content experts). Sequence encoders:
+vector), "cammsr" (CAMMSR's category-guided mixture of ID and content experts), and the content
+baselines "id+text" (ID embedding + a projection of the title vector) and "text" (the projection
+alone). Sequence encoders:
 dense causal attention (SASRec) or MUFASA's sparse attention. Presets in `models/presets.py`.
 
 Training objective: next-item cross-entropy over every item of the catalogue ("SASRec+"), with the
@@ -23,12 +25,15 @@ from streamrec.models.item_features import ItemFeatures
 from streamrec.models.modality_swap import SwapConfig, modality_swap_loss
 from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
 from streamrec.models.sequence_encoder import EncoderState, SequenceEncoder, SequenceEncoderConfig
+from streamrec.models.title_projection import TitleProjection
+
+ITEM_ENCODERS = ("id", "mufasa", "cammsr", "id+text", "text")
 
 
 @dataclass(frozen=True)
 class SeqRecConfig:
     n_items: int  # catalogue size; item rows are 1..n_items, 0 is padding
-    item_encoder: str = "id"  # "id", "mufasa" or "cammsr"
+    item_encoder: str = "id"  # "id", "mufasa", "cammsr", "id+text" (content-SASRec) or "text" (text-only)
     encoder: SequenceEncoderConfig = field(default_factory=SequenceEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
@@ -37,7 +42,7 @@ class SeqRecConfig:
     cold: ColdStartConfig = field(default_factory=ColdStartConfig)  # scoring of items with no ID evidence
 
     def __post_init__(self) -> None:
-        assert self.item_encoder in ("id", "mufasa", "cammsr"), "item_encoder: id, mufasa or cammsr"
+        assert self.item_encoder in ITEM_ENCODERS, f"item_encoder: one of {ITEM_ENCODERS}"
         assert self.n_items >= 1, "n_items must be positive"
 
 
@@ -63,6 +68,7 @@ class SeqRec(nn.Module):
             self.id_emb.weight[0].zero_()
         self.fusion: MultimodalFusion | None = None
         self.moe: CategoryMoE | None = None
+        self.title_proj: TitleProjection | None = None
         if cfg.item_encoder != "id":
             assert features is not None, f"item encoder {cfg.item_encoder} needs item features"
             assert features.n_rows == cfg.n_items + 1, "features must have one row per item plus padding"
@@ -70,6 +76,9 @@ class SeqRec(nn.Module):
             self.fusion = MultimodalFusion(features, d, cfg.fusion)
         elif cfg.item_encoder == "cammsr":
             self.moe = CategoryMoE(features, d, cfg.moe)
+        elif cfg.item_encoder in ("id+text", "text"):
+            assert features is not None
+            self.title_proj = TitleProjection(features.title.shape[1], d)
         self.encoder = SequenceEncoder(cfg.encoder)
         self.features = features
         # Rows outside the training catalogue (the cold-start protocol's held-out items): never a
@@ -100,6 +109,9 @@ class SeqRec(nn.Module):
         elif self.moe is not None:
             out = self.moe(f, ids)
             table = ItemTable(out.item, out.tokens, out.token_mask, out.modality_weight, {"moe": out})
+        elif self.title_proj is not None:
+            text = self.title_proj(f)  # (N+1, D)
+            table = ItemTable(text if self.cfg.item_encoder == "text" else ids + text)
         else:
             table = ItemTable(ids)
         if features is None:

@@ -237,7 +237,9 @@ MODEL_PRESETS = (
     "mufasa-no-structure",
     "mufasa-no-win",
     "sasrec",
+    "sasrec-content",
     "sasrec-sparse",
+    "sasrec-text",
 )
 PRESET_HELP = "a named model configuration (models/presets.py); --model is its former name"
 CHECKPOINT_HELP = "a checkpoint from `streamrec train` (default: <STREAMREC_STATE_DIR>/models/<dataset>/mufasa-s0.pt)"

@@ -210,3 +210,17 @@ def test_excluded_items_are_not_negatives_of_the_training_softmax() -> None:
     model.excluded_rows = excluded
     model.training_losses(seqs, targets)["rec"].backward()
     assert model.id_emb.weight.grad[excluded].abs().sum() == 0, "excluded items get no push from the softmax"
+
+
+def test_content_baselines_add_or_replace_the_id_embedding_by_a_title_projection() -> None:
+    f = features()
+    torch.manual_seed(0)
+    both = SeqRec(replace(tiny("sasrec"), item_encoder="id+text"), f).eval()
+    text = SeqRec(replace(tiny("sasrec"), item_encoder="text"), f).eval()
+    text.load_state_dict(both.state_dict())
+    with torch.no_grad():
+        projection = both.title_proj(f)[1:]  # (N, D)
+        torch.testing.assert_close(both.item_table().vectors[1:], both.id_emb.weight[1:] + projection)
+        torch.testing.assert_close(text.item_table().vectors[1:], projection)
+        text.id_emb.weight.normal_()
+        torch.testing.assert_close(text.item_table().vectors[1:], projection, msg="text-only ignores ID rows")
