@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,46 @@ def machine_load(sample_s: float = 1.0) -> dict[str, object]:
         "busiest_others": [f"{name} {cpu:.0f}%" for cpu, name in others[:3] if cpu > 1.0],
         "busy": other_cpu > BUSY_OTHER_CPU_PERCENT,
     }
+
+
+class LoadSampler:
+    """The machine's load averages sampled every `every_s` seconds while a run lasts (a thread),
+    so a record says whether its wall time was taken on a busy machine."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.samples: list[float] = []  # 1-minute load averages
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-sampler", daemon=True)
+        self.started = ""
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(round(os.getloadavg()[0], 2))
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, object]:
+        s = self.samples or [0.0]
+        cores = os.cpu_count() or 1
+        return {
+            "started": self.started,
+            "cores": cores,
+            "loadavg_1min_mean": round(sum(s) / len(s), 2),
+            "loadavg_1min_max": max(s),
+            "samples": len(self.samples),
+            # Above one runnable process per core on average: the run shared the machine.
+            "busy": sum(s) / len(s) > cores,
+        }
 
 
 def code_version() -> str:

@@ -30,6 +30,10 @@ class SequenceEncoderConfig:
     dropout: float = 0.2
     attention: str = "dense"  # "dense" (SASRec) or "sparse" (MUFASA SAL)
     sparse: SparseAttentionConfig = field(default_factory=SparseAttentionConfig)
+    # Initial std of the learned position embeddings. 1.0 is PyTorch's default, under which
+    # positions (norm about 8 at D = 64) dwarf ID embeddings (std 0.02, norm about 0.16) at start;
+    # 0.02 starts them balanced (docs/models.md, "Training").
+    pos_init_std: float = 1.0
 
     def __post_init__(self) -> None:
         assert self.attention in ("dense", "sparse"), "attention is 'dense' or 'sparse'"
@@ -78,6 +82,8 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+        if cfg.pos_init_std != 1.0:  # 1.0: keep PyTorch's draw, so earlier seeds reproduce exactly
+            nn.init.normal_(self.pos.weight, std=cfg.pos_init_std)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)

@@ -32,6 +32,11 @@ class TrainConfig:
     max_minutes: float = 28.0  # wall-clock budget; the best model so far is kept
     eval_batch: int = 512
     max_steps_per_epoch: int = 0  # 0 = all; tiny values for smoke tests
+    # Hygiene (docs/models.md, "Training"): linear learning-rate warm-up over the first steps,
+    # gradient-norm clipping (0 = off), and epochs before patience starts counting.
+    warmup_steps: int = 0
+    clip_norm: float = 0.0
+    min_epochs: int = 0
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -102,6 +107,9 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    )
     started = time.monotonic()
     best_score, best_epoch, best_state, best_valid = -1.0, 0, None, {}
     history: list[dict] = []
@@ -123,7 +131,10 @@ def train(
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
+            warmup.step()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             bar.update(float(loss.detach()))
@@ -131,7 +142,12 @@ def train(
         valid = evaluate(model, split.valid, cfg.eval_batch, device)
         score = valid["excl_history"]["NDCG@10"]
         history.append(
-            {"epoch": epoch, "losses": {k: v / max(1, steps_per_epoch) for k, v in totals.items()}, "valid": valid}
+            {
+                "epoch": epoch,
+                "minutes": round((time.monotonic() - started) / 60, 2),
+                "losses": {k: v / max(1, steps_per_epoch) for k, v in totals.items()},
+                "valid": valid,
+            }
         )
         if progress:
             print(f"epoch {epoch}: valid NDCG@10 {score:.4f} (all items {valid['all']['NDCG@10']:.4f})", flush=True)
@@ -140,8 +156,8 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
             if on_best is not None:
                 on_best(model, epoch, valid)
-        else:
-            waited += 1
+        elif epoch > cfg.min_epochs:
+            waited += 1  # a dip before min_epochs (SASRec's early one) does not count
         if waited >= cfg.patience or (time.monotonic() - started) / 60 > cfg.max_minutes:
             break
     assert best_state is not None, "no epoch was run"

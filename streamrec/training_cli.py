@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from streamrec.bench.machine import LoadSampler, code_version
 from streamrec.datasets import load_dataset
 from streamrec.datasets.own import is_own_dataset
 from streamrec.datasets.registry import default_max_len
@@ -43,6 +44,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError(f"{args.dataset}: no user has the 3 clicks leave-one-out needs", "give a larger click log")
     max_len = args.max_len or default_max_len(dataset)
     cfg = replace(build_config(args.preset, len(catalog.item_ids), max_len, args.dim), id_dropout=args.id_dropout)
+    enc = replace(cfg.encoder, pos_init_std=args.pos_init_std)
+    cfg = replace(cfg, encoder=enc if args.dropout < 0 else replace(enc, dropout=args.dropout))
     torch.manual_seed(args.seed)
     device = pick_device()
     model = SeqRec(cfg, catalog.features.to(device))
@@ -50,9 +53,13 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        weight_decay=args.weight_decay,
         patience=args.patience,
         seed=args.seed,
         max_minutes=args.max_minutes,
+        warmup_steps=args.warmup_steps,
+        clip_norm=args.clip_norm,
+        min_epochs=args.min_epochs,
     )
     version = f"{name}-{args.preset}-s{args.seed}-{time.strftime('%Y%m%d%H%M%S')}"
     ckpt = settings.checkpoint_path(name, args.preset, args.seed)
@@ -66,7 +73,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "text": args.text,
         "seed": args.seed,
     }
-    result = train(model, split, tcfg, device, progress=not args.quiet)
+    with LoadSampler() as load:
+        result = train(model, split, tcfg, device, progress=not args.quiet)
     titles = {it.item_id: it.title for it in dataset.items}
     meta["best_epoch"] = result.best_epoch
     save_checkpoint(ckpt, model, cfg, version, meta, catalogue_payload(catalog, titles))
@@ -76,6 +84,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "model": args.preset,
         "seed": args.seed,
         "command": "streamrec " + " ".join(sys.argv[1:]),
+        "commit": code_version(),
+        "machine_load": load.summary(),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "train_seconds": round(result.seconds, 1),
@@ -88,7 +98,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "config": asdict(cfg),
         "train_config": asdict(tcfg),
         "history": [
-            {"epoch": h["epoch"], "valid_ndcg10_excl": h["valid"]["excl_history"]["NDCG@10"]} for h in result.history
+            {"epoch": h["epoch"], "minutes": h["minutes"], "valid_ndcg10_excl": h["valid"]["excl_history"]["NDCG@10"]}
+            for h in result.history
         ],
         "checkpoint": str(ckpt),
         "version": version,

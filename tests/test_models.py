@@ -224,3 +224,29 @@ def test_content_baselines_add_or_replace_the_id_embedding_by_a_title_projection
         torch.testing.assert_close(text.item_table().vectors[1:], projection)
         text.id_emb.weight.normal_()
         torch.testing.assert_close(text.item_table().vectors[1:], projection, msg="text-only ignores ID rows")
+
+
+@pytest.mark.parametrize("min_epochs", [0, 3])
+def test_patience_counts_only_after_min_epochs(min_epochs: int) -> None:
+    torch.manual_seed(0)
+    model = SeqRec(tiny("sasrec"), features())
+    seqs = [torch.randint(1, N_ITEMS + 1, (int(n),)).tolist() for n in torch.randint(4, 15, (24,))]
+    # lr 0: validation never changes after epoch 1, so only patience (and min_epochs) ends the run.
+    cfg = TrainConfig(epochs=10, batch_size=8, max_steps_per_epoch=1, patience=1, lr=0.0, min_epochs=min_epochs)
+    result = train(model, leave_one_out(seqs, N_ITEMS), cfg, torch.device("cpu"), progress=False)
+    assert result.best_epoch == 1
+    assert result.epochs_run == max(2, min_epochs + 1)
+
+
+@pytest.mark.parametrize("warmup", [0, 1000])
+def test_warmup_ramps_the_learning_rate(warmup: int) -> None:
+    torch.manual_seed(0)
+    model = SeqRec(tiny("sasrec"), features())
+    seqs = [torch.randint(1, N_ITEMS + 1, (int(n),)).tolist() for n in torch.randint(4, 15, (24,))]
+    before = model.id_emb.weight.detach().clone()
+    cfg = TrainConfig(epochs=1, batch_size=8, max_steps_per_epoch=1, lr=1.0, warmup_steps=warmup, clip_norm=1.0)
+    train(model, leave_one_out(seqs, N_ITEMS), cfg, torch.device("cpu"), progress=False)
+    # AdamW's first step moves a parameter by about the learning rate whatever the gradient's
+    # size: lr 1 without warm-up, 1/1000 with it.
+    moved = float((model.id_emb.weight.detach() - before).abs().max())
+    assert (moved <= 1.1e-3) if warmup else (moved > 0.5)
