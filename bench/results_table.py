@@ -2,7 +2,8 @@
 
 Reads results/<dataset>/<model>-s<seed>.json (written by `streamrec train`) and prints, per
 dataset, mean and spread over seeds of the test metrics, ranking all items and with history items
-excluded, with the command of each run.
+excluded, with the command of each run. `--coldstart FILE...` prints the cold-start table instead,
+one row per group of `streamrec bench coldstart` records (same dataset, model and ID dropout).
 """
 
 from __future__ import annotations
@@ -50,5 +51,50 @@ def tables(root: Path) -> str:
     return "\n".join(out)
 
 
+def coldstart_table(files: list[Path]) -> str:
+    groups: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
+    for f in files:
+        rec = json.loads(f.read_text())
+        groups[(rec["dataset"], rec["model"], rec["id_dropout"])].append(rec)
+    out = [
+        "| dataset, model, ID dropout | seeds | cold NDCG@10 | warm NDCG@10 | cold / warm | cold HR@10 | "
+        "uncalibrated: cold NDCG@10 | warm NDCG@10 | cold / warm | pooled fit: cold NDCG@10 | warm NDCG@10 | "
+        "new items only: cold NDCG@10 | best epochs |",
+        "|---" * 13 + "|",
+    ]
+    for (ds, model, drop), recs in sorted(groups.items()):
+
+        def col(path: tuple[str, ...], recs: list[dict] = recs) -> list[float]:
+            vals = []
+            for r in recs:
+                v = r
+                for k in path:
+                    v = v[k]
+                vals.append(float(v))
+            return vals
+
+        def ratio(kind: str, recs: list[dict] = recs) -> list[float]:
+            return [r[kind]["cold"]["NDCG@10"] / r[kind]["warm"]["NDCG@10"] for r in recs]
+
+        cells = [
+            _fmt(col(("calibrated", "cold", "NDCG@10"))),
+            _fmt(col(("calibrated", "warm", "NDCG@10"))),
+            _fmt(ratio("calibrated")),
+            _fmt(col(("calibrated", "cold", "HR@10"))),
+            _fmt(col(("uncalibrated", "cold", "NDCG@10"))),
+            _fmt(col(("uncalibrated", "warm", "NDCG@10"))),
+            _fmt(ratio("uncalibrated")),
+            _fmt(col(("other_fits", "pooled", "cold", "NDCG@10"))),
+            _fmt(col(("other_fits", "pooled", "warm", "NDCG@10"))),
+            _fmt(col(("cold_ranked_among_held_out_items_only", "NDCG@10"))),
+            ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in recs),
+        ]
+        out.append(f"| {ds}, {model}, {drop} | {len(recs)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print(tables(Path(sys.argv[1]) if len(sys.argv) > 1 else PROJECT_ROOT / "results"))
+    if len(sys.argv) > 1 and sys.argv[1] == "--coldstart":
+        print(coldstart_table([Path(a) for a in sys.argv[2:]]))
+    else:
+        print(tables(Path(sys.argv[1]) if len(sys.argv) > 1 else PROJECT_ROOT / "results"))
