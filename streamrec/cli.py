@@ -213,6 +213,12 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return run_train(args, settings)
 
 
+def _cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.training_cli import run_tune
+
+    return run_tune(args, settings)
+
+
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.training_cli import run_eval
 
@@ -459,6 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model offline (full-ranking early stopping)")
     _add_train_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="train over a small grid and choose by validation NDCG@10 only")
+    _add_train_args(p)
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        default=["lr=0.001,0.002", "dropout=0.2,0.5", "weight_decay=0,0.01"],
+        help="NAME=V1,V2 ... over train flags (lr, dropout, weight_decay, warmup_steps, ...)",
+    )
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split (full ranking)")
     p.add_argument("--checkpoint", required=True)

@@ -116,6 +116,69 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def parse_grid(grid: list[str], args: argparse.Namespace) -> list[dict[str, float | int]]:
+    """["lr=0.001,0.002", "dropout=0.2,0.5"] -> every combination, typed like the train flag."""
+    axes: list[tuple[str, list[float | int]]] = []
+    for spec in grid:
+        name, _, values = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not values or not hasattr(args, name) or isinstance(getattr(args, name), (str, bool)):
+            raise UserError(f"--grid {spec!r}: not NAME=V1,V2 over a numeric train flag", "e.g. --grid lr=0.001,0.002")
+        kind = type(getattr(args, name))
+        try:
+            axes.append((name, [kind(v) for v in values.split(",")]))
+        except ValueError as exc:
+            raise UserError(f"--grid {spec!r}: {exc}", f"give {kind.__name__} values for {name}") from exc
+    combos: list[dict[str, float | int]] = [{}]
+    for name, values in axes:
+        combos = [{**c, name: v} for c in combos for v in values]
+    return combos
+
+
+def run_tune(args: argparse.Namespace, settings: Settings) -> int:
+    """Train every grid point with validation patience; choose by validation NDCG@10 (history
+    excluded) alone; record the grid, every point's validation and test figures, and the choice."""
+    combos = parse_grid(args.grid, args)
+    root = Path(args.results_dir) / "tune"
+    points = []
+    for combo in combos:
+        tag = "_".join(f"{k}{v}" for k, v in combo.items())
+        ns = argparse.Namespace(**{**vars(args), **combo, "results_dir": str(root / tag)})
+        # Each point keeps its own checkpoint, beside its record.
+        run_train(ns, replace(settings, state_dir=settings.state_dir / "tune" / tag))
+        rec = json.loads(next((root / tag).glob(f"*/{args.preset}-s{args.seed}.json")).read_text())
+        points.append(
+            {
+                "settings": combo,
+                "dataset": rec["dataset"],
+                "valid": rec["valid"],
+                "test": rec["test"],
+                "best_epoch": rec["best_epoch"],
+                "train_seconds": rec["train_seconds"],
+            }
+        )
+    best = max(points, key=lambda p: p["valid"]["excl_history"]["NDCG@10"])
+    out = root / f"{points[0]['dataset']}-{args.preset}-s{args.seed}-grid.json"
+    out.write_text(
+        json.dumps(
+            {
+                "command": "streamrec " + " ".join(sys.argv[1:]),
+                "commit": code_version(),
+                "grid": args.grid,
+                "chosen_by": "validation NDCG@10, history excluded",
+                "choice": best["settings"],
+                "points": points,
+            },
+            indent=2,
+        )
+    )
+    print(
+        f"chosen on validation: {best['settings']} "
+        f"(valid NDCG@10 {best['valid']['excl_history']['NDCG@10']:.4f}); wrote {out}"
+    )
+    return 0
+
+
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     # The model with the catalogue its checkpoint carries; the dataset only for the held-out clicks.
     bundle = load_bundle(Path(args.checkpoint), settings.data_dir, settings.feature_cache)

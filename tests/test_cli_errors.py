@@ -161,3 +161,18 @@ def test_busy_port_names_port_and_setting(stream_settings: Settings, setting: st
 
 def test_rollback_with_nothing_to_roll_back_to(stream_settings: Settings) -> None:
     assert_one_line(run_cli(["model", "rollback"], settings_env(stream_settings)), "streamrec model list")
+
+
+def test_tune_grid_is_every_combination_typed_like_its_flag() -> None:
+    from streamrec.cli import build_parser
+    from streamrec.training_cli import parse_grid
+
+    args = build_parser().parse_args(["tune", "--dataset", "ml-100k"])
+    combos = parse_grid(["lr=0.001,0.002", "patience=5,10", "dropout=0.2"], args)
+    assert combos == [
+        {"lr": 0.001, "patience": 5, "dropout": 0.2},
+        {"lr": 0.001, "patience": 10, "dropout": 0.2},
+        {"lr": 0.002, "patience": 5, "dropout": 0.2},
+        {"lr": 0.002, "patience": 10, "dropout": 0.2},
+    ]
+    assert all(isinstance(c["patience"], int) for c in combos)
