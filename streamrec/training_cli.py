@@ -145,7 +145,8 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
         tag = "_".join(f"{k}{v}" for k, v in combo.items())
         ns = argparse.Namespace(**{**vars(args), **combo, "results_dir": str(root / tag)})
         # Each point keeps its own checkpoint, beside its record.
-        run_train(ns, replace(settings, state_dir=settings.state_dir / "tune" / tag))
+        point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
+        run_train(ns, point)
         rec = json.loads(next((root / tag).glob(f"*/{args.preset}-s{args.seed}.json")).read_text())
         points.append(
             {

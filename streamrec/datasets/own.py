@@ -135,9 +135,7 @@ def _interactions(
     return out
 
 
-def _items(
-    clicked: list[tuple[str, str, int]], described: dict[str, Item]
-) -> list[Item]:
+def _items(clicked: list[tuple[str, str, int]], described: dict[str, Item]) -> list[Item]:
     items = list(described.values())
     seen = set(described)
     for _, item, _ in clicked:
