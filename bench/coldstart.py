@@ -26,9 +26,10 @@ import torch
 from streamrec.bench.machine import machine_load, save_record
 from streamrec.datasets import load_dataset
 from streamrec.datasets.registry import default_max_len
+from streamrec.errors import UserError
 from streamrec.features import build_catalog, catalogue_payload
-from streamrec.models.checkpoint import save_checkpoint
-from streamrec.models.cold_start import ColdStartConfig, fit_calibration
+from streamrec.models.checkpoint import read_checkpoint, save_checkpoint
+from streamrec.models.cold_start import ColdStartConfig, fit_calibration, fit_id_map
 from streamrec.models.presets import build_config
 from streamrec.models.ranking_metrics import mask_history, metrics_from_ranks, target_rank
 from streamrec.models.seqrec import SeqRec
@@ -106,20 +107,40 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     cfg = replace(
         build_config(args.preset, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout, cold=cold_cfg
     )
-    model = SeqRec(cfg, catalog.features)
     new_rows = torch.tensor(sorted(cs.held_out))
-    # Held-out items do not exist at training time: not negatives either (they would be pushed
-    # down by every training step while never being a target).
-    model.excluded_rows = new_rows
     load_before = machine_load()
     started = time.monotonic()
     tcfg = TrainConfig(lr=args.lr, patience=args.patience, max_minutes=args.minutes, seed=args.seed)
-    run = train(model, split, tcfg, device, progress=False)
+    if args.checkpoint:
+        # A model this bench trained and saved before: same split (seed, holdout), no training.
+        ck = read_checkpoint(Path(args.checkpoint))
+        held = [catalog.item_ids[r - 1] for r in sorted(cs.held_out)]
+        if ck.meta.get("held_out_items") != held:
+            raise UserError(f"{args.checkpoint} was trained on another split", "give the --seed and --holdout it used")
+        cfg = replace(ck.config, cold=cold_cfg)
+        model = SeqRec(cfg, catalog.features)
+        model.load_state_dict({k: v for k, v in ck.state_dict.items() if k != "id_map"})
+        run = None
+    else:
+        model = SeqRec(cfg, catalog.features)
+        # Held-out items do not exist at training time: not negatives either (they would be pushed
+        # down by every training step while never being a target).
+        model.excluded_rows = new_rows
+        run = train(model, split, tcfg, device, progress=False)
+        model.excluded_rows = None
     train_minutes = (time.monotonic() - started) / 60
+    best_epoch = run.best_epoch if run else ck.meta.get("best_epoch")
+    epochs_run = run.epochs_run if run else ck.meta.get("epochs_run")
     load_after = machine_load()
-    model.excluded_rows = None
+    model.eval()
     with torch.no_grad():
         model.id_emb.weight[new_rows] = 0.0  # unseen items: content only, as served
+        if args.id_map == "ridge":
+            # New items' ID vectors predicted from content, fitted on the warm items only.
+            table = model.item_table()
+            content = table.aux["fused"] if "fused" in table.aux else table.vectors - model.id_emb.weight
+            warm_rows = torch.tensor([r for r in range(1, split.n_items + 1) if r not in cs.held_out])
+            model.set_id_map(fit_id_map(content[warm_rows], model.id_emb.weight[warm_rows], args.id_map_ridge))
     # The configured fit is the one reported; the other is fitted on the same validation pairs
     # and its test figures kept beside, to show the trade-off each choice makes.
     fits = {}
@@ -128,7 +149,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
             lambda: _score_batches(model, split.valid),
             lambda: _score_batches(model, cs.cold_valid),
             new_rows,
-            replace(cold_cfg, fit=how),
+            replace(model.cfg.cold, fit=how),
         )
     fitted, grid = fits[args.fit]
     plain = ColdStartConfig(fit="none")
@@ -153,6 +174,8 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
             if how != args.fit
         },
         "cold_ranked_among_held_out_items_only": _metrics(model, cs.cold_test, new_rows, plain, only_new),
+        # Warm quality as if no new item competed: what the calibration may cost a share of.
+        "warm_without_new_items": _metrics(model, split.test, new_rows, plain, ~only_new),
     }
     if args.save:
         # Held-out items keep their zero ID rows: served, they are placed by content and calibrated.
@@ -163,17 +186,21 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
             "model": args.preset,
             "text": args.text,
             "seed": args.seed,
+            "best_epoch": best_epoch,
+            "epochs_run": epochs_run,
             "held_out_items": [catalog.item_ids[r - 1] for r in sorted(cs.held_out)],
         }
         save_checkpoint(
-            Path(args.save), model, replace(cfg, cold=fitted), version, meta, catalogue_payload(catalog, titles)
+            Path(args.save), model, replace(model.cfg, cold=fitted), version, meta, catalogue_payload(catalog, titles)
         )
     cal, unc = res["calibrated"], res["uncalibrated"]
     out = {
         "dataset": ds.name,
         "model": args.preset,
         "seed": args.seed,
-        "id_dropout": args.id_dropout,
+        "id_dropout": cfg.id_dropout,
+        "id_map": args.id_map,
+        "source_checkpoint": args.checkpoint or None,
         "holdout_items": len(cs.held_out),
         "cold_valid_users": len(cs.cold_valid),
         "cold_test_users": len(cs.cold_test),
@@ -183,11 +210,11 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
         "calibration": asdict(fitted),
         "calibration_grid": grid,
         "chance_hr10": {"all_items": 10 / len(catalog.item_ids), "held_out_only": 10 / len(cs.held_out)},
-        "best_epoch": run.best_epoch,
-        "epochs_run": run.epochs_run,
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
         "train_config": asdict(tcfg),
         "train_minutes": round(train_minutes, 1),
-        "valid_history": [h["valid"]["excl_history"]["NDCG@10"] for h in run.history],
+        "valid_history": [h["valid"]["excl_history"]["NDCG@10"] for h in run.history] if run else None,
         "machine_load": {"before": load_before, "after": load_after},
     }
     print(
@@ -195,7 +222,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
         f"cold ({len(cs.cold_test)} users) NDCG@10 {cal['cold']['NDCG@10']:.4f} (uncalibrated "
         f"{unc['cold']['NDCG@10']:.4f}); warm ({len(split.test)} users) NDCG@10 {cal['warm']['NDCG@10']:.4f} "
         f"(uncalibrated {unc['warm']['NDCG@10']:.4f}); cold/warm {out['cold_over_warm_ndcg10']:.2f}; "
-        f"best epoch {run.best_epoch} of {run.epochs_run}, {train_minutes:.1f} min"
+        f"best epoch {best_epoch} of {epochs_run}, {train_minutes:.1f} min"
     )
     out_path = args.out or f"bench/results/coldstart-{ds.name}-{args.preset}-s{args.seed}.json"
     print(f"wrote {save_record(out_path, out, 'coldstart')}")

@@ -13,14 +13,14 @@ modality-swap contrastive learning between two views of each sequence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from streamrec.models.cammsr_moe import CategoryMoE, MoEConfig
-from streamrec.models.cold_start import ColdStartConfig
+from streamrec.models.cold_start import ColdStartConfig, map_ids
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.modality_swap import SwapConfig, modality_swap_loss
 from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
@@ -84,6 +84,24 @@ class SeqRec(nn.Module):
         # Rows outside the training catalogue (the cold-start protocol's held-out items): never a
         # negative of the training softmax, as items that do not exist yet at training time.
         self.excluded_rows: torch.Tensor | None = None
+        # (D+1, D) ridge map from content to ID vectors (models/cold_start.py); None = not fitted,
+        # and then not part of the state dict, so checkpoints without it load unchanged.
+        self.id_map: torch.Tensor | None
+        self.register_buffer("id_map", torch.zeros(d + 1, d) if cfg.cold.id_map else None)
+
+    def set_id_map(self, id_map: torch.Tensor) -> None:
+        """Predict ID vectors of items without one from their content (`cold.id_map`), from now on."""
+        assert id_map.shape == (self.cfg.encoder.dim + 1, self.cfg.encoder.dim), "id_map must be (D+1, D)"
+        assert self.cfg.item_encoder in ("mufasa", "id+text"), "an ID map needs a separable content vector"
+        self.cfg = replace(self.cfg, cold=replace(self.cfg.cold, id_map=True))
+        self.id_map = id_map.detach().clone().to(self.id_emb.weight.device)
+
+    def _with_mapped_ids(self, ids: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """Rows without an ID vector (all zero: unseen items) get one predicted from content."""
+        if self.id_map is None:
+            return ids
+        unseen = ~ids.detach().any(dim=1)  # (N,)
+        return torch.where(unseen[:, None], map_ids(content, self.id_map), ids)
 
     def _id_vectors(self, rows: torch.Tensor | None) -> torch.Tensor:
         w = self.id_emb.weight if rows is None else self.id_emb(rows)
@@ -105,13 +123,14 @@ class SeqRec(nn.Module):
         ids = self._id_vectors(rows)
         if self.fusion is not None:
             fused, tokens, mask, w = self.fusion(f)
+            ids = self._with_mapped_ids(ids, fused)
             table = ItemTable(ids + fused, tokens, mask, w, {"fused": fused, "ids": ids})
         elif self.moe is not None:
             out = self.moe(f, ids)
             table = ItemTable(out.item, out.tokens, out.token_mask, out.modality_weight, {"moe": out})
         elif self.title_proj is not None:
             text = self.title_proj(f)  # (N+1, D)
-            table = ItemTable(text if self.cfg.item_encoder == "text" else ids + text)
+            table = ItemTable(text if self.cfg.item_encoder == "text" else self._with_mapped_ids(ids, text) + text)
         else:
             table = ItemTable(ids)
         if features is None:

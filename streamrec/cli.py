@@ -373,12 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["warm_floor", "pooled", "none"],
         help="how the new-item calibration is chosen on validation (docs/models.md, New items)",
     )
-    b.add_argument("--warm-floor", type=float, default=0.98)
+    b.add_argument("--warm-floor", type=float, default=0.97)
     b.add_argument("--max-len", type=int, default=0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--out", default="", help="default bench/results/coldstart-<dataset>-<model>-s<seed>.json")
     b.add_argument("--save", default="", help="also write the trained, calibrated model as a checkpoint here")
+    b.add_argument("--checkpoint", default="", help="evaluate a model this bench saved (same seed), no training")
+    b.add_argument(
+        "--id-map",
+        default="none",
+        choices=["none", "ridge"],
+        help="new items' ID vectors: zero, or predicted from content (docs/models.md, New items)",
+    )
+    b.add_argument("--id-map-ridge", type=float, default=1.0)
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("newitems", help="new items live: held-out items published mid-replay, live hit rates")
     b.add_argument("--dataset", default="amazon-beauty")

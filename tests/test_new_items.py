@@ -212,3 +212,54 @@ def test_a_swap_to_a_model_that_knows_the_item_keeps_its_calibration_until_the_e
     assert top_of(rec, 2, "u1", "i3")[0].new
     rec.handle_clicks([click(3, "u3", "new-lipstick"), click(4, "u4", "new-lipstick")])
     assert len(rec.new_items) == 0 and len(rec.index) == 21
+
+
+def test_an_id_map_gives_unseen_items_a_predicted_id_vector_and_round_trips(tmp_path: Path) -> None:
+    from dataclasses import replace as dc_replace
+
+    from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
+    from streamrec.models.cold_start import fit_id_map, map_ids
+
+    torch.manual_seed(0)
+    f = features()
+    model = SeqRec(tiny("mufasa"), f).eval()
+    with torch.no_grad():
+        model.id_emb.weight[3] = 0.0  # an item never trained: no ID vector
+        content = model.fusion(f)[0]  # (N+1, D)
+        warm = torch.tensor([r for r in range(1, f.n_rows) if r != 3])
+        id_map = fit_id_map(content[warm], model.id_emb.weight[warm], ridge=0.1)
+        model.set_id_map(id_map)
+        table = model.item_table().vectors
+        torch.testing.assert_close(table[3], map_ids(content[3:4], id_map)[0] + content[3])
+        torch.testing.assert_close(table[5], model.id_emb.weight[5] + content[5], msg="warm items keep their own")
+    save_checkpoint(tmp_path / "m.pt", model, model.cfg, "v1", {})
+    cfg, state, _, _ = load_checkpoint(tmp_path / "m.pt")
+    again = SeqRec(cfg, f).eval()
+    again.load_state_dict(state)
+    torch.testing.assert_close(again.item_table().vectors, table)
+    plain = SeqRec(dc_replace(cfg, cold=ColdStartConfig()), f)
+    assert "id_map" not in plain.state_dict(), "models without a map keep the old state dict"
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=st.sampled_from([0.5, 1.0, 2.0]), n_new=st.integers(1, 9))
+def test_fast_calibration_ranks_equal_the_reference(seed: int, scale: float, n_new: int) -> None:
+    from streamrec.models.cold_start import ndcg10_by_offset, ndcg10_reference
+
+    g = torch.Generator().manual_seed(seed)
+    n_items, b = 30, 7
+    # Small integer scores make ties common; some history entries are -inf; row 0 is padding.
+    s = torch.randint(-4, 5, (b, n_items + 1), generator=g).float()
+    s[torch.rand(b, n_items + 1, generator=g) < 0.1] = float("-inf")
+    s[:, 0] = float("-inf")
+    new_rows = torch.randperm(n_items, generator=g)[:n_new] + 1
+    targets = torch.randint(1, n_items + 1, (b,), generator=g)
+    s[torch.arange(b), targets] = torch.randint(-4, 5, (b,), generator=g).float()  # a target is never masked
+    offsets = torch.tensor([0.0, -1.0, 0.5, 1.0, 3.0])
+
+    def batches():  # noqa: ANN202 - the ScoreBatches callable
+        return iter([(s, targets)])
+
+    torch.testing.assert_close(
+        ndcg10_by_offset(batches, new_rows, scale, offsets), ndcg10_reference(batches, new_rows, scale, offsets)
+    )
