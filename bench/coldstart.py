@@ -67,16 +67,35 @@ def coldstart_split(sequences: list[list[int]], n_items: int, holdout: float, se
     return ColdSplit(Split(n_items, train, valid, warm_test), cold_valid, cold_test, cold)
 
 
+class _Encoded:
+    """The users of some pairs encoded once (the model's item table must not change after):
+    every calibration point re-scores them with one product instead of a forward pass."""
+
+    def __init__(self, model: SeqRec, pairs: Pairs) -> None:
+        model.eval()
+        self.model = model
+        self.table = model.item_table()
+        self.batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # users, targets, history
+        with torch.no_grad():
+            for seqs, lengths, targets, history in eval_batches(pairs, model.cfg.encoder.max_len, 512):
+                users = model.last_hidden(model.encode(seqs, self.table), lengths)  # (B, D)
+                self.batches.append((users, targets, history))
+
+
+_encoded: dict[int, _Encoded] = {}
+
+
 def _score_batches(
     model: SeqRec, pairs: Pairs, only: torch.Tensor | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """History-masked scores (B, N+1) of `pairs`, held-out items by content alone (their ID rows
-    must already be zero); `only` (N+1,) bool keeps just those candidates."""
-    model.eval()
-    table = model.item_table()
+    must already be zero, or mapped); `only` (N+1,) bool keeps just those candidates."""
+    enc = _encoded.get(id(pairs))
+    if enc is None or enc.model is not model:
+        enc = _encoded[id(pairs)] = _Encoded(model, pairs)
     with torch.no_grad():
-        for seqs, lengths, targets, history in eval_batches(pairs, model.cfg.encoder.max_len, 512):
-            scores = mask_history(model.recommend_scores(seqs, lengths, table), history, targets)  # (B, N+1)
+        for users, targets, history in enc.batches:
+            scores = mask_history(model.scores(users, enc.table), history, targets)  # (B, N+1)
             if only is not None:
                 scores = scores.masked_fill(~only, float("-inf"))
             yield scores, targets
