@@ -108,8 +108,7 @@ class LoadSampler:
         }
 
 
-def code_version() -> str:
-    """The commit the figures were taken at, with "+dirty" when tracked files were changed."""
+def _read_code_version() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
     )
@@ -117,6 +116,17 @@ def code_version() -> str:
         ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=PROJECT_ROOT
     )
     return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
+
+
+# Read when the process starts: a run that lasts an hour must name the code it ran, not whatever
+# the checkout holds when it writes its record.
+_CODE_AT_START = _read_code_version()
+
+
+def code_version() -> str:
+    """The commit the process started from (the code that made the figures), with "+dirty" when
+    tracked files differed from it."""
+    return _CODE_AT_START
 
 
 def save_record(out: str | Path, payload: dict[str, Any], bench: str) -> Path:
