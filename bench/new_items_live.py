@@ -28,12 +28,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from streamrec.bench.machine import machine_load, save_record
+from streamrec.bench.online import worker_and_trainer_settings
 from streamrec.datasets import load_dataset
 from streamrec.datasets.schema import Event, Item
-from streamrec.local.broker import LocalBroker, free_port, free_ports
+from streamrec.errors import UserError
+from streamrec.local.broker import LocalBroker, free_port
 from streamrec.local.processes import start_trainer, start_worker
 from streamrec.models.checkpoint import read_checkpoint
-from streamrec.settings import Settings, TopicNames
+from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import Delivery, Paced, catalogue_record, click_record, make_producer
@@ -119,22 +121,12 @@ def _publish(settings: Settings, steps: list[Step], rate: float) -> None:
 def run_live(settings: Settings, args: argparse.Namespace, checkpoint: Path, workdir: Path) -> dict:
     held = set(read_checkpoint(checkpoint).meta.get("held_out_items", []))
     if not held:
-        raise ValueError(f"{checkpoint} lists no held-out items: make it with `streamrec bench coldstart --save`")
+        raise UserError(
+            f"{checkpoint} lists no held-out items", "make one with `streamrec bench coldstart --save PATH`"
+        )
     ds = load_dataset(args.dataset, settings.data_dir)
-    metrics_port, trainer_port = free_ports(2)
-    settings = replace(
-        settings,
-        model_store=workdir / "store",
-        model_path="",
-        state_dir=workdir / "state",
-        topics=TopicNames("newitems-"),
-        metrics_port=metrics_port,
-        dashboard_port=0,
-        trainer_metrics_port=trainer_port,
-        trainer_every_events=args.every,
-        trainer_every_minutes=1e6,
-        explore_slots=args.explore_slots,
-    )
+    base = worker_and_trainer_settings(settings, workdir, "newitems-", args.every)
+    settings = replace(base, explore_slots=args.explore_slots)
     first = import_checkpoint(ModelStore(settings.model_store_dir), checkpoint)
     clicks = ds.events[-args.clicks :]
     new_items = {it.item_id: it for it in ds.items if it.item_id in held}

@@ -35,6 +35,24 @@ from streamrec.stream.topics import ensure_topics
 from streamrec.training.online_trainer import import_checkpoint
 
 
+def worker_and_trainer_settings(settings: Settings, workdir: Path, prefix: str, every: int) -> Settings:
+    """A worker and an online trainer on their own model store, state and topics under `workdir`,
+    the trainer fine-tuning every `every` clicks (never by the clock)."""
+    metrics_port, trainer_port = free_ports(2)
+    return replace(
+        settings,
+        model_store=workdir / "store",
+        model_path="",
+        state_dir=workdir / "state",
+        topics=TopicNames(prefix),
+        metrics_port=metrics_port,
+        dashboard_port=0,
+        trainer_metrics_port=trainer_port,
+        trainer_every_events=every,
+        trainer_every_minutes=1e6,
+    )
+
+
 def online_round_trip(
     settings: Settings,
     checkpoint: Path,
@@ -49,18 +67,7 @@ def online_round_trip(
 ) -> dict:
     """Runs worker + trainer over `clicks` clicks at `rate`/s; returns the measured figures.
     `while_running(worker, trainer)` is called once both are up (tests read their metrics there)."""
-    settings = replace(
-        settings,
-        model_store=workdir / "store",
-        model_path="",
-        state_dir=workdir / "state",
-        topics=TopicNames("online-"),
-        metrics_port=(ports := free_ports(2))[0],
-        dashboard_port=0,
-        trainer_metrics_port=ports[1],
-        trainer_every_events=every,
-        trainer_every_minutes=1e6,
-    )
+    settings = worker_and_trainer_settings(settings, workdir, "online-", every)
     store = ModelStore(settings.model_store_dir)
     first = import_checkpoint(store, checkpoint)
     ds = load_dataset(dataset, settings.data_dir)
