@@ -104,10 +104,14 @@ class Recommender:
             now = self.clock()
             by_content = model.placed_by_content([e.item_id for e in entries])
             for e, content in zip(entries, by_content, strict=True):
-                content = content or e.arrived_unseen
-                clicks = self.sequences.item_clicks(e.item_id)
-                held.offer(e.row, e.item_id, content, e.first_seen_ms / 1000, clicks, now)
+                self._offer(held, e, content, now)
         return held
+
+    def _offer(self, held: NewItems, e: CatalogueEntry, by_content: bool, now: float) -> bool:
+        """Offer an entry to `held` with its evidence; an item that arrived unseen stays calibrated
+        under any later model. Returns whether it is held."""
+        clicks = self.sequences.item_clicks(e.item_id)
+        return held.offer(e.row, e.item_id, by_content or e.arrived_unseen, e.first_seen_ms / 1000, clicks, now)
 
     @property
     def model_version(self) -> str:
@@ -161,11 +165,9 @@ class Recommender:
             by_content = model.placed_by_content([e.item_id for e in redo])
             now = self.clock()
             for e, v, content in zip(redo, vecs, by_content, strict=True):
-                content = content or e.arrived_unseen
                 matrix = _set_row(matrix, e.row, v)
                 rows = np.array([e.row], dtype=np.int64)
-                clicks = self.sequences.item_clicks(e.item_id)
-                if e.active and held.offer(e.row, e.item_id, content, e.first_seen_ms / 1000, clicks, now):
+                if e.active and self._offer(held, e, content, now):
                     index.remove(rows)
                 elif e.active and np.linalg.norm(v) > 0:
                     index.upsert(rows, v[None])
@@ -224,11 +226,7 @@ class Recommender:
             placed = np.linalg.norm(vecs, axis=1) > 0
             # New items (short of evidence, or young enough to explore) are scored apart.
             for i, (e, content) in enumerate(zip(entries, unseen, strict=True)):
-                clicks = self.sequences.item_clicks(e.item_id)
-                by_content = content or e.arrived_unseen
-                if placed[i] and self.new_items.offer(
-                    e.row, e.item_id, by_content, e.first_seen_ms / 1000, clicks, now
-                ):
+                if placed[i] and self._offer(self.new_items, e, content, now):
                     placed[i] = False
             if placed.any():
                 self.index.upsert(rows[placed], vecs[placed])
