@@ -29,7 +29,7 @@ from streamrec.datasets.registry import default_max_len
 from streamrec.errors import UserError
 from streamrec.features import build_catalog, catalogue_payload
 from streamrec.models.checkpoint import read_checkpoint, save_checkpoint
-from streamrec.models.cold_start import ColdStartConfig, fit_calibration, fit_id_map
+from streamrec.models.cold_start import ColdStartConfig, calibrated_scores, fit_calibration, fit_id_map
 from streamrec.models.presets import build_config
 from streamrec.models.ranking_metrics import mask_history, metrics_from_ranks, target_rank
 from streamrec.models.seqrec import SeqRec
@@ -81,35 +81,24 @@ class _Encoded:
                 users = model.last_hidden(model.encode(seqs, self.table), lengths)  # (B, D)
                 self.batches.append((users, targets, history))
 
+    def scores(self, only: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """History-masked scores (B, N+1) and targets (B,), held-out items by content alone
+        (their ID rows zero, or mapped); `only` (N+1,) bool keeps just those candidates."""
+        with torch.no_grad():
+            for users, targets, history in self.batches:
+                scores = mask_history(self.model.scores(users, self.table), history, targets)  # (B, N+1)
+                if only is not None:
+                    scores = scores.masked_fill(~only, float("-inf"))
+                yield scores, targets
 
-_encoded: dict[int, _Encoded] = {}
-
-
-def _score_batches(
-    model: SeqRec, pairs: Pairs, only: torch.Tensor | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """History-masked scores (B, N+1) of `pairs`, held-out items by content alone (their ID rows
-    must already be zero, or mapped); `only` (N+1,) bool keeps just those candidates."""
-    enc = _encoded.get(id(pairs))
-    if enc is None or enc.model is not model:
-        enc = _encoded[id(pairs)] = _Encoded(model, pairs)
-    with torch.no_grad():
-        for users, targets, history in enc.batches:
-            scores = mask_history(model.scores(users, enc.table), history, targets)  # (B, N+1)
-            if only is not None:
-                scores = scores.masked_fill(~only, float("-inf"))
-            yield scores, targets
-
-
-def _metrics(
-    model: SeqRec, pairs: Pairs, new_rows: torch.Tensor, cfg: ColdStartConfig, only: torch.Tensor | None = None
-) -> dict:
-    """Full-ranking metrics with new items scored through the calibration `cfg` (no clicks yet)."""
-    ranks = []
-    for scores, targets in _score_batches(model, pairs, only):
-        scores[:, new_rows] = scores[:, new_rows] * cfg.scale + cfg.offset
-        ranks.append(target_rank(scores, targets))
-    return metrics_from_ranks(torch.cat(ranks)) if ranks else {}
+    def metrics(self, new_rows: torch.Tensor, cfg: ColdStartConfig, only: torch.Tensor | None = None) -> dict:
+        """Full-ranking metrics with new items scored through the calibration `cfg` (no clicks yet)."""
+        ranks = []
+        no_clicks = torch.zeros(len(new_rows))
+        for scores, targets in self.scores(only):
+            scores[:, new_rows] = calibrated_scores(scores[:, new_rows], no_clicks, cfg)
+            ranks.append(target_rank(scores, targets))
+        return metrics_from_ranks(torch.cat(ranks)) if ranks else {}
 
 
 def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -160,13 +149,16 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
             content = table.aux["fused"] if "fused" in table.aux else table.vectors - model.id_emb.weight
             warm_rows = torch.tensor([r for r in range(1, split.n_items + 1) if r not in cs.held_out])
             model.set_id_map(fit_id_map(content[warm_rows], model.id_emb.weight[warm_rows], args.id_map_ridge))
+    # Users encoded once, with the item table as served (held-out ID rows zero, or mapped).
+    valid, cold_valid = _Encoded(model, split.valid), _Encoded(model, cs.cold_valid)
+    warm_test, cold_test = _Encoded(model, split.test), _Encoded(model, cs.cold_test)
     # The configured fit is the one reported; the other is fitted on the same validation pairs
     # and its test figures kept beside, to show the trade-off each choice makes.
     fits = {}
     for how in dict.fromkeys([args.fit, "warm_floor", "pooled"]):
         fits[how] = fit_calibration(
-            lambda: _score_batches(model, split.valid),
-            lambda: _score_batches(model, cs.cold_valid),
+            valid.scores,
+            cold_valid.scores,
             new_rows,
             replace(model.cfg.cold, fit=how),
         )
@@ -176,25 +168,25 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     only_new[new_rows] = True
     res = {
         "calibrated": {
-            "cold": _metrics(model, cs.cold_test, new_rows, fitted),
-            "warm": _metrics(model, split.test, new_rows, fitted),
+            "cold": cold_test.metrics(new_rows, fitted),
+            "warm": warm_test.metrics(new_rows, fitted),
         },
         "uncalibrated": {
-            "cold": _metrics(model, cs.cold_test, new_rows, plain),
-            "warm": _metrics(model, split.test, new_rows, plain),
+            "cold": cold_test.metrics(new_rows, plain),
+            "warm": warm_test.metrics(new_rows, plain),
         },
         "other_fits": {
             how: {
                 "calibration": asdict(c),
-                "cold": _metrics(model, cs.cold_test, new_rows, c),
-                "warm": _metrics(model, split.test, new_rows, c),
+                "cold": cold_test.metrics(new_rows, c),
+                "warm": warm_test.metrics(new_rows, c),
             }
             for how, (c, _) in fits.items()
             if how != args.fit
         },
-        "cold_ranked_among_held_out_items_only": _metrics(model, cs.cold_test, new_rows, plain, only_new),
+        "cold_ranked_among_held_out_items_only": cold_test.metrics(new_rows, plain, only_new),
         # Warm quality as if no new item competed: what the calibration may cost a share of.
-        "warm_without_new_items": _metrics(model, split.test, new_rows, plain, ~only_new),
+        "warm_without_new_items": warm_test.metrics(new_rows, plain, ~only_new),
     }
     if args.save:
         # Held-out items keep their zero ID rows: served, they are placed by content and calibrated.
