@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kafka.partitioner.default import murmur2
+from aiokafka.partitioner import murmur2
 
 
 def partition_of(user_id: str, partitions: int) -> int:

@@ -230,8 +230,7 @@ async def catch_up_partitions(ctx: WorkerContext, messages: list[Message]) -> No
         applied = ctx.recommender.sequences.applied_offset(part)
         if offset <= applied + 1:
             continue
-        loop = asyncio.get_running_loop()
-        raw = await loop.run_in_executor(None, ctx.watch.click_log.read, part, applied + 1, offset)
+        raw = await ctx.watch.click_log.read(part, applied + 1, offset)
         missed = []
         for _, value in raw:
             try:

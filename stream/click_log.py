@@ -5,49 +5,65 @@ source topic that already holds every change). Each worker records, with its sta
 offset of every clicks partition it applied (`SequenceStore.applied_offset`). When a worker is
 handed a batch of partition p starting at offset o while its state holds p only up to a < o - 1,
 the clicks in [a + 1, o) were answered by another worker meanwhile: this reader fetches them so
-the state can apply them (without answering them again) before the batch is processed.
+the state can apply them (without answering them again) before the batch is processed. The log
+watch (stream/log_watch.py) reads ranges of the clicks and recommendations topics the same way.
+
+It is aiokafka, like Faust's own consumer and producer, so the worker speaks to the broker through
+one client family. Each read has its own short-lived consumer outside any group: reads are rare
+(a log check every few seconds, a catch-up after a rebalance), and a fresh consumer needs no care
+after the broker restarts.
 """
 
 from __future__ import annotations
 
-from kafka import KafkaConsumer, TopicPartition
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+# Records per fetch round of a range read.
+MAX_RECORDS = 2_000
 
 
 class ClickLogReader:
-    """Synchronous reads of offset ranges of one topic (kafka-python, no consumer group)."""
+    """Reads of offset ranges of one topic (aiokafka, no consumer group)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
 
-    def read(self, partition: int, start: int, end: int, timeout_s: float = 30.0) -> list[tuple[int, bytes]]:
+    async def read(self, partition: int, start: int, end: int, timeout_s: float = 30.0) -> list[tuple[int, bytes]]:
         """(offset, value) of every record with start <= offset < end; records before the log's
-        start (deleted by retention) or past its current end are simply absent."""
+        start (deleted by retention) or past its current end are simply absent. Raises
+        TimeoutError when the range is not read within `timeout_s` (a partial read would look
+        like records the broker lost), and aiokafka's KafkaError when the broker cannot answer."""
         if end <= start:
             return []
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap.split(","),
-            enable_auto_commit=False,
-            group_id=None,
-            consumer_timeout_ms=int(timeout_s * 1000),
-            max_poll_records=2000,
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
         )
         try:
-            tp = TopicPartition(self.topic, partition)
-            consumer.assign([tp])
-            first = consumer.beginning_offsets([tp])[tp]
-            # Records past the log's current end do not exist yet: do not wait for them.
-            end = min(end, consumer.end_offsets([tp])[tp])
-            consumer.seek(tp, max(start, first))
-            out: list[tuple[int, bytes]] = []
-            if max(start, first) >= end:
-                return out
-            for msg in consumer:
+            async with asyncio.timeout(timeout_s):
+                await consumer.start()
+                return await self._read(consumer, partition, start, end)
+        finally:
+            await consumer.stop()
+
+    async def _read(self, consumer: AIOKafkaConsumer, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        tp = TopicPartition(self.topic, partition)
+        consumer.assign([tp])
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        # Records past the log's current end do not exist yet: do not wait for them.
+        end = min(end, (await consumer.end_offsets([tp]))[tp])
+        position = max(start, first)
+        out: list[tuple[int, bytes]] = []
+        if position >= end:
+            return out
+        consumer.seek(tp, position)
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=1_000, max_records=MAX_RECORDS)
+            for msg in batches.get(tp, []):
                 if msg.offset >= end:
-                    break
+                    return out
                 out.append((msg.offset, msg.value))
                 if msg.offset >= end - 1:
-                    break
-            return out
-        finally:
-            consumer.close()
+                    return out

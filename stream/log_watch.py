@@ -10,14 +10,12 @@ calls `tick`, which answers repaired ranges through the `answer` callable it is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from kafka.errors import KafkaError as KafkaPythonError
 
 from streamrec.ops.metrics import Metrics
 from streamrec.settings import TopicNames
@@ -133,13 +131,13 @@ class LogWatch:
             try:
                 await self.verify_log(tp.partition, highwater)
                 await self.continue_repair(tp.partition, highwater, answer)
-            except KafkaPythonError as exc:
+            except (KafkaError, TimeoutError) as exc:
                 # The broker is unreachable or the partition moving: the next tick tries again.
                 log.info("streamrec worker: log check of %s deferred: %s", tp, exc)
         for part in list(self.written):
             try:
                 await self.verify_answers(part)
-            except KafkaPythonError as exc:
+            except (KafkaError, TimeoutError) as exc:
                 log.info("streamrec worker: answer check of partition %d deferred: %s", part, exc)
 
     async def verify_log(self, part: int, highwater: int) -> None:
@@ -159,8 +157,7 @@ class LogWatch:
         marks = self.verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
         settled = marks.settled()
         scan_from = first if kind is not None or settled is None else max(first, settled)
-        loop = asyncio.get_running_loop()
-        held = await loop.run_in_executor(None, self.click_log.read, part, scan_from, last + 1, 30.0)
+        held = await self.click_log.read(part, scan_from, last + 1)
         self.suspect.pop(part, None)
         diverged = log_of.diverged_range(held, scan_from, last + 1)
         if diverged is None and kind == "rewritten":
@@ -207,8 +204,7 @@ class LogWatch:
         marks = self.answers_verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
         settled = marks.settled()
         scan_from = first if settled is None else max(first, settled)
-        loop = asyncio.get_running_loop()
-        held = await loop.run_in_executor(None, self.answer_log.read, part, scan_from, last + 1, 30.0)
+        held = await self.answer_log.read(part, scan_from, last + 1)
         diverged = log_of.diverged_range(held, scan_from, last + 1)
         marks.mark(time.monotonic(), last)
         if diverged is None:
@@ -247,8 +243,7 @@ class LogWatch:
             return
         upto = min(repair.end, highwater)
         if upto > repair.cursor:
-            loop = asyncio.get_running_loop()
-            raw = await loop.run_in_executor(None, self.click_log.read, part, repair.cursor, upto, 30.0)
+            raw = await self.click_log.read(part, repair.cursor, upto)
             if raw:
                 await answer([Message(self.topics.clicks, part, o, v) for o, v in raw])
             repair.cursor = upto

@@ -9,11 +9,13 @@ its history. A topic created before this setting existed gets it on the next `en
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streamrec.settings import TopicNames
 
@@ -34,34 +36,55 @@ def topic_configs(topics: TopicNames) -> dict[str, dict[str, str]]:
     return {topics.recommendations: {"cleanup.policy": "compact"}}
 
 
-def _configure(admin: KafkaAdminClient, configs: dict[str, dict[str, str]]) -> None:
+def _raise_for(code: int, what: str) -> None:
+    """aiokafka's admin client returns the broker's error codes inside its responses."""
+    if code:
+        raise for_code(code)(what)
+
+
+async def _configure(admin: AIOKafkaAdminClient, configs: dict[str, dict[str, str]]) -> None:
     """Set the configs of existing topics that lack them (an upgrade of an older deployment)."""
-    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in configs]
-    described = admin.describe_configs(resources)
-    current = described.get("topic", {}) if isinstance(described, dict) else {}
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in configs])
+    current: dict[str, dict[str, Any]] = {}
+    for response in responses:
+        for error_code, _message, _type, name, entries, *_ in response.resources:
+            _raise_for(error_code, f"describe configs of {name}")
+            current[name] = {entry[0]: entry[1] for entry in entries}
     stale = {
         name: wanted
         for name, wanted in configs.items()
-        if any(current.get(name, {}).get(k, {}).get("value") != v for k, v in wanted.items())
+        if any(current.get(name, {}).get(k) != v for k, v in wanted.items())
     }
     if stale:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs=c) for n, c in stale.items()])
+        answers = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, configs=c) for n, c in stale.items()]
+        )
+        for response in answers:
+            for error_code, _message, _type, name, *_ in response.resources:
+                _raise_for(error_code, f"alter configs of {name}")
 
 
-def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics; returns the partition count of each as the broker reports it."""
-    wanted = topic_partitions(topics, partitions)
-    deadline = time.monotonic() + timeout_s
+async def _started_admin(bootstrap: str, deadline: float) -> AIOKafkaAdminClient:
     while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin")
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin")
-            break
-        except (KafkaConnectionError, KafkaError):
+            await admin.start()
+            return admin
+        except KafkaError:
+            await admin.close()
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
+
+
+async def ensure_topics_async(
+    bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0
+) -> dict[str, int]:
+    """`ensure_topics` on the caller's event loop."""
+    wanted = topic_partitions(topics, partitions)
+    admin = await _started_admin(bootstrap, time.monotonic() + timeout_s)
     try:
-        existing = set(admin.list_topics())
+        existing = set(await admin.list_topics())
         configs = topic_configs(topics)
         new = [
             NewTopic(name, n, 1, topic_configs=configs.get(name, {}))
@@ -69,15 +92,23 @@ def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int, timeout_s
             if name not in existing
         ]
         if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-        _configure(admin, configs)
-        described = admin.describe_topics(list(wanted))
-        counts = {d.get("name", d.get("topic")): len(d["partitions"]) for d in described}
+            created = await admin.create_topics(new)
+            for name, error_code, *_ in created.topic_errors:
+                if error_code != TopicAlreadyExistsError.errno:  # another process created it meanwhile
+                    _raise_for(error_code, f"create topic {name}")
+        await _configure(admin, configs)
+        described = await admin.describe_topics(list(wanted))
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
     except KafkaError as exc:
         raise RuntimeError(f"could not create topics on {bootstrap}: {exc}") from exc
     finally:
-        admin.close()
+        await admin.close()
     return counts
+
+
+def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0) -> dict[str, int]:
+    """Create missing topics; returns the partition count of each as the broker reports it. Runs
+    its own event loop, so it is called from plain code or a thread (the worker ensures topics in
+    a thread while its modules load), never from a running loop: that one awaits
+    `ensure_topics_async`."""
+    return asyncio.run(ensure_topics_async(bootstrap, topics, partitions, timeout_s))
