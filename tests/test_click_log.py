@@ -38,7 +38,9 @@ def test_reads_exactly_the_range_asked(broker: LocalBroker, filled: tuple[str, i
 
 
 @pytest.mark.parametrize(("start", "end"), [(5, 5), (7, 3), (50, 60), (200, 300)])
-def test_empty_and_future_ranges_return_at_once(broker: LocalBroker, filled: tuple[str, int], start: int, end: int) -> None:
+def test_empty_and_future_ranges_return_at_once(
+    broker: LocalBroker, filled: tuple[str, int], start: int, end: int
+) -> None:
     topic, _ = filled
     assert asyncio.run(ClickLogReader(broker.bootstrap, topic).read(1, start, end, timeout_s=10)) == []
 
