@@ -5,6 +5,7 @@ a lazy import inside a function counts too."""
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,3 +60,16 @@ def test_training_never_imports_serving(path: Path) -> None:
         assert not name.startswith("streamrec.serving"), f"training/{path.name} imports {name}"
     if path.name == "online_trainer.py":
         assert not {n.split(".")[0] for n in imported_modules(path)} & set(KAFKA), "fine-tuning is plain code"
+
+
+def test_the_worker_speaks_one_kafka_client_family() -> None:
+    """Faust, its consumer and producer, the whole-topic readers, the range reader and the topic
+    admin are all aiokafka: a worker process never loads kafka-python (checked at run time, so an
+    import through any module the worker loads counts)."""
+    code = (
+        "import sys\n"
+        "import streamrec.stream.worker, streamrec.stream.app, streamrec.stream.prefork, streamrec.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kafka'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", f"the worker loads kafka-python: {done.stdout.strip()}"
