@@ -18,6 +18,8 @@ whichever device the encoder lives on (CUDA when present, CPU otherwise).
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,11 +29,87 @@ from streamrec.models.sequence_encoder import SequenceEncoder
 from streamrec.models.sparse_attention import SparseAttention, merge_heads, split_heads
 from streamrec.models.sparse_attention_math import FORCED, NEG, compress_blocks, masked_softmax_attention
 
+STATE_DTYPES = ("float32", "float16", "bfloat16", "int8")
+LINEAR_DTYPES = ("float32", "int8")
+
 
 @dataclass(frozen=True)
 class LiveEncoderConfig:
     slots: int = 4096  # users whose state is kept; the least recently used is evicted past this
-    dtype: str = "float32"  # storage type of cached keys and values
+    # Storage type of cached keys, values and block summaries (reads compute in float32); "int8"
+    # keeps each cached vector as int8 with its own float16 scale (`Int8Rows`).
+    dtype: str = "float32"
+    # "int8": the encoder's linear layers run with int8 weights and dynamically quantized int8
+    # activations (torch's dynamic quantization, CPU only), on a copy of the encoder.
+    linear_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        assert self.dtype in STATE_DTYPES, f"state dtype {self.dtype!r} is not one of {STATE_DTYPES}"
+        assert self.linear_dtype in LINEAR_DTYPES, f"linear dtype {self.linear_dtype!r} is not one of {LINEAR_DTYPES}"
+
+    def bytes_per_vector(self, dh: int) -> float:
+        """Bytes one cached vector of `dh` values occupies."""
+        if self.dtype == "int8":
+            return dh + 2  # int8 values and one float16 scale
+        return dh * torch.finfo(getattr(torch, self.dtype)).bits // 8
+
+
+class Int8Rows:
+    """A cache tensor (..., dh) stored as int8 with one float16 scale per vector (symmetric,
+    absmax / 127): a quarter of float32's bytes. Indexed like the tensor it replaces: reading
+    `rows[idx]` returns float32 values, `rows[idx] = x` quantizes x. The index must not touch the
+    last dimension, so the same index selects the scales (..., )."""
+
+    # Smallest scale kept: float16 resolves it, and a vector this small is zero for attention.
+    MIN_SCALE = 2.0**-14
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+        self.data = torch.zeros(shape, dtype=torch.int8, device=device)  # (..., dh)
+        self.scale = torch.zeros(shape[:-1], dtype=torch.float16, device=device)  # (...,)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What reads return and writes take."""
+        return torch.float32
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def __getitem__(self, idx: object) -> torch.Tensor:
+        return self.data[idx].to(torch.float32) * self.scale[idx].to(torch.float32)[..., None]
+
+    def __setitem__(self, idx: object, value: torch.Tensor) -> None:
+        value = value.to(torch.float32)
+        scale = (value.abs().amax(-1) / 127.0).clamp(min=self.MIN_SCALE).to(torch.float16)
+        # Quantize with the scale as stored, so reading multiplies back by exactly that scale.
+        self.data[idx] = torch.round(value / scale.to(torch.float32)[..., None]).clamp(-127, 127).to(torch.int8)
+        self.scale[idx] = scale
+
+    def normal_(self) -> Int8Rows:
+        """Random contents (benchmarks fill caches without running the encoder)."""
+        self[...] = torch.randn(self.shape, device=self.data.device)
+        return self
+
+
+def int8_linears(encoder: SequenceEncoder) -> SequenceEncoder:
+    """A copy of `encoder` whose linear layers compute in int8 (dynamic quantization: int8
+    weights, activations quantized per call). The block-compression MLPs stay in float32, because
+    `compress_blocks` folds the intra-block positions into their first layer's weight."""
+    assert encoder.pos.weight.device.type == "cpu", "torch's dynamic quantization runs on the CPU only"
+    names = {n for n, m in encoder.named_modules() if isinstance(m, torch.nn.Linear) and "compress" not in n}
+    with warnings.catch_warnings():
+        # torch marks its quantized tensor types as deprecated in favour of torchao, which this
+        # project does not depend on; the warning would land in every worker's log.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(encoder), names, dtype=torch.qint8)
+
+
+def state_tensor(shape: tuple[int, ...], dtype: str, device: torch.device) -> torch.Tensor | Int8Rows:
+    """One cache tensor of the given storage type (zeros)."""
+    if dtype == "int8":
+        return Int8Rows(shape, device)
+    return torch.zeros(shape, dtype=getattr(torch, dtype), device=device)
 
 
 @dataclass
@@ -47,8 +125,8 @@ class LiveEncoder:
     """Slot arena + batched prefill/step over a trained `SequenceEncoder` (kept in eval mode)."""
 
     def __init__(self, encoder: SequenceEncoder, cfg: LiveEncoderConfig | None = None) -> None:
-        self.encoder = encoder.eval()
         self.cfg = cfg or LiveEncoderConfig()
+        self.encoder = (int8_linears(encoder) if self.cfg.linear_dtype == "int8" else encoder).eval()
         ec = encoder.cfg
         self.max_len, self.heads = ec.max_len, ec.heads
         self.dh = ec.dim // ec.heads
@@ -56,13 +134,14 @@ class LiveEncoder:
         self.block = ec.sparse.block
         self.device = encoder.pos.weight.device
         s, h, length, dh = self.cfg.slots, self.heads, self.max_len, self.dh
-        dtype = getattr(torch, self.cfg.dtype)
         n_blocks = max(1, length // self.block)
         n_sel = ec.sparse.num_selected
-        self.k = [torch.zeros(s, h, length, dh, dtype=dtype, device=self.device) for _ in range(ec.layers)]
-        self.v = [torch.zeros_like(x) for x in self.k]
-        self.kc = [torch.zeros(s, h, n_blocks, dh, dtype=dtype, device=self.device) for _ in range(ec.layers)]
-        self.vc = [torch.zeros_like(x) for x in self.kc]
+
+        def caches(n: int) -> list[torch.Tensor | Int8Rows]:
+            return [state_tensor((s, h, n, dh), self.cfg.dtype, self.device) for _ in range(ec.layers)]
+
+        self.k, self.v = caches(length), caches(length)  # per layer (S, H, L, dh)
+        self.kc, self.vc = caches(n_blocks), caches(n_blocks)  # per layer (S, H, L / l, dh)
         self.sel_idx = [torch.zeros(s, n_sel, dtype=torch.long, device=self.device) for _ in range(ec.layers)]
         self.sel_valid = [torch.zeros(s, n_sel, dtype=torch.bool, device=self.device) for _ in range(ec.layers)]
         self.length = torch.zeros(s, dtype=torch.long, device=self.device)
@@ -71,12 +150,13 @@ class LiveEncoder:
 
     def state_bytes(self, length: int) -> int:
         """Bytes of cached state a user with `length` positions occupies (keys, values, summaries)."""
-        item = torch.finfo(getattr(torch, self.cfg.dtype)).bits // 8
-        per_layer = 2 * self.heads * length * self.dh * item
+        vector = self.cfg.bytes_per_vector(self.dh)
+        vectors = 2 * self.heads * length
+        extra = 0
         if self.sparse:
-            per_layer += 2 * self.heads * (length // self.block) * self.dh * item
-            per_layer += self.sel_idx[0].shape[1] * 9  # int64 index + bool per selected block
-        return len(self.k) * per_layer + 8
+            vectors += 2 * self.heads * (length // self.block)
+            extra = self.sel_idx[0].shape[1] * 9  # int64 index + bool per selected block
+        return len(self.k) * (int(vectors * vector) + extra) + 8
 
     # --- selection ---------------------------------------------------------------------------
 
@@ -106,7 +186,9 @@ class LiveEncoder:
 
     # --- gathers -----------------------------------------------------------------------------
 
-    def _gather(self, cache: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _gather(
+        self, cache: torch.Tensor | Int8Rows, slots: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         """cache (S, H, L, dh), slots (B,), pos (B, P) -> (B, H, P, dh)."""
         return cache[slots[:, None], :, pos].permute(0, 2, 1, 3).to(dtype)
 

@@ -35,6 +35,8 @@ class ResearchServingConfig:
     # Storage type of the cached keys, values and block summaries (float32, float16, bfloat16):
     # computation stays in float32; `streamrec bench precision` measures what a narrower cache costs.
     state_dtype: str = "float32"
+    # Linear layers of the user encoder: "float32", or "int8" (dynamic quantization, CPU only).
+    linear_dtype: str = "float32"
 
 
 @dataclass
@@ -58,10 +60,12 @@ class ResearchServingModel:
         self._version = bundle.version
         self.text = bundle.text
         self.max_len = model.cfg.encoder.max_len
-        probe = LiveEncoder(model.encoder, LiveEncoderConfig(slots=1, dtype=self.cfg.state_dtype))
-        per_slot = probe.state_bytes(self.max_len)
+        per_slot = LiveEncoder(model.encoder, LiveEncoderConfig(slots=1, dtype=self.cfg.state_dtype)).state_bytes(
+            self.max_len
+        )
         slots = int(min(self.cfg.max_slots, max(16, self.cfg.state_memory_mb * 2**20 // per_slot)))
-        self.live = LiveEncoder(model.encoder, LiveEncoderConfig(slots=slots, dtype=self.cfg.state_dtype))
+        live = LiveEncoderConfig(slots=slots, dtype=self.cfg.state_dtype, linear_dtype=self.cfg.linear_dtype)
+        self.live = LiveEncoder(model.encoder, live)
         self.slot_bytes = per_slot
         self._users: OrderedDict[str, _Slot] = OrderedDict()
         self._free = list(range(slots - 1, -1, -1))

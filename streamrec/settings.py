@@ -210,8 +210,8 @@ class Settings:
     state_dtype: str = _setting(
         "STREAMREC_STATE_DTYPE",
         "float16",
-        "storage type of cached encoder state: float16, float32 or bfloat16 (`streamrec bench precision`)",
-        choices=("float16", "float32", "bfloat16"),
+        "storage type of cached encoder state: float16, float32, bfloat16 or int8 (`streamrec bench precision`)",
+        choices=("float16", "float32", "bfloat16", "int8"),
     )
     catalogue_idle_ms: float = _setting(
         "STREAMREC_CATALOGUE_IDLE_MS", 100.0, "pause of the catalogue reader after an empty poll", low=0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig
 from streamrec.models.sequence_encoder import SequenceEncoder, SequenceEncoderConfig
@@ -165,10 +168,10 @@ def test_window_start_keeps_between_half_and_all_of_max_len() -> None:
         assert s % 4 == 0
 
 
-@pytest.mark.parametrize("dtype, tol", [("float16", 2e-3), ("bfloat16", 2e-2)])
+@pytest.mark.parametrize("dtype, tol, share", [("float16", 2e-3, 0.55), ("bfloat16", 2e-2, 0.55), ("int8", 1e-2, 0.35)])
 @pytest.mark.parametrize("attention", ["sparse", "dense"])
-def test_a_narrow_cache_stays_close_to_the_full_forward_and_halves_the_state(
-    attention: str, dtype: str, tol: float
+def test_a_narrow_cache_stays_close_to_the_full_forward_and_shrinks_the_state(
+    attention: str, dtype: str, tol: float, share: float
 ) -> None:
     enc = make_encoder(attention, seed=2)
     live = LiveEncoder(enc, LiveEncoderConfig(slots=8, dtype=dtype))
@@ -183,5 +186,54 @@ def test_a_narrow_cache_stays_close_to_the_full_forward_and_halves_the_state(
         got, _ = live.step(slots, items[torch.arange(b), pos])
         assert got.dtype == torch.float32, "computed in float32 whatever the cache stores"
         torch.testing.assert_close(got, expected[torch.arange(b), pos], atol=tol, rtol=tol)
+    live.prefill(slots, items[:, : max(LENGTHS)], lengths)  # extend reads the narrow cache too
+    three = items[torch.arange(b)[:, None], lengths[:, None] + torch.arange(3)]  # (B, 3, D)
+    got, _ = live.extend(slots, three, torch.full((b,), 3))
+    torch.testing.assert_close(got, expected[torch.arange(b), lengths + 2], atol=tol, rtol=tol)
     wide = LiveEncoder(enc, LiveEncoderConfig(slots=1))
-    assert live.state_bytes(32) < 0.55 * wide.state_bytes(32)
+    assert live.state_bytes(32) < share * wide.state_bytes(32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 16)),
+    magnitude=st.floats(1e-6, 1e4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_int8_rows_round_trip_within_half_a_step_of_each_vectors_scale(
+    shape: tuple[int, int, int], magnitude: float, seed: int
+) -> None:
+    from streamrec.models.live_encoder import Int8Rows
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * magnitude
+    rows = Int8Rows(shape, torch.device("cpu"))
+    rows[...] = x
+    got = rows[...]
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    step = rows.scale.to(torch.float32)[..., None]  # (...,1) the stored scale of each vector
+    # Half a quantization step, plus float16's rounding of the scale where a value is clamped at 127.
+    assert bool(((got - x).abs() <= step * 0.5 + 2e-3 * x.abs()).all()), "error bound per vector"
+    assert rows.data.element_size() == 1 and rows.scale.element_size() == 2, "int8 values, float16 scales"
+
+
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_int8_linears_stay_close_to_the_float_forward_and_leave_the_encoder_untouched(attention: str) -> None:
+    enc = make_encoder(attention, seed=2)
+    before = {n: p.detach().clone() for n, p in enc.state_dict().items()}
+    live = LiveEncoder(enc, LiveEncoderConfig(slots=8, linear_dtype="int8"))
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in enc.modules()), "a copy is quantized"
+    assert all(torch.equal(before[n], p) for n, p in enc.state_dict().items()), "the given encoder keeps its weights"
+    quantized = [m for m in live.encoder.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) >= 4 * len(enc.blocks), "qkv, out and the feed-forward layers of every block run in int8"
+    b, t_max = len(LENGTHS), max(LENGTHS) + 6
+    items = torch.randn(b, t_max, 16)
+    expected = full_outputs(enc, items)
+    lengths = torch.tensor(LENGTHS)
+    slots = torch.arange(b)
+    live.prefill(slots, items[:, : max(LENGTHS)], lengths)
+    for extra in range(6):
+        pos = lengths + extra
+        got, _ = live.step(slots, items[torch.arange(b), pos])
+        # Per-tensor int8 weights on a 16-wide random encoder: a few parts in a thousand of angle.
+        similarity = F.cosine_similarity(got, expected[torch.arange(b), pos])
+        assert bool((similarity > 0.99).all()), similarity
