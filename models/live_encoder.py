@@ -86,6 +86,19 @@ class Int8Rows:
         self.data[idx] = torch.round(value / scale.to(torch.float32)[..., None]).clamp(-127, 127).to(torch.int8)
         self.scale[idx] = scale
 
+    def take_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Vectors at flat row numbers `rows` (N,) of the (..., dh) layout -> (N, dh) float32."""
+        dh = self.data.shape[-1]
+        values = self.data.view(-1, dh).index_select(0, rows).to(torch.float32)
+        return values * self.scale.view(-1).index_select(0, rows).to(torch.float32)[:, None]
+
+    def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        """Like `Tensor.index_select` over a leading dimension, dequantized to float32."""
+        assert dim == 0, "slots are the leading dimension"
+        return self.data.index_select(0, index).to(torch.float32) * self.scale.index_select(0, index).to(
+            torch.float32
+        ).unsqueeze(-1)
+
     def normal_(self) -> Int8Rows:
         """Random contents (benchmarks fill caches without running the encoder)."""
         self[...] = torch.randn(self.shape, device=self.data.device)
@@ -103,6 +116,18 @@ def int8_linears(encoder: SequenceEncoder) -> SequenceEncoder:
         # project does not depend on; the warning would land in every worker's log.
         warnings.simplefilter("ignore", UserWarning)
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(encoder), names, dtype=torch.qint8)
+
+
+def take_positions(cache: torch.Tensor | Int8Rows, slots: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """cache (S, H, L, dh), slots (B,), pos (B, P) -> (B, H, P, dh), as `cache[slots[:, None], :,
+    pos].permute(0, 2, 1, 3)` but through one `index_select` over the flattened rows: advanced
+    indexing with a slice in the middle was the largest cost of a one-click step (85 us a call at
+    64 users, a third of the step's CPU time)."""
+    _, h, length, dh = cache.shape
+    heads = torch.arange(h, device=slots.device)
+    rows = ((slots[:, None] * h + heads)[:, :, None] * length + pos[:, None]).reshape(-1)  # (B H P,)
+    flat = cache.take_rows(rows) if isinstance(cache, Int8Rows) else cache.reshape(-1, dh).index_select(0, rows)
+    return flat.view(len(slots), h, pos.shape[1], dh)
 
 
 def state_tensor(shape: tuple[int, ...], dtype: str, device: torch.device) -> torch.Tensor | Int8Rows:
@@ -180,7 +205,7 @@ class LiveEncoder:
 
     def _select(self, layer: int, slots: torch.Tensor, q: torch.Tensor, t: torch.Tensor) -> None:
         """Selection for query blocks starting at positions t (B,), q (B, H, dh), kept in the slots."""
-        idx, valid = self._choose(self.kc[layer][slots].to(q.dtype), q, t)
+        idx, valid = self._choose(self.kc[layer].index_select(0, slots).to(q.dtype), q, t)
         self.sel_idx[layer][slots] = idx
         self.sel_valid[layer][slots] = valid
 
@@ -190,7 +215,7 @@ class LiveEncoder:
         self, cache: torch.Tensor | Int8Rows, slots: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype
     ) -> torch.Tensor:
         """cache (S, H, L, dh), slots (B,), pos (B, P) -> (B, H, P, dh)."""
-        return cache[slots[:, None], :, pos].permute(0, 2, 1, 3).to(dtype)
+        return take_positions(cache, slots, pos).to(dtype)
 
     def _attend_sparse(
         self, layer: int, attn: SparseAttention, slots: torch.Tensor, xn: torch.Tensor, t: torch.Tensor
@@ -215,32 +240,35 @@ class LiveEncoder:
         starts = t % self.block == 0  # first position of a query block: choose its blocks once
         if starts.any():
             self._select(layer, slots[starts], q[starts, :, 0], t[starts])
-        kc_all = self.kc[layer][slots].to(q.dtype)  # (B, H, NB, dh)
+        # The selected and window branches in one pass: their positions side by side, one gather
+        # of keys and of values, one score product, a softmax per branch (each normalises on its
+        # own, as in the reference), the gates folded into the weights, one product with the
+        # values. Separate branches cost twice the small kernels, which is most of what a
+        # one-click step of a short window pays.
+        kc_all = self.kc[layer].index_select(0, slots).to(q.dtype)  # (B, H, NB, dh)
+        vc_all = self.vc[layer].index_select(0, slots).to(q.dtype)
         cmp_ok = torch.arange(kc_all.shape[2], device=t.device)[None] < ((t + 1) // self.block)[:, None]
-        o_cmp = masked_softmax_attention(q, kc_all, self.vc[layer][slots].to(q.dtype), cmp_ok[:, None, None])
+        o_cmp = masked_softmax_attention(q, kc_all, vc_all, cmp_ok[:, None, None])  # (B, H, 1, dh)
         idx, valid = self.sel_idx[layer][slots], self.sel_valid[layer][slots]  # (B, n)
         sel_pos = (idx[:, :, None] * self.block + ar_l).reshape(len(t), -1)  # (B, n l)
         sel_ok = (sel_pos <= t[:, None]) & valid.repeat_interleave(self.block, dim=1)
         sel_pos = torch.minimum(sel_pos, t[:, None])
-        ks, vs = (
-            self._gather(self.k[layer], slots, sel_pos, q.dtype),
-            self._gather(self.v[layer], slots, sel_pos, q.dtype),
-        )
-        o_sel, p_sel = _attention_with_weights(q, ks, vs, sel_ok[:, None, None])
         win_pos = t[:, None] - sp.window + 1 + torch.arange(sp.window, device=t.device)  # (B, w)
         win_ok = win_pos >= 0
         win_pos = win_pos.clamp(min=0)
-        kw, vw = (
-            self._gather(self.k[layer], slots, win_pos, q.dtype),
-            self._gather(self.v[layer], slots, win_pos, q.dtype),
-        )
-        o_win, p_win = _attention_with_weights(q, kw, vw, win_ok[:, None, None])
+        positions = torch.cat([sel_pos, win_pos], 1)  # (B, n l + w)
+        ok = torch.cat([sel_ok, win_ok], 1)[:, None, None]  # (B, 1, 1, n l + w)
+        keys = self._gather(self.k[layer], slots, positions, q.dtype)  # (B, H, n l + w, dh)
+        values = self._gather(self.v[layer], slots, positions, q.dtype)
+        scores = ((q @ keys.transpose(-1, -2)) / self.dh**0.5).masked_fill(~ok, NEG)  # (B, H, 1, n l + w)
         g = attn._gates(xn).permute(0, 2, 1, 3)  # (B, H, 1, 3)
-        o = g[..., 0:1] * o_cmp + g[..., 1:2] * o_sel + g[..., 2:3] * o_win
+        n_sel = sel_pos.shape[1]
+        p_sel = torch.softmax(scores[..., :n_sel], -1) * g[..., 1:2]
+        p_win = torch.softmax(scores[..., n_sel:], -1) * g[..., 2:3]
+        weights = torch.cat([p_sel, p_win], -1) * ok
+        o = (weights @ values).addcmul_(g[..., 0:1], o_cmp)  # (B, H, 1, dh)
         # Attention mass per attended position (for explanations): gate-weighted, summed over heads.
-        positions = torch.cat([sel_pos, win_pos], 1)
-        mass = torch.cat([(g[..., 1:2] * p_sel).sum((1, 2)), (g[..., 2:3] * p_win).sum((1, 2))], 1)
-        mass = mass * torch.cat([sel_ok, win_ok], 1)
+        mass = weights.sum((1, 2))  # (B, n l + w)
         gates = g[:, :, 0].mean(1)  # (B, 3)
         return attn.out(merge_heads(o)), torch.stack([positions.to(mass.dtype), mass], 0), gates
 
@@ -251,8 +279,9 @@ class LiveEncoder:
         self.k[layer][slots, :, t] = k_new[:, :, 0].to(self.k[layer].dtype)
         self.v[layer][slots, :, t] = v_new[:, :, 0].to(self.v[layer].dtype)
         upto = int(t.max()) + 1
-        ks = self.k[layer][slots, :, :upto].to(q.dtype)
-        vs = self.v[layer][slots, :, :upto].to(q.dtype)
+        window = torch.arange(upto, device=t.device).expand(len(t), -1)  # (B, upto)
+        ks = self._gather(self.k[layer], slots, window, q.dtype)  # (B, H, upto, dh)
+        vs = self._gather(self.v[layer], slots, window, q.dtype)
         ok = torch.arange(upto, device=t.device)[None] <= t[:, None]  # (B, upto)
         o, p = _attention_with_weights(q, ks, vs, ok[:, None, None])
         positions = torch.arange(upto, device=t.device).expand(len(t), -1).to(p.dtype)
@@ -321,8 +350,8 @@ class LiveEncoder:
             q, k_new, v_new = (split_heads(t, self.heads) for t in attn.qkv(xn).chunk(3, dim=-1))  # (B, H, P, dh)
             self.k[layer][w_rows, :, w_pos] = k_new.permute(0, 2, 1, 3)[new].to(self.k[layer].dtype)
             self.v[layer][w_rows, :, w_pos] = v_new.permute(0, 2, 1, 3)[new].to(self.v[layer].dtype)
-            ks = self.k[layer][slots, :, :t_max].to(q.dtype)  # (B, H, T, dh)
-            vs = self.v[layer][slots, :, :t_max].to(q.dtype)
+            ks = self._gather(self.k[layer], slots, keys.expand(b, -1), q.dtype)  # (B, H, T, dh)
+            vs = self._gather(self.v[layer], slots, keys.expand(b, -1), q.dtype)
             if not self.sparse:
                 o, w = _attention_with_weights(q, ks, vs, causal[:, None])
                 x = x + attn.out(merge_heads(o))
@@ -369,8 +398,8 @@ class LiveEncoder:
             vc = compress_blocks(vs, self.block, attn.block_pos_v, attn.compress_v)
             self.kc[layer][slots, :, :nb] = kc.to(self.kc[layer].dtype)
             self.vc[layer][slots, :, :nb] = vc.to(self.vc[layer].dtype)
-        kc_all = self.kc[layer][slots].to(q.dtype)  # (B, H, NB, dh)
-        vc_all = self.vc[layer][slots].to(q.dtype)
+        kc_all = self.kc[layer].index_select(0, slots).to(q.dtype)  # (B, H, NB, dh)
+        vc_all = self.vc[layer].index_select(0, slots).to(q.dtype)
         n_cap = kc_all.shape[2]
         # Selection per new query: its query block's choice, made at the block's first position
         # (a new query there, or the choice the slot already holds for the block in progress).
