@@ -209,7 +209,7 @@ class Settings:
     )
     state_dtype: str = _setting(
         "STREAMREC_STATE_DTYPE",
-        "float16",
+        "int8",
         "storage type of cached encoder state: float16, float32, bfloat16 or int8 (`streamrec bench precision`)",
         choices=("float16", "float32", "bfloat16", "int8"),
     )
