@@ -1,14 +1,19 @@
-"""Cached attention state for many users at once: the storage of keys, values and block
-summaries (float32, float16, bfloat16, or int8 with a scale per vector) and the one gather that
-reads them. Serves MUFASA's Sparse Attention-guided Alignment Layer and SASRec's dense attention
-when they run incrementally (models/live_encoder.py).
+"""Cached attention state for many users at once, which the attention modules own and extend
+(models/sparse_attention.py, `forward(x, cache)`): one layer's keys, values, block summaries and
+selection per user slot (`LayerCache`), what one call extends (`CachedCall`), the storage types
+(float32, float16, bfloat16, or int8 with a scale per vector) and the one gather that reads them.
+Serves MUFASA's Sparse Attention-guided Alignment Layer and SASRec's dense attention incrementally
+(models/live_encoder.py holds the slots).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-STATE_DTYPES = ("float32", "float16", "bfloat16", "int8")
+# float64 is for exact tests; serving chooses among the others (STREAMREC_STATE_DTYPE).
+STATE_DTYPES = ("float32", "float16", "bfloat16", "int8", "float64")
 
 
 class Int8Rows:
@@ -79,3 +84,58 @@ def state_tensor(shape: tuple[int, ...], dtype: str, device: torch.device) -> to
     if dtype == "int8":
         return Int8Rows(shape, device)
     return torch.zeros(shape, dtype=getattr(torch, dtype), device=device)
+
+
+@dataclass
+class LayerCache:
+    """One attention layer's cached state for S users, one slot each: the keys and values of every
+    position of the user's window, the compressed block summaries and, for sparse attention, the
+    selection made at the first position of the current query block."""
+
+    k: torch.Tensor | Int8Rows  # (S, H, L, dh)
+    v: torch.Tensor | Int8Rows  # (S, H, L, dh)
+    kc: torch.Tensor | Int8Rows  # (S, H, L // block, dh)
+    vc: torch.Tensor | Int8Rows  # (S, H, L // block, dh)
+    sel_idx: torch.Tensor  # (S, n) long
+    sel_valid: torch.Tensor  # (S, n) bool
+
+    @classmethod
+    def empty(
+        cls, slots: int, heads: int, length: int, dh: int, block: int, num_selected: int, dtype: str,
+        device: torch.device,
+    ) -> LayerCache:  # fmt: skip
+        assert dtype in STATE_DTYPES, f"state dtype {dtype!r} is not one of {STATE_DTYPES}"
+        blocks = max(1, length // block)
+        return cls(
+            state_tensor((slots, heads, length, dh), dtype, device),
+            state_tensor((slots, heads, length, dh), dtype, device),
+            state_tensor((slots, heads, blocks, dh), dtype, device),
+            state_tensor((slots, heads, blocks, dh), dtype, device),
+            torch.zeros(slots, num_selected, dtype=torch.long, device=device),
+            torch.zeros(slots, num_selected, dtype=torch.bool, device=device),
+        )
+
+
+@dataclass
+class CachedCall:
+    """What one forward call with a cache extends: row i of the input holds `counts[i]` new
+    positions of slot `slots[i]` (right-padded), which follow the `start[i]` positions the slot
+    already holds (0: the slot is filled from scratch). The layer writes the new positions' keys,
+    values, summaries and selection into `layer`, and leaves in `attended` what each row's last
+    new position attended to (positions (B, S), gate-weighted mass summed over heads (B, S),
+    mean branch gates (B, 3)), or None when it did not compute it (a fill from scratch)."""
+
+    layer: LayerCache
+    slots: torch.Tensor  # (B,) distinct
+    start: torch.Tensor  # (B,)
+    counts: torch.Tensor  # (B,) in 1..P
+    attended: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def positions(self, p: int) -> torch.Tensor:
+        """(B, P) absolute positions of the input's columns; padding repeats each row's last."""
+        ar = torch.arange(p, device=self.start.device)
+        return torch.minimum(self.start[:, None] + ar, (self.start + self.counts - 1)[:, None])
+
+    def new(self, p: int) -> torch.Tensor:
+        """(B, P) which columns are real new positions (not padding)."""
+        return torch.arange(p, device=self.counts.device)[None] < self.counts[:, None]
