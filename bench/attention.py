@@ -25,15 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from streamrec.bench.machine import machine_load, save_record
-from streamrec.models.sparse_attention import (
-    AttentionCache,
-    DenseCausalAttention,
-    KVStore,
-    SparseAttention,
-    SparseAttentionConfig,
-    split_heads,
-)
-from streamrec.models.sparse_attention_math import block_importance, compress_blocks, nsa_efficient, select_blocks
+from streamrec.models.attention_cache import CachedCall, LayerCache
+from streamrec.models.sparse_attention import DenseCausalAttention, SparseAttention, SparseAttentionConfig
+from streamrec.models.sparse_attention_math import compress_blocks, nsa_efficient
 
 B, H, DH = 8, 2, 32
 KINDS = ("dense", "sparse")
@@ -96,51 +90,34 @@ def measure_one(kind: str, t: int, repeats: int) -> dict:
 def measure_step(t: int, repeats: int = 2 * BENCH_CFG.block) -> dict:
     """Per-event incremental step against a cache of t positions vs. a full forward of t + 1 positions.
 
-    The step is timed as a run of `repeats` consecutive events (each appends to the cache the
-    previous one returned, as serving does), mean per event: two whole blocks, so the once-a-block
-    work (summarising the completed block, choosing the next block's selection) is included at its
-    amortised share. The cache's key/value buffers are given the capacity doubling would have left
-    them at (2 t); the regrowth copy, once per doubling, is excluded."""
+    The step is timed as a run of `repeats` consecutive events (each appends one position to the
+    cache, as serving does), mean per event: two whole blocks, so the once-a-block work
+    (summarising the completed block, choosing the next block's selection) is included at its
+    amortised share. The cache is filled by the same forward (from scratch, t positions)."""
     torch.manual_seed(0)
     layer = SparseAttention(H * DH, H, BENCH_CFG).eval()
     x = torch.randn(B, t + repeats + 1, H * DH)
     with torch.no_grad():
-        # Build the cache in one go from a full pass's projections (same content as t steps).
-        q, k, v = layer._project(x[:, :t])
-        c = BENCH_CFG
-        store = KVStore(k.new_empty(B, H, 2 * t + repeats, DH), v.new_empty(B, H, 2 * t + repeats, DH), t)
-        store.k[:, :, :t], store.v[:, :, :t] = k, v
-        kc = compress_blocks(k, c.block, layer.block_pos_k, layer.compress_k)
-        vc = compress_blocks(v, c.block, layer.block_pos_v, layer.compress_v)
-        extra: dict = {"kv": store}
-        if t % c.block:  # mid-block: the selection made at the block's first position, as steps leave it
-            pos = torch.tensor([t - t % c.block])
-            imp = block_importance(q[:, :, pos], kc, pos, c.block)
-            extra["sel_idx"], extra["sel_valid"] = select_blocks(imp, pos, c.block, c.num_selected, c.num_recent)
-        cache = AttentionCache(store.k[:, :, :t], store.v[:, :, :t], kc, vc, extra)
-        layer.step(x[:, t : t + 1], cache)  # warm-up; the timed run below restarts from `cache`
-        store.used = t
-        t0 = time.perf_counter()
-        for i in range(repeats):
-            _, cache = layer.step(x[:, t + i : t + i + 1], cache)
-        step = (time.perf_counter() - t0) / repeats
+        step = _steps(layer, x, t, repeats)
         full = _time(lambda: layer(x[:, : t + 1], impl="efficient"), 3)
-        dense_step = _dense_step(x, t, repeats)
+        dense_step = _steps(DenseCausalAttention(H * DH, H).eval(), x, t, repeats)
     return {"T": t, "step_s": step, "full_recompute_s": full, "speedup": full / step, "dense_step_s": dense_step}
 
 
-def _dense_step(x: torch.Tensor, t: int, repeats: int) -> float:
-    """For reference: a dense layer's one-query step against t cached keys (same buffers), s/event."""
-    dense = DenseCausalAttention(H * DH, H).eval()
-    _, k, v = (split_heads(p, H) for p in dense.qkv(x[:, :t]).chunk(3, dim=-1))  # (B, H, t, dh)
-    store = KVStore(k.new_empty(B, H, 2 * t + repeats, DH), v.new_empty(B, H, 2 * t + repeats, DH), t)
-    store.k[:, :, :t], store.v[:, :, :t] = k, v
-    cache = AttentionCache(store.k[:, :, :t], store.v[:, :, :t], k[:, :, :0], v[:, :, :0], {"kv": store})
-    dense.step(x[:, t : t + 1], cache)  # warm-up; the timed run restarts from `cache`
-    store.used = t
+def _steps(layer: torch.nn.Module, x: torch.Tensor, t: int, repeats: int) -> float:
+    """Seconds per one-position `forward(x_t, cache)` after a cache of t positions, batch B."""
+    c = BENCH_CFG
+    cache = LayerCache.empty(B, H, t + repeats + 1, DH, c.block, c.num_selected, "float32", x.device)
+    slots, ones = torch.arange(B), torch.ones(B, dtype=torch.long)
+
+    def at(start: int, count: int) -> CachedCall:
+        return CachedCall(cache, slots, torch.full((B,), start), ones * count)
+
+    layer(x[:, :t], cache=at(0, t))
+    layer(x[:, t : t + 1], cache=at(t, 1))  # warm-up; the timed run below rewrites position t
     t0 = time.perf_counter()
     for i in range(repeats):
-        _, cache = dense.step(x[:, t + i : t + i + 1], cache)
+        layer(x[:, t + i : t + i + 1], cache=at(t + i, 1))
     return (time.perf_counter() - t0) / repeats
 
 
@@ -171,11 +148,11 @@ def measure_served_step(t: int, users: int, repeats: int = 20) -> dict:
         cfg = SequenceEncoderConfig(dim=64, layers=2, heads=2, max_len=t + repeats + 1, attention=kind, sparse=sparse)
         live = LiveEncoder(SequenceEncoder(cfg).eval(), LiveEncoderConfig(slots=users))
         with torch.no_grad():
-            for cache in (*live.k, *live.v, *live.kc, *live.vc):
-                cache.normal_()
-            for idx, valid in zip(live.sel_idx, live.sel_valid, strict=True):
-                idx.copy_(torch.randint(0, max(1, t // sparse.block), idx.shape))
-                valid.fill_(True)
+            for cache in live.caches:
+                for part in (cache.k, cache.v, cache.kc, cache.vc):
+                    part.normal_()
+                cache.sel_idx.copy_(torch.randint(0, max(1, t // sparse.block), cache.sel_idx.shape))
+                cache.sel_valid.fill_(True)
         slots = torch.arange(users)
         items = torch.randn(users, 64)
         live.length[slots] = t

@@ -24,7 +24,7 @@ from streamrec.models.cold_start import ColdStartConfig, map_ids
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.modality_swap import SwapConfig, modality_swap_loss
 from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
-from streamrec.models.sequence_encoder import EncoderState, SequenceEncoder, SequenceEncoderConfig
+from streamrec.models.sequence_encoder import SequenceEncoder, SequenceEncoderConfig
 from streamrec.models.title_projection import TitleProjection
 
 ITEM_ENCODERS = ("id", "mufasa", "cammsr", "id+text", "text")
@@ -184,12 +184,3 @@ class SeqRec(nn.Module):
     def recommend_scores(self, seqs: torch.Tensor, lengths: torch.Tensor, table: ItemTable) -> torch.Tensor:
         """Scores of every item for the next position after each sequence: (B, N+1)."""
         return self.scores(self.last_hidden(self.encode(seqs, table), lengths), table)
-
-    def empty_state(self, batch: int) -> EncoderState:
-        return self.encoder.empty_state(batch, self.id_emb.weight.device)
-
-    @torch.no_grad()
-    def step(self, items: torch.Tensor, state: EncoderState, table: ItemTable) -> tuple[torch.Tensor, EncoderState]:
-        """items: (B,) the next item of each sequence -> user vectors (B, D) and the new state."""
-        h, state = self.encoder.step(table.vectors[items][:, None], state)
-        return h[:, 0], state

@@ -3,7 +3,8 @@ Sparse Attention-guided Alignment Layer with the NSA-style sparse attention.
 
 Sequences are right-padded: real items occupy positions 0..n-1, so causal attention alone keeps
 padding out of every real position's output and no key-padding mask is needed. Positions are
-learned absolute embeddings counted from the first item of the (truncated) sequence.
+learned absolute embeddings counted from the first item of the (truncated) sequence. The same
+forward runs incrementally over cached state (`cache`): the attention modules own it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from streamrec.models.sparse_attention import (
-    AttentionCache,
-    DenseCausalAttention,
-    SparseAttention,
-    SparseAttentionConfig,
-)
+from streamrec.models.attention_cache import CachedCall
+from streamrec.models.sparse_attention import DenseCausalAttention, SparseAttention, SparseAttentionConfig
 
 
 @dataclass(frozen=True)
@@ -56,25 +53,9 @@ class EncoderBlock(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, cache: CachedCall | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cache=cache))
         return x + self.drop(self.ffn(self.norm2(x)))
-
-    def step(self, x_t: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, AttentionCache]:
-        a, cache = self.attn.step(self.norm1(x_t), cache)
-        x_t = x_t + self.drop(a)
-        return x_t + self.drop(self.ffn(self.norm2(x_t))), cache
-
-
-@dataclass
-class EncoderState:
-    """Incremental state of a whole encoder: one attention cache per layer."""
-
-    caches: list[AttentionCache]
-
-    @property
-    def length(self) -> int:
-        return self.caches[0].length
 
 
 class SequenceEncoder(nn.Module):
@@ -88,25 +69,23 @@ class SequenceEncoder(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """items: (B, T, D) item representations, right-padded -> (B, T, D) hidden states."""
+    def forward(self, items: torch.Tensor, cache: list[CachedCall] | None = None) -> torch.Tensor:
+        """items: (B, T, D) item representations, right-padded -> (B, T, D) hidden states.
+
+        With `cache` (one call per layer, all for the same slots), items are the slots' new
+        positions, which follow what the slots hold: the hidden states equal the full forward's at
+        those positions, and the cache is extended by them (models/attention_cache.py)."""
         b, t, d = items.shape
-        assert t <= self.cfg.max_len, f"sequence length {t} exceeds max_len {self.cfg.max_len}"
-        x = self.drop(items + self.pos.weight[:t])
-        for block in self.blocks:
-            x = block(x)
+        if cache is None:
+            assert t <= self.cfg.max_len, f"sequence length {t} exceeds max_len {self.cfg.max_len}"
+            x = self.drop(items + self.pos.weight[:t])
+            for block in self.blocks:
+                x = block(x)
+            return self.norm(x)
+        assert len(cache) == len(self.blocks), "one cached call per layer"
+        pos = cache[0].positions(t)  # (B, T)
+        assert int(pos.max()) < self.cfg.max_len, f"a window would exceed max_len {self.cfg.max_len}"
+        x = self.drop(items + self.pos.weight[pos])
+        for block, call in zip(self.blocks, cache, strict=True):
+            x = block(x, cache=call)
         return self.norm(x)
-
-    def empty_state(self, batch: int, device: torch.device | None = None) -> EncoderState:
-        return EncoderState([blk.attn.empty_cache(batch, device) for blk in self.blocks])
-
-    def step(self, item_t: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
-        """item_t: (B, 1, D) the next item -> its hidden state (B, 1, D): equal to `forward` at that position."""
-        t = state.length
-        assert t < self.cfg.max_len, f"position {t} is past max_len {self.cfg.max_len}"
-        x = self.drop(item_t + self.pos.weight[t])
-        caches = []
-        for block, cache in zip(self.blocks, state.caches, strict=True):
-            x, cache = block.step(x, cache)
-            caches.append(cache)
-        return self.norm(x), EncoderState(caches)

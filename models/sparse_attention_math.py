@@ -77,9 +77,10 @@ def window_mask(t: int, window: int, device: torch.device | None = None) -> torc
 
 
 def compressed_mask(pos: torch.Tensor, n_blocks: int, block: int) -> torch.Tensor:
-    """(Tq, nb): the query at position p sees block j once the block is complete, (j+1)l-1 <= p."""
+    """pos (Tq,) or (B, Tq) -> (Tq, nb) or (B, Tq, nb): the query at position p sees block j once
+    the block is complete, (j+1)l-1 <= p."""
     ends = (torch.arange(n_blocks, device=pos.device) + 1) * block - 1
-    return ends[None, :] <= pos[:, None]
+    return ends <= pos[..., None]
 
 
 def compress_blocks(x: torch.Tensor, block: int, pos_emb: torch.Tensor, mlp: torch.nn.Sequential) -> torch.Tensor:
@@ -101,11 +102,14 @@ def compress_blocks(x: torch.Tensor, block: int, pos_emb: torch.Tensor, mlp: tor
 
 
 def block_importance(q: torch.Tensor, kc: torch.Tensor, pos: torch.Tensor, block: int) -> torch.Tensor:
-    """Compressed-attention probabilities summed over heads: q (B, H, Tq, dh), kc (B, H, nb, dh) -> (B, Tq, nb)."""
+    """Compressed-attention probabilities summed over heads: q (B, H, Tq, dh), kc (B, H, nb, dh),
+    pos (Tq,) or, when each row's queries sit elsewhere (serving), (B, Tq) -> (B, Tq, nb)."""
     nb = kc.shape[2]
     if nb == 0:
         return q.new_zeros(q.shape[0], q.shape[2], 0)
-    mask = compressed_mask(pos, nb, block)  # (Tq, nb)
+    mask = compressed_mask(pos, nb, block)  # (Tq, nb) or (B, Tq, nb)
+    if mask.dim() == 3:
+        mask = mask[:, None]  # (B, 1, Tq, nb): the same for every head
     scores = (q @ kc.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, Tq, nb)
     probs = torch.softmax(scores.masked_fill(~mask, NEG), dim=-1) * mask
     return probs.sum(1).detach()  # selection is a discrete choice: no gradient through it
@@ -114,7 +118,7 @@ def block_importance(q: torch.Tensor, kc: torch.Tensor, pos: torch.Tensor, block
 def select_blocks(
     importance: torch.Tensor, pos: torch.Tensor, block: int, num_selected: int, num_recent: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick blocks per query: importance (B, Tq, nb_complete), pos (Tq,) -> idx, valid: (B, Tq, n).
+    """Pick blocks per query: importance (B, Tq, nb_complete), pos (Tq,) or (B, Tq) -> idx, valid: (B, Tq, n).
 
     The block holding the query and the `num_recent` blocks before it are always chosen; the rest
     of the n slots go to the most important earlier complete blocks. Slots beyond what exists are
@@ -126,10 +130,10 @@ def select_blocks(
     scores = torch.full((b, tq, n_total), float("-inf"), device=importance.device)
     scores[:, :, :nb_c] = importance[:, :, :n_total]
     blocks = torch.arange(n_total, device=pos.device)
-    current = (pos // block)[:, None]  # (Tq, 1)
-    forced = (blocks[None, :] <= current) & (blocks[None, :] >= current - num_recent)  # (Tq, n_total)
-    visible = blocks[None, :] <= current
-    scores = torch.where(forced, FORCED + blocks.to(scores.dtype)[None, :], scores)
+    current = (pos // block)[..., None]  # (Tq, 1) or (B, Tq, 1)
+    forced = (blocks <= current) & (blocks >= current - num_recent)  # (Tq, n_total) or (B, Tq, n_total)
+    visible = blocks <= current
+    scores = torch.where(forced, FORCED + blocks.to(scores.dtype), scores)
     scores = scores.masked_fill(~visible, float("-inf"))
     k = min(num_selected, n_total)
     top, idx = scores.topk(k, dim=-1)  # (B, Tq, k)

@@ -203,7 +203,7 @@ def test_a_narrow_cache_stays_close_to_the_full_forward_and_shrinks_the_state(
 def test_int8_rows_round_trip_within_half_a_step_of_each_vectors_scale(
     shape: tuple[int, int, int], magnitude: float, seed: int
 ) -> None:
-    from streamrec.models.live_encoder import Int8Rows
+    from streamrec.models.attention_cache import Int8Rows
 
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * magnitude
     rows = Int8Rows(shape, torch.device("cpu"))

@@ -12,6 +12,7 @@ import torch
 from streamrec.models.cammsr_moe import CategoryMoE, MoEConfig
 from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
 from streamrec.models.item_features import ItemFeatures
+from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig
 from streamrec.models.modality_swap import swapped_items
 from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
 from streamrec.models.presets import build_config, preset_names
@@ -124,9 +125,9 @@ def test_model_is_causal_and_incremental_equals_full(name: str) -> None:
     changed = seqs.clone()
     changed[:, 6:] = torch.randint(1, N_ITEMS + 1, (2, 4))
     torch.testing.assert_close(model.encode(changed, table)[:, :6], hidden[:, :6])
-    state = model.empty_state(2)
+    live = LiveEncoder(model.encoder, LiveEncoderConfig(slots=2))
     for t in range(10):
-        user, state = model.step(seqs[:, t], state, table)
+        user, _ = live.step(torch.arange(2), table.vectors[seqs[:, t]])
         torch.testing.assert_close(user, hidden[:, t], atol=1e-5, rtol=1e-4)
 
 

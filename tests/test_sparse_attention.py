@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from streamrec.models.attention_cache import CachedCall, LayerCache
 from streamrec.models.sparse_attention import DenseCausalAttention, SparseAttention, SparseAttentionConfig
 from streamrec.models.sparse_attention_math import (
     BlockLayout,
@@ -126,45 +127,73 @@ def test_module_reference_equals_efficient_with_parameter_gradients(t: int) -> N
         )
 
 
+def layer_and_cache(layer_kind: str, slots: int, length: int, seed: int) -> tuple[torch.nn.Module, LayerCache]:
+    torch.manual_seed(seed)
+    layer = (SparseAttention(16, 2, CFG) if layer_kind == "sparse" else DenseCausalAttention(16, 2)).double()
+    cache = LayerCache.empty(slots, 2, length, 8, CFG.block, CFG.num_selected, "float64", torch.device("cpu"))
+    return layer.eval(), cache
+
+
+def call(cache: LayerCache, start: list[int], counts: list[int]) -> CachedCall:
+    return CachedCall(cache, torch.arange(len(start)), torch.tensor(start), torch.tensor(counts))
+
+
 @pytest.mark.parametrize("layer_kind", ["sparse", "dense"])
 def test_incremental_steps_equal_full_recompute(layer_kind: str) -> None:
-    torch.manual_seed(2)
-    layer = (SparseAttention(16, 2, CFG) if layer_kind == "sparse" else DenseCausalAttention(16, 2)).double()
-    x = torch.randn(2, 2 * BLOCK * 3 + 1, 16, dtype=torch.float64)
-    full = layer(x)
-    cache = layer.empty_cache(2)
-    for t in range(x.shape[1]):
-        out_t, cache = layer.step(x[:, t : t + 1], cache)
-        torch.testing.assert_close(out_t, full[:, t : t + 1])
-    assert cache.length == x.shape[1]
+    t_all = 2 * BLOCK * 3 + 1
+    layer, cache = layer_and_cache(layer_kind, 2, t_all, seed=2)
+    x = torch.randn(2, t_all, 16, dtype=torch.float64)
+    with torch.no_grad():
+        full = layer(x)
+        for t in range(t_all):
+            out_t = layer(x[:, t : t + 1], cache=call(cache, [t, t], [1, 1]))
+            torch.testing.assert_close(out_t, full[:, t : t + 1])
 
 
 @pytest.mark.parametrize("layer_kind", ["sparse", "dense"])
-def test_in_place_cache_growth_keeps_older_caches_valid(layer_kind: str) -> None:
-    """Without autograd, steps append into a doubling buffer; stepping again from an older cache
-    (a prefix of the same buffer) must neither see nor overwrite the newer positions."""
-    torch.manual_seed(3)
-    layer = (SparseAttention(16, 2, CFG) if layer_kind == "sparse" else DenseCausalAttention(16, 2)).double()
-    x = torch.randn(2, 2 * BLOCK * 3 + 1, 16, dtype=torch.float64)
-    alt = torch.randn(2, 1, 16, dtype=torch.float64)
+@pytest.mark.parametrize("first", [1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 3])
+def test_one_forward_fills_extends_and_steps_ragged_slots(layer_kind: str, first: int) -> None:
+    """Training, prefill, extend and the one-click step are one `forward(x, cache)`: slots filled
+    with ragged windows, extended by ragged chunks across block boundaries, then stepped, give at
+    every new position what the full forward gives there."""
+    t_all = 6 * BLOCK
+    layer, cache = layer_and_cache(layer_kind, 3, t_all, seed=4)
+    x = torch.randn(3, t_all, 16, dtype=torch.float64)
+    lengths = [first, 1, BLOCK]
+    chunks = [BLOCK + 1, BLOCK - 1, 2]
     with torch.no_grad():
         full = layer(x)
-        cache = layer.empty_cache(2)
-        caches = []
-        for t in range(x.shape[1]):
-            out_t, cache = layer.step(x[:, t : t + 1], cache)
-            torch.testing.assert_close(out_t, full[:, t : t + 1])
-            caches.append(cache)
-        assert cache.extra["kv"] is not None, "no autograd: the cache must grow in place"
-        # Branch from the cache after BLOCK + 1 positions with a different next item.
-        mid = BLOCK + 1
-        branched, _ = layer.step(alt, caches[mid - 1])
-        expected = layer(torch.cat([x[:, :mid], alt], dim=1))[:, -1:]
-        torch.testing.assert_close(branched, expected)
-        # The newest cache is untouched by the branch: its next step still equals the full pass.
-        x_next = torch.randn(2, 1, 16, dtype=torch.float64)
-        out_next, _ = layer.step(x_next, cache)
-        torch.testing.assert_close(out_next, layer(torch.cat([x, x_next], dim=1))[:, -1:])
+        got = layer(x[:, : max(lengths)], cache=call(cache, [0, 0, 0], lengths))
+        for row, n in enumerate(lengths):
+            torch.testing.assert_close(got[row, :n], full[row, :n])
+        new = torch.stack([x[r, lengths[r] : lengths[r] + max(chunks)] for r in range(3)])  # right-padded
+        got = layer(new, cache=call(cache, lengths, chunks))
+        for row, (s, n) in enumerate(zip(lengths, chunks, strict=True)):
+            torch.testing.assert_close(got[row, :n], full[row, s : s + n])
+        ends = [s + n for s, n in zip(lengths, chunks, strict=True)]
+        for k in range(BLOCK + 2):
+            pos = [e + k for e in ends]
+            got = layer(torch.stack([x[r, pos[r]] for r in range(3)])[:, None], cache=call(cache, pos, [1, 1, 1]))
+            torch.testing.assert_close(got[:, 0], full[torch.arange(3), torch.tensor(pos)])
+
+
+@pytest.mark.parametrize("layer_kind", ["sparse", "dense"])
+def test_a_slot_restarted_mid_window_ignores_what_it_held_beyond(layer_kind: str) -> None:
+    """A slot restarted at the first position of a query block (serving restarts slots at 0, for a
+    rebuilt window): positions it held past the new start must not be read, and are overwritten as
+    the slot grows again. (Mid-block, the slot would keep its last block's selection.)"""
+    t_all = 3 * BLOCK + 1
+    layer, cache = layer_and_cache(layer_kind, 1, t_all, seed=3)
+    x = torch.randn(1, t_all, 16, dtype=torch.float64)
+    alt = torch.randn(1, 1, 16, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x, cache=call(cache, [0], [t_all]))
+        mid = 2 * BLOCK
+        branched = layer(alt, cache=call(cache, [mid], [1]))
+        torch.testing.assert_close(branched, layer(torch.cat([x[:, :mid], alt], dim=1))[:, -1:])
+        x_next = torch.randn(1, 1, 16, dtype=torch.float64)
+        again = layer(x_next, cache=call(cache, [mid + 1], [1]))
+        torch.testing.assert_close(again, layer(torch.cat([x[:, :mid], alt, x_next], dim=1))[:, -1:])
 
 
 def test_branch_ablation_zeroes_the_branch_gate() -> None:
