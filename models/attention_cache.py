@@ -79,6 +79,14 @@ def take_positions(cache: torch.Tensor | Int8Rows, slots: torch.Tensor, pos: tor
     return flat.view(len(slots), h, pos.shape[1], dh)
 
 
+def bytes_per_vector(dtype: str, dh: int) -> float:
+    """Bytes one cached vector of `dh` values occupies in storage type `dtype`."""
+    assert dtype in STATE_DTYPES, f"state dtype {dtype!r} is not one of {STATE_DTYPES}"
+    if dtype == "int8":
+        return dh + 2  # int8 values and one float16 scale (`Int8Rows`)
+    return dh * torch.finfo(getattr(torch, dtype)).bits // 8
+
+
 def state_tensor(shape: tuple[int, ...], dtype: str, device: torch.device) -> torch.Tensor | Int8Rows:
     """One cache tensor of the given storage type (zeros)."""
     if dtype == "int8":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from streamrec.models.attention_cache import STATE_DTYPES, CachedCall, LayerCache
+from streamrec.models.attention_cache import STATE_DTYPES, CachedCall, LayerCache, bytes_per_vector
 from streamrec.models.sequence_encoder import SequenceEncoder
 
 LINEAR_DTYPES = ("float32", "int8")
@@ -45,12 +45,6 @@ class LiveEncoderConfig:
     def __post_init__(self) -> None:
         assert self.dtype in STATE_DTYPES, f"state dtype {self.dtype!r} is not one of {STATE_DTYPES}"
         assert self.linear_dtype in LINEAR_DTYPES, f"linear dtype {self.linear_dtype!r} is not one of {LINEAR_DTYPES}"
-
-    def bytes_per_vector(self, dh: int) -> float:
-        """Bytes one cached vector of `dh` values occupies."""
-        if self.dtype == "int8":
-            return dh + 2  # int8 values and one float16 scale
-        return dh * torch.finfo(getattr(torch, self.dtype)).bits // 8
 
 
 def int8_linears(encoder: SequenceEncoder) -> SequenceEncoder:
@@ -99,14 +93,14 @@ class LiveEncoder:
                 ec.sparse.num_selected,
                 self.cfg.dtype,
                 self.device,
-            )  # fmt: skip
+            )
             for _ in range(ec.layers)
         ]
         self.length = torch.zeros(self.cfg.slots, dtype=torch.long, device=self.device)
 
     def state_bytes(self, length: int) -> int:
         """Bytes of cached state a user with `length` positions occupies (keys, values, summaries)."""
-        vector = self.cfg.bytes_per_vector(self.dh)
+        vector = bytes_per_vector(self.cfg.dtype, self.dh)
         vectors = 2 * self.heads * length
         extra = 0
         if self.sparse:
