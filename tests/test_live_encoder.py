@@ -168,6 +168,25 @@ def test_window_start_keeps_between_half_and_all_of_max_len() -> None:
         assert s % 4 == 0
 
 
+def prefill_then_steps(
+    live: LiveEncoder, enc: SequenceEncoder, steps: int = 6
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Prefill the LENGTHS windows, then step each user `steps` clicks: the items (B, T, D), the
+    full forward's outputs (B, T, D) and, per step, (live user vectors, full forward's) (B, D)."""
+    b, t_max = len(LENGTHS), max(LENGTHS) + steps
+    items = torch.randn(b, t_max, 16)
+    expected = full_outputs(enc, items)
+    lengths = torch.tensor(LENGTHS)
+    slots = torch.arange(b)
+    live.prefill(slots, items[:, : max(LENGTHS)], lengths)
+    pairs = []
+    for extra in range(steps):
+        pos = lengths + extra
+        got, _ = live.step(slots, items[torch.arange(b), pos])
+        pairs.append((got, expected[torch.arange(b), pos]))
+    return items, expected, pairs
+
+
 @pytest.mark.parametrize("dtype, tol, share", [("float16", 2e-3, 0.55), ("bfloat16", 2e-2, 0.55), ("int8", 1e-2, 0.35)])
 @pytest.mark.parametrize("attention", ["sparse", "dense"])
 def test_a_narrow_cache_stays_close_to_the_full_forward_and_shrinks_the_state(
@@ -175,17 +194,11 @@ def test_a_narrow_cache_stays_close_to_the_full_forward_and_shrinks_the_state(
 ) -> None:
     enc = make_encoder(attention, seed=2)
     live = LiveEncoder(enc, LiveEncoderConfig(slots=8, dtype=dtype))
-    b, t_max = len(LENGTHS), max(LENGTHS) + 6
-    items = torch.randn(b, t_max, 16)
-    expected = full_outputs(enc, items)
-    lengths = torch.tensor(LENGTHS)
-    slots = torch.arange(b)
-    live.prefill(slots, items[:, : max(LENGTHS)], lengths)
-    for extra in range(6):  # steps read every cached key, value and summary in the narrow type
-        pos = lengths + extra
-        got, _ = live.step(slots, items[torch.arange(b), pos])
+    items, expected, pairs = prefill_then_steps(live, enc)
+    for got, want in pairs:  # steps read every cached key, value and summary in the narrow type
         assert got.dtype == torch.float32, "computed in float32 whatever the cache stores"
-        torch.testing.assert_close(got, expected[torch.arange(b), pos], atol=tol, rtol=tol)
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    b, lengths, slots = len(LENGTHS), torch.tensor(LENGTHS), torch.arange(len(LENGTHS))
     live.prefill(slots, items[:, : max(LENGTHS)], lengths)  # extend reads the narrow cache too
     three = items[torch.arange(b)[:, None], lengths[:, None] + torch.arange(3)]  # (B, 3, D)
     got, _ = live.extend(slots, three, torch.full((b,), 3))
@@ -225,15 +238,7 @@ def test_int8_linears_stay_close_to_the_float_forward_and_leave_the_encoder_unto
     assert all(torch.equal(before[n], p) for n, p in enc.state_dict().items()), "the given encoder keeps its weights"
     quantized = [m for m in live.encoder.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     assert len(quantized) >= 4 * len(enc.blocks), "qkv, out and the feed-forward layers of every block run in int8"
-    b, t_max = len(LENGTHS), max(LENGTHS) + 6
-    items = torch.randn(b, t_max, 16)
-    expected = full_outputs(enc, items)
-    lengths = torch.tensor(LENGTHS)
-    slots = torch.arange(b)
-    live.prefill(slots, items[:, : max(LENGTHS)], lengths)
-    for extra in range(6):
-        pos = lengths + extra
-        got, _ = live.step(slots, items[torch.arange(b), pos])
+    for got, want in prefill_then_steps(live, enc)[2]:
         # Per-tensor int8 weights on a 16-wide random encoder: a few parts in a thousand of angle.
-        similarity = F.cosine_similarity(got, expected[torch.arange(b), pos])
+        similarity = F.cosine_similarity(got, want)
         assert bool((similarity > 0.99).all()), similarity
