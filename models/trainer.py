@@ -69,8 +69,12 @@ class _StepLine:
 
 
 @torch.no_grad()
-def evaluate(model: SeqRec, pairs: list[tuple[list[int], int]], batch: int, device: torch.device) -> dict[str, dict]:
-    """Full-ranking metrics: {"all": {...}, "excl_history": {...}}."""
+def evaluate(
+    model: SeqRec, pairs: list[tuple[list[int], int]], batch: int, device: torch.device, keep_ranks: bool = False
+) -> dict[str, dict]:
+    """Full-ranking metrics: {"all": {...}, "excl_history": {...}}; with `keep_ranks`, also
+    "ranks": {"all": [...], "excl_history": [...]}, each user's target rank (from 1) in the order of
+    `pairs`, so two models evaluated on one split can be compared user by user (bench/paired.py)."""
     model.eval()
     table = model.item_table()
     ranks_all, ranks_excl = [], []
@@ -79,10 +83,11 @@ def evaluate(model: SeqRec, pairs: list[tuple[list[int], int]], batch: int, devi
         scores = model.recommend_scores(seqs, lengths, table)  # (B, N+1)
         ranks_all.append(target_rank(scores, targets))
         ranks_excl.append(target_rank(mask_history(scores, history, targets), targets))
-    return {
-        "all": metrics_from_ranks(torch.cat(ranks_all).cpu()),
-        "excl_history": metrics_from_ranks(torch.cat(ranks_excl).cpu()),
-    }
+    r_all, r_excl = torch.cat(ranks_all).cpu(), torch.cat(ranks_excl).cpu()
+    out: dict[str, dict] = {"all": metrics_from_ranks(r_all), "excl_history": metrics_from_ranks(r_excl)}
+    if keep_ranks:
+        out["ranks"] = {"all": r_all.tolist(), "excl_history": r_excl.tolist()}
+    return out
 
 
 @dataclass
@@ -93,6 +98,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    stopped_by: str = "epochs"  # "patience", "budget" (the wall clock) or "epochs" (all were run)
 
 
 def train(
@@ -115,6 +121,7 @@ def train(
     history: list[dict] = []
     waited = 0
     epoch = 0
+    stopped_by = "epochs"
     steps_per_epoch = (len(split.train) + cfg.batch_size - 1) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -158,9 +165,13 @@ def train(
                 on_best(model, epoch, valid)
         elif epoch > cfg.min_epochs:
             waited += 1  # a dip before min_epochs (SASRec's early one) does not count
-        if waited >= cfg.patience or (time.monotonic() - started) / 60 > cfg.max_minutes:
+        if waited >= cfg.patience:
+            stopped_by = "patience"
+            break
+        if (time.monotonic() - started) / 60 > cfg.max_minutes:
+            stopped_by = "budget"
             break
     assert best_state is not None, "no epoch was run"
     model.load_state_dict(best_state)
-    test = evaluate(model, split.test, cfg.eval_batch, device)
-    return TrainResult(best_epoch, best_valid, test, epoch, time.monotonic() - started, history)
+    test = evaluate(model, split.test, cfg.eval_batch, device, keep_ranks=True)
+    return TrainResult(best_epoch, best_valid, test, epoch, time.monotonic() - started, history, stopped_by)

@@ -77,6 +77,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         result = train(model, split, tcfg, device, progress=not args.quiet)
     titles = {it.item_id: it.title for it in dataset.items}
     meta["best_epoch"] = result.best_epoch
+    test_ranks = result.test.pop("ranks")
     save_checkpoint(ckpt, model, cfg, version, meta, catalogue_payload(catalog, titles))
     record = {
         "dataset": name,
@@ -88,6 +89,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "machine_load": load.summary(),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        "stopped_by": result.stopped_by,
         "train_seconds": round(result.seconds, 1),
         "valid": result.best_valid,
         "test": result.test,
@@ -103,6 +105,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         ],
         "checkpoint": str(ckpt),
         "version": version,
+        # Each test user's target rank, in the split's order: the paired tests of bench/paired.py.
+        "test_ranks": test_ranks,
     }
     out = Path(args.results_dir) / name / f"{args.preset}-s{args.seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

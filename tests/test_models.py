@@ -16,6 +16,7 @@ from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig
 from streamrec.models.modality_swap import swapped_items
 from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
 from streamrec.models.presets import build_config, preset_names
+from streamrec.models.ranking_metrics import metrics_from_ranks
 from streamrec.models.seqrec import SeqRec, SeqRecConfig
 from streamrec.models.sequence_data import leave_one_out, training_batches
 from streamrec.models.sparse_attention import SparseAttentionConfig
@@ -145,11 +146,15 @@ def test_two_training_steps_on_a_tiny_config(name: str) -> None:
         torch.device("cpu"),
         progress=False,
     )
-    assert result.epochs_run == 2
+    assert result.epochs_run == 2 and result.stopped_by == "epochs"
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "training moved no parameter"
     for group in ("all", "excl_history"):
         assert 0.0 <= result.test[group]["NDCG@10"] <= result.test[group]["HR@10"] <= 1.0
+        # The kept per-user ranks are the ones the figures came from, one per test user.
+        ranks = result.test["ranks"][group]
+        assert len(ranks) == len(split.test)
+        assert metrics_from_ranks(torch.tensor(ranks)) == result.test[group]
     gen = torch.Generator().manual_seed(0)
     seqs_b, targets_b = next(training_batches(split.train, 12, 8, gen))
     losses = model.training_losses(seqs_b, targets_b)
