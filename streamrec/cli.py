@@ -487,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split (full ranking)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", default="", help="default: the dataset the checkpoint was trained on")
+    p.add_argument(
+        "--out", default="", help="also write a record with each test user's rank (python -m streamrec.bench.paired)"
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="obtain datasets")

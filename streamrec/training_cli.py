@@ -196,6 +196,25 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         )
     split = leave_one_out(bundle.catalog.sequences(dataset), len(bundle.catalog.item_ids))
     device = pick_device()
-    res = evaluate(bundle.model.to(device), split.test, 512, device)
+    res = evaluate(bundle.model.to(device), split.test, 512, device, keep_ranks=True)
+    ranks = res.pop("ranks")
     print(json.dumps({"version": bundle.version, "test": res}, indent=2))
+    if args.out:
+        record = {
+            "dataset": meta["dataset"],
+            "dataset_fingerprint": dataset.fingerprint,
+            "model": meta.get("model"),
+            "seed": meta.get("seed"),
+            "command": "streamrec " + " ".join(sys.argv[1:]),
+            "commit": code_version(),
+            "checkpoint": args.checkpoint,
+            "version": bundle.version,
+            "best_epoch": meta.get("best_epoch"),
+            "test": res,
+            "users": len(split.test),
+            "test_ranks": ranks,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2))
     return 0

@@ -5,6 +5,7 @@ train for a few seconds, import the checkpoint, start a worker, replay, receive 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -130,6 +131,11 @@ def test_use_your_own_data_walk_through(stream_settings: Settings, tmp_path: Pat
     (checkpoint,) = (settings.state_dir / "models").glob("shop-*/mufasa-s0.pt")
     (record,) = (tmp_path / "results").glob("shop-*/mufasa-s0.json")
     assert checkpoint.parent.name == record.parent.name, "checkpoint and results keyed by the same fingerprint"
+    # The saved checkpoint, evaluated again, ranks every test user as the training run's record says.
+    cli("eval", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "eval.json"))
+    trained, evaluated = json.loads(record.read_text()), json.loads((tmp_path / "eval.json").read_text())
+    assert trained["stopped_by"] in ("budget", "epochs")
+    assert evaluated["test_ranks"] == trained["test_ranks"] and evaluated["test"] == trained["test"]
     assert "imported and promoted" in cli("model", "import", str(checkpoint))
     replay_copy = tmp_path / "copy"
     shutil.copytree(trained_on.parent, replay_copy)
