@@ -4,6 +4,10 @@ Reads results/<dataset>/<model>-s<seed>.json (written by `streamrec train`) and 
 dataset, mean and spread over seeds of the test metrics, ranking all items and with history items
 excluded, with the command of each run. `--coldstart FILE...` prints the cold-start table instead,
 one row per group of `streamrec bench coldstart` records (same dataset, model, ID dropout and ID map).
+`--compare BASE FILE...` prints one row per model of the given training records (seeds pooled) with
+what stopped each run, the machine's load, and a paired test over users against the model BASE
+(bench/paired.py); a record without per-user ranks takes them from `<stem>.ranks.json` beside it,
+written by `streamrec eval --out` from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from streamrec.bench.paired import compare
 from streamrec.settings import PROJECT_ROOT
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
@@ -93,8 +98,67 @@ def coldstart_table(files: list[Path]) -> str:
     return "\n".join(out)
 
 
+def stopped_by(rec: dict) -> str:
+    """What ended a training run; inferred for records written before runs said so."""
+    if "stopped_by" in rec:
+        return rec["stopped_by"]
+    tc = rec["train_config"]
+    if rec["epochs_run"] - rec["best_epoch"] >= tc["patience"]:
+        return "patience"
+    return "budget" if rec["train_seconds"] / 60 > tc["max_minutes"] else "epochs"
+
+
+def load_record(path: Path) -> dict:
+    """A training record, with per-user ranks from `<stem>.ranks.json` when it keeps none itself."""
+    rec = json.loads(path.read_text())
+    side = path.with_name(path.stem + ".ranks.json")
+    if "test_ranks" not in rec and side.exists():
+        ranks = json.loads(side.read_text())
+        assert ranks["version"] == rec["version"], f"{side} evaluates another checkpoint than {path} records"
+        rec["test_ranks"] = ranks["test_ranks"]
+    return rec
+
+
+def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> str:
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for f in files:
+        rec = load_record(f)
+        runs[rec["model"]].append(rec)
+    assert base in runs, f"no record of the base model {base!r} among {sorted(runs)}"
+    out = [
+        f"| model | seeds | {metric} excl. | HR@10 excl. | {metric} all | vs {base}: {metric} excl., paired over users "
+        "(95% interval, p) | epochs (best) | minutes | stopped by | load (1-min mean, max) |",
+        "|---" * 10 + "|",
+    ]
+    for model, recs in sorted(runs.items(), key=lambda kv: (kv[0] != base, kv[0])):
+        recs.sort(key=lambda r: r["seed"])
+        ex = [r["test"]["excl_history"] for r in recs]
+        paired = "" if model == base else compare(runs[base], recs, metric).cell()
+        load = ", ".join(
+            f"{r['machine_load']['loadavg_1min_mean']}/{r['machine_load']['loadavg_1min_max']}" for r in recs
+        )
+        cells = [
+            _fmt([m[metric] for m in ex]),
+            _fmt([m["HR@10"] for m in ex]),
+            _fmt([r["test"]["all"][metric] for r in recs]),
+            paired,
+            ", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in recs),
+            ", ".join(f"{r['train_seconds'] / 60:.1f}" for r in recs),
+            ", ".join(stopped_by(r) for r in recs),
+            load,
+        ]
+        out.append(f"| {model} | {len(recs)} | " + " | ".join(cells) + " |")
+    out.append("")
+    for model, recs in sorted(runs.items()):
+        for r in recs:
+            out.append(f"- `{model}` seed {r['seed']} (commit {r.get('commit', '?')}): `{r['command']}`")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--coldstart":
         print(coldstart_table([Path(a) for a in sys.argv[2:]]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--compare":
+        print(comparison_table([Path(a) for a in sys.argv[3:]], sys.argv[2]))
     else:
         print(tables(Path(sys.argv[1]) if len(sys.argv) > 1 else PROJECT_ROOT / "results"))

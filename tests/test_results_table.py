@@ -1,0 +1,86 @@
+"""The comparison table of training records (bench/results_table.py --compare): seeds pooled per
+model, what stopped each run, and a paired test against the base model over the same users."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamrec.bench.results_table import comparison_table, load_record, stopped_by
+from streamrec.models.ranking_metrics import metrics_from_ranks
+
+
+def write_record(path: Path, model: str, seed: int, ranks: list[int], keep_ranks: bool = True, **extra: object) -> None:
+    m = metrics_from_ranks(torch.tensor(ranks))
+    rec = {
+        "model": model,
+        "seed": seed,
+        "dataset_fingerprint": "fp",
+        "command": f"streamrec train --preset {model} --seed {seed}",
+        "commit": "abc1234",
+        "version": f"{model}-s{seed}",
+        "machine_load": {"loadavg_1min_mean": 1.8, "loadavg_1min_max": 2.1},
+        "best_epoch": 5,
+        "epochs_run": 15,
+        "train_seconds": 600.0,
+        "train_config": {"patience": 10, "max_minutes": 40.0},
+        "test": {"excl_history": m, "all": m},
+        **extra,
+    }
+    if keep_ranks:
+        rec["test_ranks"] = {"excl_history": ranks, "all": ranks}
+    path.write_text(json.dumps(rec))
+
+
+def test_rows_pool_seeds_and_pair_against_the_base(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base_ranks = [int(r) for r in rng.integers(1, 30, 2000)]
+    better = [max(1, r - 3) for r in base_ranks]
+    files = []
+    for seed in (0, 1):
+        files.append(tmp_path / f"base-s{seed}.json")
+        write_record(files[-1], "base", seed, base_ranks, stopped_by="patience")
+    files.append(tmp_path / "new-s0.json")
+    # An older record: no per-user ranks of its own (they sit beside it) and no stopped_by.
+    write_record(files[-1], "new", 0, better, keep_ranks=False, epochs_run=9, train_seconds=3000.0)
+    (tmp_path / "new-s0.ranks.json").write_text(
+        json.dumps({"version": "new-s0", "test_ranks": {"excl_history": better}})
+    )
+    table = comparison_table(files, "base")
+    rows = [line for line in table.splitlines() if line.startswith("| base") or line.startswith("| new")]
+    assert rows[0].startswith("| base | 2 |") and " ± 0.0000" in rows[0], "the base first, its two seeds pooled"
+    expected = (
+        metrics_from_ranks(torch.tensor(better))["NDCG@10"] / metrics_from_ranks(torch.tensor(base_ranks))["NDCG@10"]
+        - 1
+    )
+    assert f"{expected:+.1%} [" in rows[1], rows[1]
+    assert "| budget |" in rows[1], "9 epochs, best 5, 50 minutes of a 40-minute budget: the clock stopped it"
+    assert "commit abc1234" in table
+
+
+def test_what_stopped_a_run_is_inferred_for_older_records() -> None:
+    rec = {
+        "best_epoch": 14,
+        "epochs_run": 24,
+        "train_seconds": 600,
+        "train_config": {"patience": 10, "max_minutes": 40},
+    }
+    assert stopped_by(rec) == "patience"
+    assert (
+        stopped_by(
+            {**rec, "epochs_run": 21, "train_seconds": 900, "train_config": {**rec["train_config"], "max_minutes": 14}}
+        )
+        == "budget"
+    )
+    assert stopped_by({**rec, "stopped_by": "epochs"}) == "epochs"
+
+
+def test_ranks_of_another_checkpoint_are_refused(tmp_path: Path) -> None:
+    write_record(tmp_path / "m-s0.json", "m", 0, [1, 2], keep_ranks=False)
+    (tmp_path / "m-s0.ranks.json").write_text(json.dumps({"version": "other", "test_ranks": {"excl_history": [1, 2]}}))
+    with pytest.raises(AssertionError, match="another checkpoint"):
+        load_record(tmp_path / "m-s0.json")
