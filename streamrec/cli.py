@@ -257,19 +257,25 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", "--model", dest="preset", default="sasrec", choices=MODEL_PRESETS, help=PRESET_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--max-minutes", type=float, default=28.0)
+    p.add_argument(
+        "--patience", type=int, default=10, help="epochs without a better validation NDCG@10 before stopping"
+    )
+    p.add_argument(
+        "--max-minutes", type=float, default=120.0, help="a safety cap on wall minutes; validation patience stops runs"
+    )
     p.add_argument("--max-len", type=int, default=0, help="0 = the dataset's default")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--id-dropout", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=-1.0, help="encoder dropout (default: the preset's, 0.2)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (docs/models.md)")
-    p.add_argument("--clip-norm", type=float, default=0.0, help="gradient-norm clipping (0 = off)")
-    p.add_argument("--min-epochs", type=int, default=0, help="epochs before validation patience counts")
-    p.add_argument("--pos-init-std", type=float, default=1.0, help="position embedding init std (0.02 = balanced)")
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up (docs/models.md)")
+    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clipping (0 = off)")
+    p.add_argument("--min-epochs", type=int, default=5, help="epochs before validation patience counts")
+    p.add_argument(
+        "--pos-init-std", type=float, default=0.02, help="position embedding init std (1.0 = PyTorch's default)"
+    )
     p.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
