@@ -115,10 +115,19 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     cfg = replace(
         build_config(args.preset, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout, cold=cold_cfg
     )
+    cfg = replace(cfg, encoder=replace(cfg.encoder, pos_init_std=args.pos_init_std))
     new_rows = torch.tensor(sorted(cs.held_out))
     load_before = machine_load()
     started = time.monotonic()
-    tcfg = TrainConfig(lr=args.lr, patience=args.patience, max_minutes=args.minutes, seed=args.seed)
+    tcfg = TrainConfig(
+        lr=args.lr,
+        patience=args.patience,
+        max_minutes=args.minutes,
+        seed=args.seed,
+        warmup_steps=args.warmup_steps,
+        clip_norm=args.clip_norm,
+        min_epochs=args.min_epochs,
+    )
     if args.checkpoint:
         # A model this bench trained and saved before: same split (seed, holdout), no training.
         ck = read_checkpoint(Path(args.checkpoint))

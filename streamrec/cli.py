@@ -252,6 +252,16 @@ CHECKPOINT_HELP = "a checkpoint from `streamrec train` (default: <STREAMREC_STAT
 DATASET_HELP = "amazon-beauty, ml-100k, lastfm-2k-mm, or the path of your own RecBole .inter file or CSV"
 
 
+def _add_hygiene_args(p: argparse.ArgumentParser) -> None:
+    """The training-hygiene options of every command that trains (docs/models.md, "Training hygiene")."""
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up (docs/models.md)")
+    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clipping (0 = off)")
+    p.add_argument("--min-epochs", type=int, default=5, help="epochs before validation patience counts")
+    p.add_argument(
+        "--pos-init-std", type=float, default=0.02, help="position embedding init std (1.0 = PyTorch's default)"
+    )
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="amazon-beauty", help=DATASET_HELP)
     p.add_argument("--preset", "--model", dest="preset", default="sasrec", choices=MODEL_PRESETS, help=PRESET_HELP)
@@ -270,12 +280,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-dropout", type=float, default=0.0)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=-1.0, help="encoder dropout (default: the preset's, 0.2)")
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up (docs/models.md)")
-    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clipping (0 = off)")
-    p.add_argument("--min-epochs", type=int, default=5, help="epochs before validation patience counts")
-    p.add_argument(
-        "--pos-init-std", type=float, default=0.02, help="position embedding init std (1.0 = PyTorch's default)"
-    )
+    _add_hygiene_args(p)
     p.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--results-dir", default=str(PROJECT_ROOT / "results"))
@@ -373,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=float, default=65.0, help="wall-clock cap; validation patience stops first")
     b.add_argument("--lr", type=float, default=2e-3)
     b.add_argument("--patience", type=int, default=15)
+    _add_hygiene_args(b)
     b.add_argument(
         "--fit",
         default="warm_floor",
