@@ -40,7 +40,7 @@ from streamrec.state.model_store import ModelStore
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import Delivery, Paced, catalogue_record, click_record, make_producer
 from streamrec.stream.schemas import RecommendationRecord, encode, now_ms
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 from streamrec.training.online_trainer import import_checkpoint
 
 
@@ -132,7 +132,7 @@ def run_live(settings: Settings, args: argparse.Namespace, checkpoint: Path, wor
     new_items = {it.item_id: it for it in ds.items if it.item_id in held}
     warm = [it for it in ds.items if it.item_id not in held]
     steps = interleave(clicks, new_items, args.lead)
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     worker = start_worker(settings, workdir / "worker.log")
     trainer = start_trainer(settings, workdir / "trainer.log", ("--backfill", "0"))
     answers: dict[str, RecommendationRecord] = {}

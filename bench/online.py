@@ -31,7 +31,7 @@ from streamrec.settings import Settings, TopicNames
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 from streamrec.training.online_trainer import import_checkpoint
 
 
@@ -72,7 +72,7 @@ def online_round_trip(
     first = import_checkpoint(store, checkpoint)
     ds = load_dataset(dataset, settings.data_dir)
     events = ds.events[:clicks]
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     worker = start_worker(settings, workdir / "worker.log")
     trainer = start_trainer(settings, workdir / "trainer.log", ("--max-rounds", "1"))
     try:

@@ -46,7 +46,7 @@ from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings, TopicNames
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import CatalogueRecord, encode, now_ms
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics, ensure_topics_for
 
 
 @dataclass
@@ -187,7 +187,7 @@ def worker_run(
         metrics_port=(ports := free_ports(2))[0],
         dashboard_port=ports[1],
     )
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     events = dataset.events[:clicks]
     producer = make_producer(settings.kafka_bootstrap)
     n_items = publish_catalogue(producer, settings.topics, dataset.items)

@@ -46,7 +46,7 @@ from streamrec.settings import Settings, TopicNames
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.replay import DeliveryError, make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import now_ms
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 from streamrec.stream.worker import worker_state_dir
 
 
@@ -130,7 +130,7 @@ def phase_settings(base: Settings, name: str, workdir: Path) -> Settings:
 
 
 def boot(settings: Settings, dataset: Dataset, log: Path) -> WorkerProcess:
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     producer = make_producer(settings.kafka_bootstrap)
     n = publish_catalogue(producer, settings.topics, dataset.items)
     producer.close()

@@ -28,7 +28,7 @@ from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 
 
 class LiveTail(threading.Thread):
@@ -95,7 +95,7 @@ def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) ->
     tail: LiveTail | None = None
     producer = None
     try:
-        ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+        ensure_topics_for(settings)
         worker = start_worker(settings, log_path)
         print(f"worker up; Prometheus metrics at {worker.metrics_url}; worker log {worker.log_path}")
         if settings.dashboard_port:

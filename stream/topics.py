@@ -5,6 +5,7 @@ on first use), so every entry point calls `ensure_topics` before producing or co
 `recommendations` is compacted: keyed by user id, the broker keeps at least each user's latest
 record, so "the current recommendations of every user" is one read of the topic, not a replay of
 its history. A topic created before this setting existed gets it on the next `ensure_topics`.
+`STREAMREC_RETENTION_MINUTES` bounds how long the broker keeps the high-volume topics.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from streamrec.settings import TopicNames
+from streamrec.settings import Settings, TopicNames
 
 
 def topic_partitions(topics: TopicNames, partitions: int) -> dict[str, int]:
@@ -32,8 +33,22 @@ def topic_partitions(topics: TopicNames, partitions: int) -> dict[str, int]:
     }
 
 
-def topic_configs(topics: TopicNames) -> dict[str, dict[str, str]]:
-    return {topics.recommendations: {"cleanup.policy": "compact"}}
+def topic_configs(topics: TopicNames, retention_minutes: float = 0.0) -> dict[str, dict[str, str]]:
+    """Topic configs; with `retention_minutes`, records older than that are deleted from clicks,
+    recommendations (compacted and deleted: a user idle for longer loses the latest record) and
+    dead letters, so a long-running broker stays bounded (noida-db holds every record in memory).
+    The catalogue is never time-limited: a worker rebuilds its index by reading it from the start."""
+    if not retention_minutes:
+        return {topics.recommendations: {"cleanup.policy": "compact"}}
+    ms = int(retention_minutes * 60_000)
+    # Retention deletes whole segments, and a segment rolls only after segment.ms (7 days by
+    # default): roll a quarter of the retention, so records live between 1 and 1.25 times it.
+    kept = {"retention.ms": str(ms), "segment.ms": str(max(1, ms // 4))}
+    return {
+        topics.clicks: kept,
+        topics.recommendations: {"cleanup.policy": "compact,delete", **kept},
+        topics.dead_letters: kept,
+    }
 
 
 def _raise_for(code: int, what: str) -> None:
@@ -78,14 +93,14 @@ async def _started_admin(bootstrap: str, deadline: float) -> AIOKafkaAdminClient
 
 
 async def ensure_topics_async(
-    bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0
+    bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0, retention_minutes: float = 0.0
 ) -> dict[str, int]:
     """`ensure_topics` on the caller's event loop."""
     wanted = topic_partitions(topics, partitions)
     admin = await _started_admin(bootstrap, time.monotonic() + timeout_s)
     try:
         existing = set(await admin.list_topics())
-        configs = topic_configs(topics)
+        configs = topic_configs(topics, retention_minutes)
         new = [
             NewTopic(name, n, 1, topic_configs=configs.get(name, {}))
             for name, n in wanted.items()
@@ -106,9 +121,18 @@ async def ensure_topics_async(
     return counts
 
 
-def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0) -> dict[str, int]:
+def ensure_topics(
+    bootstrap: str, topics: TopicNames, partitions: int, timeout_s: float = 30.0, retention_minutes: float = 0.0
+) -> dict[str, int]:
     """Create missing topics; returns the partition count of each as the broker reports it. Runs
     its own event loop, so it is called from plain code or a thread (the worker ensures topics in
     a thread while its modules load), never from a running loop: that one awaits
     `ensure_topics_async`."""
-    return asyncio.run(ensure_topics_async(bootstrap, topics, partitions, timeout_s))
+    return asyncio.run(ensure_topics_async(bootstrap, topics, partitions, timeout_s, retention_minutes))
+
+
+def ensure_topics_for(settings: Settings) -> dict[str, int]:
+    """`ensure_topics` with the broker, names, partitions and retention the settings give."""
+    return ensure_topics(
+        settings.kafka_bootstrap, settings.topics, settings.partitions, retention_minutes=settings.retention_minutes
+    )

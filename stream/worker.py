@@ -34,7 +34,7 @@ from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app, exit_for_restart
 from streamrec.stream.schemas import RecommendationRecord, encode_recommendation
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 from streamrec.stream.worker_context import WorkerHooks
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def run_worker(settings: Settings, loglevel: str = "warning", topics_ready: Call
     """Blocks until the worker is stopped (SIGINT/SIGTERM). `topics_ready` waits for topics being
     ensured elsewhere (the CLI does it while this module loads); without it, they are ensured here."""
     if topics_ready is None:
-        ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+        ensure_topics_for(settings)
     else:
         topics_ready()
     registry = CollectorRegistry()

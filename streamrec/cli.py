@@ -30,7 +30,7 @@ from streamrec.settings import PROJECT_ROOT, Settings
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamrec.stream.topics import ensure_topics
+    from streamrec.stream.topics import ensure_topics_for
 
     require_broker(settings.kafka_bootstrap)
     # Topics are checked (and created) while the worker's modules load: a few broker round trips
@@ -46,7 +46,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
         return supervise(child)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="topics") as pool:
-        topics = pool.submit(ensure_topics, settings.kafka_bootstrap, settings.topics, settings.partitions)
+        topics = pool.submit(ensure_topics_for, settings)
         from streamrec.stream.worker import run_worker
 
         run_worker(settings, loglevel=args.loglevel, topics_ready=topics.result)
@@ -76,12 +76,12 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     from streamrec.datasets import load_dataset
     from streamrec.stream.replay import DeliveryError, replay
-    from streamrec.stream.topics import ensure_topics
+    from streamrec.stream.topics import ensure_topics_for
 
     # The dataset first: a wrong name must not wait for a broker to say so.
     dataset = load_dataset(args.dataset, settings.data_dir)
     require_broker(settings.kafka_bootstrap)
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     try:
         report = replay(
             dataset,
@@ -133,10 +133,10 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec.stream.topics import ensure_topics
+    from streamrec.stream.topics import ensure_topics_for
 
     require_broker(settings.kafka_bootstrap)
-    for name, n in sorted(ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions).items()):
+    for name, n in sorted(ensure_topics_for(settings).items()):
         print(f"{name}\t{n} partitions")
     return 0
 

@@ -149,6 +149,13 @@ class Settings:
     partitions: int = _setting(
         "STREAMREC_PARTITIONS", 4, "partitions of `clicks` and `recommendations` when created", low=1
     )
+    retention_minutes: float = _setting(
+        "STREAMREC_RETENTION_MINUTES",
+        0.0,
+        "how long the broker keeps clicks, recommendations and dead letters (0: the broker's own policy); "
+        "keep it above the trainer's and a restarted worker's lag; the catalogue is always kept",
+        low=0,
+    )
     metrics_host: str = _setting(
         "STREAMREC_METRICS_HOST", "127.0.0.1", "address of the exporters and the page (containers set 0.0.0.0)"
     )

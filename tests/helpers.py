@@ -22,7 +22,7 @@ from streamrec.settings import Settings
 from streamrec.stream.rec_consumer import RecommendationReader
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.schemas import RecommendationRecord
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 
 
 def read_until(
@@ -37,7 +37,7 @@ def read_until(
 
 
 def boot(settings: Settings, tmp_path: Path, items: list, name: str = "worker") -> WorkerProcess:
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     worker = start_worker(settings, tmp_path / f"{name}.log")
     producer = make_producer(settings.kafka_bootstrap)
     n = publish_catalogue(producer, settings.topics, items)

@@ -4,6 +4,7 @@ aiokafka, against the real local broker: exact ranges, edges, and a broker that 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -72,3 +73,30 @@ def test_ensure_topics_creates_counts_and_configs_and_is_idempotent(broker: Loca
         admin.close()
     policy = described["topic"][topics.recommendations]["cleanup.policy"]["value"]
     assert policy == "compact", described
+
+
+def test_retention_bounds_the_high_volume_topics_and_keeps_the_catalogue(broker: LocalBroker) -> None:
+    topics = TopicNames(prefix=f"rt{uuid.uuid4().hex[:8]}-")
+    ensure_topics(broker.bootstrap, topics, 1, retention_minutes=0.02)  # 1.2 s
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        names = [topics.clicks, topics.recommendations, topics.dead_letters, topics.catalogue]
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])["topic"]
+    finally:
+        admin.close()
+    for name in names[:3]:
+        assert described[name]["retention.ms"]["value"] == "1200", (name, described[name])
+        assert described[name]["segment.ms"]["value"] == "300", (name, described[name])
+    assert described[topics.recommendations]["cleanup.policy"]["value"] == "compact,delete"
+    assert described[topics.catalogue].get("retention.ms", {}).get("value") != "1200", "the catalogue is kept"
+    # The broker really drops what is older than that: the log's start moves past the old records.
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1)
+    for i in range(20):
+        producer.send(topics.clicks, value=f"old{i}".encode()).get(timeout=30)
+    deadline = time.monotonic() + 20
+    reader = ClickLogReader(broker.bootstrap, topics.clicks)
+    while asyncio.run(reader.read(0, 0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        producer.send(topics.clicks, value=b"new").get(timeout=30)
+    producer.close()
+    assert not asyncio.run(reader.read(0, 0, 1)), "offset 0 is still readable 20 s after a 1.2 s retention"

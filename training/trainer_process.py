@@ -26,7 +26,7 @@ from streamrec.ops.metrics import Metrics, create_metrics, serve_metrics
 from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore, StoredVersion
 from streamrec.stream.schemas import ModelAnnouncement, RecordError, decode_catalogue, decode_click, encode, now_ms
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 from streamrec.training.online_trainer import OnlineTrainer, OnlineTrainerConfig, RoundResult, import_checkpoint
 
 
@@ -73,7 +73,7 @@ def record_round(metrics: Metrics, result: RoundResult) -> None:
 def run_trainer(settings: Settings, backfill: int = 20_000, max_rounds: int = 0) -> None:
     """Blocks until SIGINT/SIGTERM (or `max_rounds` rounds that reached the gate, for tests and
     experiments)."""
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     registry = CollectorRegistry()
     metrics = create_metrics(registry, "trainer")
     _server, port = serve_metrics(
@@ -166,7 +166,7 @@ def model_command(settings: Settings, action: str, checkpoint: str = "") -> int:
     if action == "import":
         load_checkpoint(Path(checkpoint))  # a file that is not a checkpoint fails before the broker is asked
     require_broker(settings.kafka_bootstrap)
-    ensure_topics(settings.kafka_bootstrap, settings.topics, settings.partitions)
+    ensure_topics_for(settings)
     if action == "rollback":
         stored = store.rollback()
         announce(settings, stored, "rollback")
