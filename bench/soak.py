@@ -8,8 +8,10 @@ broker, sampled every 10 s. Flat freshness and flat memory after warm-up mean th
 growth means a backlog or a leak. Prints a table and writes JSON with the machine's load, the
 commit and the command.
 
-noida-db keeps every message in memory, so the broker's own memory grows with the run by design;
-its column tells that apart from the worker's.
+noida-db keeps every message in memory, so without retention the broker's memory (and the CPU it
+spends on its growing log) grows with the run; `--retention-minutes` (default 10, the setting
+STREAMREC_RETENTION_MINUTES) bounds it as a production broker's retention would, and the per-minute
+CPU of the worker, the broker and this bench's producer and reader tells the two apart.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -32,7 +34,7 @@ from streamrec.local.processes import start_worker
 from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings, TopicNames
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
-from streamrec.stream.topics import ensure_topics
+from streamrec.stream.topics import ensure_topics_for
 
 
 def rss_mb(procs: list[psutil.Process]) -> float:
@@ -45,8 +47,32 @@ def rss_mb(procs: list[psutil.Process]) -> float:
     return total / 2**20
 
 
+def cpu_s(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds the processes have used so far."""
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+@dataclass(frozen=True)
+class Sample:
+    at_s: float  # seconds since the sampler started
+    worker_mb: float  # the worker with its model process
+    broker_mb: float
+    worker_cpu_s: float  # CPU seconds used so far: worker tree, broker, this bench (producer and reader)
+    broker_cpu_s: float
+    bench_cpu_s: float
+
+
 class MemorySampler(threading.Thread):
-    """Every `every_s`: (seconds since start, worker tree RSS MB, broker RSS MB)."""
+    """Every `every_s`: memory and CPU used so far by the worker tree, the broker and this bench,
+    so a growing backlog can be told apart: the worker slowing, or the broker taking more of the
+    two cores as its log grows."""
 
     def __init__(self, worker_pid: int, broker_dir: Path, every_s: float = 10.0) -> None:
         super().__init__(daemon=True)
@@ -54,8 +80,9 @@ class MemorySampler(threading.Thread):
         self.broker = [
             p for p in psutil.process_iter(["cmdline"]) if str(broker_dir) in " ".join(p.info["cmdline"] or [])
         ]
+        self.bench = psutil.Process()
         self.every_s = every_s
-        self.samples: list[tuple[float, float, float]] = []
+        self.samples: list[Sample] = []
         self.stop = threading.Event()
         self.started = time.monotonic()
 
@@ -65,30 +92,48 @@ class MemorySampler(threading.Thread):
                 tree = [self.worker, *self.worker.children(recursive=True)]
             except psutil.Error:
                 return
-            self.samples.append((time.monotonic() - self.started, rss_mb(tree), rss_mb(self.broker)))
+            self.samples.append(
+                Sample(
+                    time.monotonic() - self.started,
+                    rss_mb(tree),
+                    rss_mb(self.broker),
+                    cpu_s(tree),
+                    cpu_s(self.broker),
+                    cpu_s([self.bench]),
+                )
+            )
 
 
-def per_minute(got: list[tuple[int, float]], started: float, samples: list[tuple[float, float, float]]) -> list[dict]:
+def _cpu_percent(before: Sample | None, after: Sample, field: str) -> float | None:
+    if before is None or after.at_s <= before.at_s:
+        return None
+    return round(100.0 * (getattr(after, field) - getattr(before, field)) / (after.at_s - before.at_s), 1)
+
+
+def per_minute(got: list[tuple[int, float]], started: float, samples: list[Sample]) -> list[dict]:
     """Per minute of arrival since `started` (unix s): answers, freshness p50/p99 (ms) from
-    (event time ms, arrival s) pairs, and the last memory sample (s since start, worker MB,
-    broker MB) taken in that minute."""
+    (event time ms, arrival s) pairs, the last memory sample taken in that minute, and the CPU
+    share (% of one core) of the worker, the broker and this bench over the minute."""
     minutes: dict[int, list[float]] = {}
     for event_time, arrival in got:
         minutes.setdefault(int((arrival - started) // 60), []).append(arrival * 1000 - event_time)
     rows = []
     for m in sorted(minutes):
         fresh = minutes[m]
-        mem = [s for s in samples if m * 60 <= s[0] < (m + 1) * 60]
-        rows.append(
-            {
-                "minute": m + 1,
-                "answers": len(fresh),
-                "freshness_p50_ms": percentile(fresh, 0.5),
-                "freshness_p99_ms": percentile(fresh, 0.99),
-                "worker_rss_mb": mem[-1][1] if mem else None,
-                "broker_rss_mb": mem[-1][2] if mem else None,
-            }
-        )
+        mem = [s for s in samples if m * 60 <= s.at_s < (m + 1) * 60]
+        earlier = [s for s in samples if s.at_s < m * 60]
+        before = earlier[-1] if earlier else (mem[0] if len(mem) > 1 else None)
+        row = {
+            "minute": m + 1,
+            "answers": len(fresh),
+            "freshness_p50_ms": percentile(fresh, 0.5),
+            "freshness_p99_ms": percentile(fresh, 0.99),
+            "worker_rss_mb": mem[-1].worker_mb if mem else None,
+            "broker_rss_mb": mem[-1].broker_mb if mem else None,
+        }
+        for who in ("worker", "broker", "bench"):
+            row[f"{who}_cpu_percent"] = _cpu_percent(before, mem[-1], f"{who}_cpu_s") if mem else None
+        rows.append(row)
     return rows
 
 
@@ -109,9 +154,10 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
             app_id="bench-soak",
             metrics_port=metrics_port,
             dashboard_port=dashboard_port,
+            retention_minutes=args.retention_minutes,
         )
         try:
-            ensure_topics(run_settings.kafka_bootstrap, run_settings.topics, run_settings.partitions)
+            ensure_topics_for(run_settings)
             producer = make_producer(run_settings.kafka_bootstrap)
             n_items = publish_catalogue(producer, run_settings.topics, dataset.items)
             worker = start_worker(run_settings, workdir / "worker.log")
@@ -146,13 +192,17 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                 worker.stop()
         finally:
             broker.stop()
-    print(f"{'minute':>6} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} {'worker MB':>10} {'broker MB':>10}")
+    print(
+        f"{'minute':>6} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} {'worker MB':>10} {'broker MB':>10}"
+        f" {'worker %':>9} {'broker %':>9} {'bench %':>8}"
+    )
     for r in rows:
-        w = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] is not None else "-"
-        b = f"{r['broker_rss_mb']:.0f}" if r["broker_rss_mb"] is not None else "-"
+        cells = [r["worker_rss_mb"], r["broker_rss_mb"], r["worker_cpu_percent"], r["broker_cpu_percent"]]
+        w, b, wc, bc = ("-" if v is None else f"{v:.0f}" for v in cells)
+        pc = "-" if r["bench_cpu_percent"] is None else f"{r['bench_cpu_percent']:.0f}"
         print(
             f"{r['minute']:>6} {r['answers']:>8} {r['freshness_p50_ms']:>8.0f} {r['freshness_p99_ms']:>8.0f}"
-            f" {w:>10} {b:>10}"
+            f" {w:>10} {b:>10} {wc:>9} {bc:>9} {pc:>8}"
         )
     print(f"{published} clicks offered at {args.rate:.0f}/s for {args.minutes} min, {len(got)} answered")
     payload = {
@@ -160,10 +210,11 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
         "model": args.checkpoint or "content baseline",
         "rate": args.rate,
         "minutes": args.minutes,
+        "retention_minutes": args.retention_minutes,
         "offered": published,
         "answered": len(got),
         "per_minute": rows,
-        "memory_samples": sampler.samples,
+        "memory_samples": [asdict(x) for x in sampler.samples],
         "machine": load,
     }
     print(f"wrote {save_record(args.out, payload, 'soak')}")

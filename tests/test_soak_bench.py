@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamrec.bench.soak import per_minute
+from streamrec.bench.soak import Sample, per_minute
 
 
 def test_per_minute_groups_by_arrival_minute_and_takes_that_minutes_last_memory_sample() -> None:
@@ -15,7 +15,12 @@ def test_per_minute_groups_by_arrival_minute_and_takes_that_minutes_last_memory_
         (1_000_000 + 50_000 - 30, start + 50.0),
         (1_000_000 + 130_000 - 500, start + 130.0),
     ]
-    samples = [(10.0, 300.0, 50.0), (50.0, 310.0, 60.0), (125.0, 320.0, 70.0)]
+    # CPU seconds so far: worker +4 s and broker +2 s between 10 s and 50 s, then +15 s / +30 s by 125 s.
+    samples = [
+        Sample(10.0, 300.0, 50.0, 1.0, 1.0, 0.5),
+        Sample(50.0, 310.0, 60.0, 5.0, 3.0, 0.5),
+        Sample(125.0, 320.0, 70.0, 20.0, 33.0, 8.0),
+    ]
     rows = per_minute(got, start, samples)
     assert [r["minute"] for r in rows] == [1, 3], "a minute without answers has no row"
     assert [r["answers"] for r in rows] == [2, 1]
@@ -28,3 +33,11 @@ def test_per_minute_groups_by_arrival_minute_and_takes_that_minutes_last_memory_
     assert rows[1]["freshness_p50_ms"] == pytest.approx(500, abs=0.5)
     assert (rows[0]["worker_rss_mb"], rows[0]["broker_rss_mb"]) == (310.0, 60.0)
     assert (rows[1]["worker_rss_mb"], rows[1]["broker_rss_mb"]) == (320.0, 70.0)
+    # CPU over a minute: from the last sample before it (or its first) to its last, as % of a core.
+    assert (rows[0]["worker_cpu_percent"], rows[0]["broker_cpu_percent"], rows[0]["bench_cpu_percent"]) == (10, 5, 0)
+    assert (rows[1]["worker_cpu_percent"], rows[1]["broker_cpu_percent"], rows[1]["bench_cpu_percent"]) == (20, 40, 10)
+
+
+def test_a_minute_with_one_sample_and_none_before_has_no_cpu_figure() -> None:
+    rows = per_minute([(1_000, 1.0 + 5.0)], 1.0, [Sample(20.0, 1.0, 1.0, 3.0, 3.0, 3.0)])
+    assert rows[0]["worker_cpu_percent"] is None and rows[0]["worker_rss_mb"] == 1.0
