@@ -33,7 +33,7 @@ from streamrec.models.cold_start import ColdStartConfig, calibrated_scores, fit_
 from streamrec.models.presets import build_config
 from streamrec.models.ranking_metrics import mask_history, metrics_from_ranks, target_rank
 from streamrec.models.seqrec import SeqRec
-from streamrec.models.sequence_data import Split, eval_batches
+from streamrec.models.sequence_data import Split, eval_batches, item_clicks
 from streamrec.models.trainer import TrainConfig, train
 from streamrec.settings import Settings
 
@@ -113,7 +113,10 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     cold_cfg = ColdStartConfig(fit=args.fit, warm_floor=args.warm_floor)
     cfg = replace(
-        build_config(args.preset, len(catalog.item_ids), max_len, 64), id_dropout=args.id_dropout, cold=cold_cfg
+        build_config(args.preset, len(catalog.item_ids), max_len, 64),
+        id_dropout=args.id_dropout,
+        id_evidence=args.id_evidence,
+        cold=cold_cfg,
     )
     cfg = replace(cfg, encoder=replace(cfg.encoder, pos_init_std=args.pos_init_std))
     new_rows = torch.tensor(sorted(cs.held_out))
@@ -140,6 +143,8 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
         run = None
     else:
         model = SeqRec(cfg, catalog.features)
+        if cfg.id_evidence:  # held-out items have no training clicks: content only, as served
+            model.set_item_clicks(item_clicks(split.train, split.n_items))
         # Held-out items do not exist at training time: not negatives either (they would be pushed
         # down by every training step while never being a target).
         model.excluded_rows = new_rows
@@ -219,6 +224,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
         "model": args.preset,
         "seed": args.seed,
         "id_dropout": cfg.id_dropout,
+        "id_evidence": cfg.id_evidence,
         "id_map": args.id_map,
         "source_checkpoint": args.checkpoint or None,
         "holdout_items": len(cs.held_out),

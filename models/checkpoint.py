@@ -46,6 +46,7 @@ def config_from_dict(d: dict[str, Any]) -> SeqRecConfig:
         moe=MoEConfig(**d["moe"]),
         swap=SwapConfig(**d["swap"]),
         id_dropout=d["id_dropout"],
+        id_evidence=d.get("id_evidence", 0.0),  # absent from checkpoints written before it existed
         # Checkpoints written before the new-item calibration existed score new items uncalibrated.
         cold=ColdStartConfig(**d.get("cold", {})),
     )

@@ -29,5 +29,9 @@ def grow_items(model: SeqRec, features: ItemFeatures) -> SeqRec:
     ids = torch.zeros(new_rows, model.cfg.encoder.dim, dtype=state["id_emb.weight"].dtype, device=device)
     ids[:old_rows] = state["id_emb.weight"]  # (N'+1, D)
     state["id_emb.weight"] = ids
+    if "item_clicks" in state:  # `id_evidence`: new items have no training clicks yet (content only)
+        clicks = torch.zeros(new_rows, dtype=state["item_clicks"].dtype, device=device)
+        clicks[:old_rows] = state["item_clicks"]
+        state["item_clicks"] = clicks
     grown.load_state_dict(state)
     return grown.to(device)

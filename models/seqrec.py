@@ -39,11 +39,16 @@ class SeqRecConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     swap: SwapConfig = field(default_factory=SwapConfig)
     id_dropout: float = 0.0  # share of items whose ID embedding is dropped in training (content path)
+    # Content first, ID by evidence (docs/models.md, "New items"): an item's ID vector is weighted
+    # by n / (n + id_evidence), n = its training clicks, so rare items are ranked mostly by content
+    # in training, as a new item (n = 0) is at serving. 0 = the ID vector always counts in full.
+    id_evidence: float = 0.0
     cold: ColdStartConfig = field(default_factory=ColdStartConfig)  # scoring of items with no ID evidence
 
     def __post_init__(self) -> None:
         assert self.item_encoder in ITEM_ENCODERS, f"item_encoder: one of {ITEM_ENCODERS}"
         assert self.n_items >= 1, "n_items must be positive"
+        assert self.id_evidence >= 0, "id_evidence: clicks at which the ID vector counts half, or 0 (off)"
 
 
 @dataclass
@@ -88,6 +93,16 @@ class SeqRec(nn.Module):
         # and then not part of the state dict, so checkpoints without it load unchanged.
         self.id_map: torch.Tensor | None
         self.register_buffer("id_map", torch.zeros(d + 1, d) if cfg.cold.id_map else None)
+        # (N+1,) training clicks per item row for `id_evidence`; registered only when it is on, so
+        # checkpoints without it load unchanged. Zero until `set_item_clicks`: content only.
+        self.item_clicks: torch.Tensor | None
+        self.register_buffer("item_clicks", torch.zeros(cfg.n_items + 1) if cfg.id_evidence > 0 else None)
+
+    def set_item_clicks(self, clicks: torch.Tensor) -> None:
+        """The clicks each item row was trained on (N+1,), for the evidence weight of its ID vector."""
+        assert self.item_clicks is not None, "set_item_clicks needs SeqRecConfig.id_evidence > 0"
+        assert clicks.shape == self.item_clicks.shape, f"clicks must be ({self.cfg.n_items + 1},)"
+        self.item_clicks = clicks.to(self.item_clicks).clone()
 
     def set_id_map(self, id_map: torch.Tensor) -> None:
         """Predict ID vectors of items without one from their content (`cold.id_map`), from now on."""
@@ -104,7 +119,10 @@ class SeqRec(nn.Module):
         return torch.where(unseen[:, None], map_ids(content, self.id_map), ids)
 
     def _id_vectors(self, rows: torch.Tensor | None) -> torch.Tensor:
-        w = self.id_emb.weight if rows is None else self.id_emb(rows)
+        w = self.id_emb.weight if rows is None else self.id_emb(rows)  # (R, D)
+        if self.item_clicks is not None:
+            n = self.item_clicks if rows is None else self.item_clicks[rows]  # (R,)
+            w = w * (n / (n + self.cfg.id_evidence))[:, None]
         if self.training and self.cfg.id_dropout > 0:
             keep = torch.rand(w.shape[0], 1, device=w.device) >= self.cfg.id_dropout
             w = w * keep

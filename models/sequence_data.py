@@ -32,6 +32,15 @@ def leave_one_out(sequences: list[list[int]], n_items: int) -> Split:
     return Split(n_items, train, valid, test)
 
 
+def item_clicks(sequences: list[list[int]], n_items: int) -> torch.Tensor:
+    """Clicks per item row (N+1,) over the sequences (row 0, padding, counts none)."""
+    counts = torch.zeros(n_items + 1)
+    for seq in sequences:
+        counts += torch.bincount(torch.tensor(seq, dtype=torch.long), minlength=n_items + 1)[: n_items + 1]
+    counts[0] = 0
+    return counts
+
+
 def pad_right(rows: list[list[int]], length: int) -> torch.Tensor:
     out = torch.zeros(len(rows), length, dtype=torch.long)
     for i, r in enumerate(rows):

@@ -247,6 +247,7 @@ MODEL_PRESETS = (
     "sasrec-sparse",
     "sasrec-text",
 )
+ID_EVIDENCE_HELP = "clicks at which an item's ID vector counts half (0 = always in full; docs/models.md, New items)"
 PRESET_HELP = "a named model configuration (models/presets.py); --model is its former name"
 CHECKPOINT_HELP = "a checkpoint from `streamrec train` (default: <STREAMREC_STATE_DIR>/models/<dataset>/mufasa-s0.pt)"
 DATASET_HELP = "amazon-beauty, ml-100k, lastfm-2k-mm, or the path of your own RecBole .inter file or CSV"
@@ -278,6 +279,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--id-dropout", type=float, default=0.0)
+    p.add_argument("--id-evidence", type=float, default=0.0, help=ID_EVIDENCE_HELP)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=-1.0, help="encoder dropout (default: the preset's, 0.2)")
     _add_hygiene_args(p)
@@ -374,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", "--model", dest="preset", default="mufasa", choices=MODEL_PRESETS, help=PRESET_HELP)
     b.add_argument("--text", default="minilm", choices=["minilm", "hashed"])
     b.add_argument("--id-dropout", type=float, default=0.0)
+    b.add_argument("--id-evidence", type=float, default=0.0, help=ID_EVIDENCE_HELP)
     b.add_argument("--holdout", type=float, default=0.1, help="share of the catalogue held out of training")
     b.add_argument("--minutes", type=float, default=65.0, help="wall-clock cap; validation patience stops first")
     b.add_argument("--lr", type=float, default=2e-3)

@@ -28,7 +28,7 @@ from streamrec.model_bundle import load_bundle
 from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
-from streamrec.models.sequence_data import leave_one_out
+from streamrec.models.sequence_data import item_clicks, leave_one_out
 from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
 from streamrec.settings import Settings
 
@@ -43,12 +43,18 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     if not split.test:
         raise UserError(f"{args.dataset}: no user has the 3 clicks leave-one-out needs", "give a larger click log")
     max_len = args.max_len or default_max_len(dataset)
-    cfg = replace(build_config(args.preset, len(catalog.item_ids), max_len, args.dim), id_dropout=args.id_dropout)
+    cfg = replace(
+        build_config(args.preset, len(catalog.item_ids), max_len, args.dim),
+        id_dropout=args.id_dropout,
+        id_evidence=args.id_evidence,
+    )
     enc = replace(cfg.encoder, pos_init_std=args.pos_init_std)
     cfg = replace(cfg, encoder=enc if args.dropout < 0 else replace(enc, dropout=args.dropout))
     torch.manual_seed(args.seed)
     device = pick_device()
     model = SeqRec(cfg, catalog.features.to(device))
+    if cfg.id_evidence:
+        model.set_item_clicks(item_clicks(split.train, split.n_items))
     tcfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -11,6 +11,7 @@ import torch
 
 from streamrec.models.cammsr_moe import CategoryMoE, MoEConfig
 from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
+from streamrec.models.growth import grow_items
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig
 from streamrec.models.modality_swap import swapped_items
@@ -18,7 +19,7 @@ from streamrec.models.mufasa_fusion import FusionConfig, MultimodalFusion
 from streamrec.models.presets import build_config, preset_names
 from streamrec.models.ranking_metrics import metrics_from_ranks
 from streamrec.models.seqrec import SeqRec, SeqRecConfig
-from streamrec.models.sequence_data import leave_one_out, training_batches
+from streamrec.models.sequence_data import item_clicks, leave_one_out, training_batches
 from streamrec.models.sparse_attention import SparseAttentionConfig
 from streamrec.models.trainer import TrainConfig, evaluate, train
 
@@ -256,3 +257,37 @@ def test_warmup_ramps_the_learning_rate(warmup: int) -> None:
     # size: lr 1 without warm-up, 1/1000 with it.
     moved = float((model.id_emb.weight.detach() - before).abs().max())
     assert (moved <= 1.1e-3) if warmup else (moved > 0.5)
+
+
+def test_item_clicks_counts_every_occurrence_and_never_the_padding_row() -> None:
+    counts = item_clicks([[1, 2, 2], [3, 2], [0, 1]], n_items=4)
+    assert counts.tolist() == [0, 2, 3, 1, 0]
+
+
+@pytest.mark.parametrize("name", ["mufasa", "sasrec-content"])
+def test_id_evidence_weights_the_id_vector_by_clicks_and_leaves_new_items_to_content(name: str) -> None:
+    torch.manual_seed(0)
+    base = tiny(name)
+    plain = SeqRec(base, features()).eval()
+    assert "item_clicks" not in plain.state_dict(), "off by default: older checkpoints load unchanged"
+    model = SeqRec(replace(base, id_evidence=4.0), features()).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    clicks = torch.zeros(N_ITEMS + 1)
+    clicks[1:] = torch.arange(N_ITEMS).float() * 3  # item 1 has no clicks, item 2 has 3, ...
+    model.set_item_clicks(clicks)
+    with torch.no_grad():
+        table = model.item_table().vectors
+        full = plain.item_table().vectors
+        ids = plain.id_emb.weight
+        content = full - ids  # what each item is without its ID vector
+        gate = (clicks / (clicks + 4.0))[:, None]
+        torch.testing.assert_close(table[1:], content[1:] + gate[1:] * ids[1:])
+        # No clicks: placed by content alone, as a new item is at serving.
+        torch.testing.assert_close(table[1], content[1])
+        assert (table[-1] - full[-1]).norm() < 0.1 * (table[1] - full[1]).norm() + 1e-6
+    # Growth keeps the evidence of old items and gives new items none; it travels in the state.
+    grown = grow_items(model, features(N_ITEMS + 5))
+    assert grown.item_clicks.tolist()[: N_ITEMS + 1] == clicks.tolist()
+    assert grown.item_clicks[N_ITEMS + 1 :].eq(0).all()
+    with pytest.raises(AssertionError, match="id_evidence > 0"):
+        plain.set_item_clicks(clicks)

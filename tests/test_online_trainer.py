@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,17 +23,22 @@ from streamrec.training.online_trainer import OnlineTrainer, OnlineTrainerConfig
 MAX_LEN = 16
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def untrained_checkpoint(directory: Path, id_evidence: float = 0.0) -> Path:
     """An untrained small MUFASA on MovieLens-100K: fine-tuning on real clicks must beat it."""
     ds = load_dataset("ml-100k", Settings.from_env().data_dir)
     catalog = build_catalog(ds, text="hashed", progress=False)
     torch.manual_seed(0)
-    model = SeqRec(build_config("mufasa", len(catalog.item_ids), MAX_LEN, 32), catalog.features)
-    path = tmp_path_factory.mktemp("ckpt") / "mufasa.pt"
+    cfg = replace(build_config("mufasa", len(catalog.item_ids), MAX_LEN, 32), id_evidence=id_evidence)
+    model = SeqRec(cfg, catalog.features)
+    path = directory / "mufasa.pt"
     meta = {"dataset": "ml-100k", "model": "mufasa", "text": "hashed"}
     save_checkpoint(path, model, model.cfg, "ml-100k-mufasa-base", meta)
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def make_trainer(checkpoint: Path, tmp_path: Path) -> tuple[OnlineTrainer, ModelStore]:
@@ -81,6 +87,20 @@ def test_a_round_fine_tunes_grows_new_items_passes_the_gate_and_promotes(checkpo
     assert served.catalog.row_of["new-film-1"] == n - 1 and served.catalog.row_of["new-film-2"] == n
     assert served.model.id_emb.weight[n].abs().sum() > 0, "the new item's ID row was learned from its clicks"
     assert trainer.current.version == result.candidate_version, "later rounds start from the promoted model"
+
+
+def test_new_items_gain_id_evidence_from_the_clicks_of_the_window(tmp_path: Path) -> None:
+    trainer, store = make_trainer(untrained_checkpoint(tmp_path, id_evidence=5.0), tmp_path)
+    result = trainer.run_round()
+    assert result.decision == "promoted", result.reason
+    served = store.current()
+    assert served is not None
+    clicks = load_bundle(served.path, Settings.from_env().data_dir, tmp_path / "features").model.item_clicks
+    n = len(clicks) - 1
+    # make_trainer clicks new-film-1 (row n - 1) every 50 events and never new-film-2 (row n).
+    assert clicks[n - 1] > 0, "a clicked new item's ID vector is weighted in by its clicks"
+    assert clicks[n] == 0, "an unclicked new item stays placed by content alone"
+    assert clicks[1 : n - 1].sum() > 0
 
 
 def test_the_gate_refuses_a_deliberately_worse_candidate(checkpoint: Path, tmp_path: Path) -> None:

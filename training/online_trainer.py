@@ -32,7 +32,7 @@ from streamrec.model_bundle import ModelBundle, grown_catalog
 from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
 from streamrec.models.growth import grow_items
 from streamrec.models.seqrec import SeqRec
-from streamrec.models.sequence_data import leave_one_out
+from streamrec.models.sequence_data import item_clicks, leave_one_out
 from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
 from streamrec.state.model_store import ModelStore, ModelStoreError, StoredVersion
 from streamrec.stream.schemas import CatalogueRecord
@@ -157,6 +157,11 @@ class OnlineTrainer:
         before = grow_items(serving.model, catalog.features).to(self.device)
         serving_metrics = evaluate(before, split.test, 512, self.device)["excl_history"]
         candidate = grow_items(serving.model, catalog.features).to(self.device)
+        if candidate.item_clicks is not None:
+            # `id_evidence`: the clicks the window trains each item on count as evidence, so a new
+            # item's ID vector is weighted in as its clicks arrive; old items keep at least theirs.
+            window = item_clicks(split.train, split.n_items).to(candidate.item_clicks)
+            candidate.set_item_clicks(torch.maximum(candidate.item_clicks, window))
         tcfg = TrainConfig(
             epochs=self.cfg.epochs,
             batch_size=self.cfg.batch_size,
