@@ -35,6 +35,8 @@ def tables(root: Path) -> str:
     for ds_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         runs: dict[str, list[dict]] = defaultdict(list)
         for f in sorted(ds_dir.glob("*.json")):
+            if f.name.endswith(".ranks.json"):
+                continue  # per-user ranks of a record beside it (load_record), not a run of its own
             rec = json.loads(f.read_text())
             runs[rec["model"]].append(rec)
         out.append(f"\n### {ds_dir.name}\n")
