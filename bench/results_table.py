@@ -3,7 +3,8 @@
 Reads results/<dataset>/<model>-s<seed>.json (written by `streamrec train`) and prints, per
 dataset, mean and spread over seeds of the test metrics, ranking all items and with history items
 excluded, with the command of each run. `--coldstart FILE...` prints the cold-start table instead,
-one row per group of `streamrec bench coldstart` records (same dataset, model, ID dropout and ID map).
+one row per group of `streamrec bench coldstart` records (same dataset, model, ID dropout, ID map
+and ID evidence).
 `--compare BASE FILE...` prints one row per model of the given training records (seeds pooled) with
 what stopped each run, the machine's load, and a paired test over users against the model BASE
 (bench/paired.py); a record without per-user ranks takes them from `<stem>.ranks.json` beside it,
@@ -59,17 +60,18 @@ def tables(root: Path) -> str:
 
 
 def coldstart_table(files: list[Path]) -> str:
-    groups: dict[tuple[str, str, float, str], list[dict]] = defaultdict(list)
+    groups: dict[tuple[str, str, float, str, float], list[dict]] = defaultdict(list)
     for f in files:
         rec = json.loads(f.read_text())
-        groups[(rec["dataset"], rec["model"], rec["id_dropout"], rec.get("id_map", "none"))].append(rec)
+        key = (rec["dataset"], rec["model"], rec["id_dropout"], rec.get("id_map", "none"), rec.get("id_evidence", 0.0))
+        groups[key].append(rec)
     out = [
-        "| dataset, model, ID dropout, ID map | seeds | cold NDCG@10 | warm NDCG@10 | cold / warm | cold HR@10 | "
-        "uncalibrated: cold NDCG@10 | warm NDCG@10 | cold / warm | pooled fit: cold NDCG@10 | warm NDCG@10 | "
-        "new items only: cold NDCG@10 | best epochs |",
+        "| dataset, model, ID dropout, ID map, ID evidence | seeds | cold NDCG@10 | warm NDCG@10 | cold / warm | "
+        "cold HR@10 | uncalibrated: cold NDCG@10 | warm NDCG@10 | cold / warm | "
+        "pooled fit: cold NDCG@10 | warm NDCG@10 | new items only: cold NDCG@10 | best epochs |",
         "|---" * 13 + "|",
     ]
-    for (ds, model, drop, id_map), recs in sorted(groups.items()):
+    for (ds, model, drop, id_map, evidence), recs in sorted(groups.items()):
 
         def col(path: tuple[str, ...], recs: list[dict] = recs) -> list[float]:
             vals = []
@@ -96,7 +98,7 @@ def coldstart_table(files: list[Path]) -> str:
             _fmt(col(("cold_ranked_among_held_out_items_only", "NDCG@10"))),
             ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in recs),
         ]
-        out.append(f"| {ds}, {model}, {drop}, {id_map} | {len(recs)} | " + " | ".join(cells) + " |")
+        out.append(f"| {ds}, {model}, {drop}, {id_map}, {evidence} | {len(recs)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
