@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from streamrec.bench.machine import machine_load, save_record
+from streamrec.cli import hygiene_options
 from streamrec.datasets import load_dataset
 from streamrec.datasets.registry import default_max_len
 from streamrec.errors import UserError
@@ -123,13 +124,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     load_before = machine_load()
     started = time.monotonic()
     tcfg = TrainConfig(
-        lr=args.lr,
-        patience=args.patience,
-        max_minutes=args.minutes,
-        seed=args.seed,
-        warmup_steps=args.warmup_steps,
-        clip_norm=args.clip_norm,
-        min_epochs=args.min_epochs,
+        lr=args.lr, patience=args.patience, max_minutes=args.minutes, seed=args.seed, **hygiene_options(args)
     )
     if args.checkpoint:
         # A model this bench trained and saved before: same split (seed, holdout), no training.

@@ -263,6 +263,11 @@ def _add_hygiene_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def hygiene_options(args: argparse.Namespace) -> dict[str, float | int]:
+    """The `TrainConfig` fields `_add_hygiene_args` declares (pos_init_std goes to the encoder)."""
+    return {"warmup_steps": args.warmup_steps, "clip_norm": args.clip_norm, "min_epochs": args.min_epochs}
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="amazon-beauty", help=DATASET_HELP)
     p.add_argument("--preset", "--model", dest="preset", default="sasrec", choices=MODEL_PRESETS, help=PRESET_HELP)

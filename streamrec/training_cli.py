@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from streamrec.bench.machine import LoadSampler, code_version
+from streamrec.cli import hygiene_options
 from streamrec.datasets import load_dataset
 from streamrec.datasets.own import is_own_dataset
 from streamrec.datasets.registry import default_max_len
@@ -63,9 +64,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         patience=args.patience,
         seed=args.seed,
         max_minutes=args.max_minutes,
-        warmup_steps=args.warmup_steps,
-        clip_norm=args.clip_norm,
-        min_epochs=args.min_epochs,
+        **hygiene_options(args),
     )
     version = f"{name}-{args.preset}-s{args.seed}-{time.strftime('%Y%m%d%H%M%S')}"
     ckpt = settings.checkpoint_path(name, args.preset, args.seed)
