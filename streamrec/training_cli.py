@@ -34,6 +34,18 @@ from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
 from streamrec.settings import Settings
 
 
+def write_record(out: Path, record: dict) -> None:
+    """A results record as indented JSON, its per-user ranks (tens of thousands of numbers) kept
+    on one line each so the file stays readable and its diff small."""
+    ranks = record.get("test_ranks")
+    text = json.dumps({k: v for k, v in record.items() if k != "test_ranks"}, indent=2)
+    if ranks is not None:
+        lines = ",\n".join(f"    {json.dumps(g)}: {json.dumps(r)}" for g, r in ranks.items())
+        text = text[: -len("\n}")] + f',\n  "test_ranks": {{\n{lines}\n  }}\n}}'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,8 +126,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "test_ranks": test_ranks,
     }
     out = Path(args.results_dir) / name / f"{args.preset}-s{args.seed}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    write_record(out, record)
     t, ta = result.test["excl_history"], result.test["all"]
     print(
         f"{args.preset} on {name}: test HR@10 {t['HR@10']:.4f} NDCG@10 {t['NDCG@10']:.4f} (history excluded); "
@@ -219,7 +230,5 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
             "users": len(split.test),
             "test_ranks": ranks,
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2))
+        write_record(Path(args.out), record)
     return 0
