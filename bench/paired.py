@@ -2,9 +2,10 @@
 `python -m streamrec.bench.paired --base A.json [A2.json...] --other B.json [B2.json...]`.
 
 Each record is one written by `streamrec train` (or `streamrec eval --out`), which keeps every test
-user's target rank (`test_ranks`) in the split's order. With several records per side (seeds), a
-user's figure is the mean over that side's seeds, so the test is over users, not over runs. Two
-tests, both over users:
+user's target rank (`test_ranks`) in the split's order; an older record without them takes them from
+`<stem>.ranks.json` beside it, written by `streamrec eval --out` from its checkpoint. With several
+records per side (seeds), a user's figure is the mean over that side's seeds, so the test is over
+users, not over runs. Two tests, both over users:
 
 - a paired bootstrap of the relative change in mean NDCG@10 (users resampled with replacement, the
   same draw for both sides), giving a 95% interval;
@@ -155,9 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def load_record(path: Path) -> dict:
+    """A training record, with per-user ranks from `<stem>.ranks.json` when it keeps none itself."""
+    rec = json.loads(path.read_text())
+    side = path.with_name(path.stem + ".ranks.json")
+    if "test_ranks" not in rec and side.exists():
+        ranks = json.loads(side.read_text())
+        assert ranks["version"] == rec["version"], f"{side} evaluates another checkpoint than {path} records"
+        rec["test_ranks"] = ranks["test_ranks"]
+    return rec
+
+
 def _read(paths: list[Path]) -> list[dict]:
     try:
-        return [json.loads(p.read_text()) for p in paths]
+        return [load_record(p) for p in paths]
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read a record: {exc}", "give records written by streamrec train") from None
 

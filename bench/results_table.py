@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from streamrec.bench.paired import compare
+from streamrec.bench.paired import compare, load_record
 from streamrec.settings import PROJECT_ROOT
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
@@ -110,17 +110,6 @@ def stopped_by(rec: dict) -> str:
     if rec["epochs_run"] - rec["best_epoch"] >= tc["patience"]:
         return "patience"
     return "budget" if rec["train_seconds"] / 60 > tc["max_minutes"] else "epochs"
-
-
-def load_record(path: Path) -> dict:
-    """A training record, with per-user ranks from `<stem>.ranks.json` when it keeps none itself."""
-    rec = json.loads(path.read_text())
-    side = path.with_name(path.stem + ".ranks.json")
-    if "test_ranks" not in rec and side.exists():
-        ranks = json.loads(side.read_text())
-        assert ranks["version"] == rec["version"], f"{side} evaluates another checkpoint than {path} records"
-        rec["test_ranks"] = ranks["test_ranks"]
-    return rec
 
 
 def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> str:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec.bench.results_table import comparison_table, load_record, stopped_by
+from streamrec.bench.paired import load_record
+from streamrec.bench.results_table import comparison_table, stopped_by
 from streamrec.models.ranking_metrics import metrics_from_ranks
 
 
