@@ -197,9 +197,8 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
         f" {'worker %':>9} {'broker %':>9} {'bench %':>8}"
     )
     for r in rows:
-        cells = [r["worker_rss_mb"], r["broker_rss_mb"], r["worker_cpu_percent"], r["broker_cpu_percent"]]
-        w, b, wc, bc = ("-" if v is None else f"{v:.0f}" for v in cells)
-        pc = "-" if r["bench_cpu_percent"] is None else f"{r['bench_cpu_percent']:.0f}"
+        keys = ("worker_rss_mb", "broker_rss_mb", "worker_cpu_percent", "broker_cpu_percent", "bench_cpu_percent")
+        w, b, wc, bc, pc = ("-" if r[k] is None else f"{r[k]:.0f}" for k in keys)
         print(
             f"{r['minute']:>6} {r['answers']:>8} {r['freshness_p50_ms']:>8.0f} {r['freshness_p99_ms']:>8.0f}"
             f" {w:>10} {b:>10} {wc:>9} {bc:>9} {pc:>8}"
