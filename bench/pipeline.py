@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from kafka import KafkaProducer
 
 from streamrec.bench.machine import machine_load, save_record
@@ -89,13 +89,13 @@ class Drain(threading.Thread):
         topic: str,
         expected: int,
         timeout_s: float,
-        keep: Callable[[bytes, float], Any] = lambda raw, now: (raw, now),
+        keep: Callable[[ConsumerRecord, float], Any] = lambda m, now: (m.value, now),
     ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic = bootstrap, topic
         self.expected = expected  # may be lowered while running (a run whose length is known at its end)
         self.timeout_s = timeout_s
-        self.keep = keep  # what is kept of each message: by default its bytes and arrival time
+        self.keep = keep  # what is kept of each record: by default its bytes and arrival time
         self.got: list[Any] = []
 
     def run(self) -> None:
@@ -114,7 +114,7 @@ class Drain(threading.Thread):
             while len(self.got) < self.expected and time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
                 now = time.time()
-                self.got += [self.keep(m.value, now) for msgs in batches.values() for m in msgs]
+                self.got += [self.keep(m, now) for msgs in batches.values() for m in msgs]
                 # noida-db answers fetches at once (it ignores fetch.max.wait.ms), so a drain that
                 # keeps up would fetch a few records at a time as fast as it can and compete with
                 # the worker for the CPU. A 3 ms pause stands in for the broker's wait; it can add

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import psutil
+from aiokafka import ConsumerRecord
 
 from streamrec.bench.machine import machine_load, save_record
 from streamrec.bench.pipeline import Drain
@@ -35,6 +36,8 @@ from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings, TopicNames
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.topics import ensure_topics_for
+
+LOG_CHECKS = "streamrec_stream_log_discontinuities_total"
 
 
 def rss_mb(procs: list[psutil.Process]) -> float:
@@ -110,13 +113,56 @@ def _cpu_percent(before: Sample | None, after: Sample, field: str) -> float | No
     return round(100.0 * (getattr(after, field) - getattr(before, field)) / (after.at_s - before.at_s), 1)
 
 
-def per_minute(got: list[tuple[int, float]], started: float, samples: list[Sample]) -> list[dict]:
-    """Per minute of arrival since `started` (unix s): answers, freshness p50/p99 (ms) from
-    (event time ms, arrival s) pairs, the last memory sample taken in that minute, and the CPU
-    share (% of one core) of the worker, the broker and this bench over the minute."""
+@dataclass(frozen=True)
+class Answer:
+    """One recommendation as the soak's reader saw it."""
+
+    event_time_ms: int  # the triggering click's event time
+    arrival_s: float  # unix seconds, when the reader fetched it
+    event_id: str  # the triggering click
+    partition: int
+    offset: int
+
+
+def read_answer(m: ConsumerRecord, now: float) -> Answer:
+    record = json.loads(m.value)
+    return Answer(record["event_time"], now, record["event_id"], m.partition, m.offset)
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """Answers seen more than once, told apart by where they sit in the log: the same partition
+    and offset fetched again is the reader re-reading (a benchmark artefact, dropped); the same
+    click answered at another offset is the worker answering twice (kept: a user sees it)."""
+
+    answers: list[Answer]  # each log record once, in arrival order
+    reread: int
+    reanswered: int
+
+
+def repeats(got: list[Answer]) -> Repeats:
+    seen_at: set[tuple[int, int]] = set()
+    seen_clicks: set[str] = set()
+    kept, reread, reanswered = [], 0, 0
+    for a in got:
+        if (a.partition, a.offset) in seen_at:
+            reread += 1
+            continue
+        seen_at.add((a.partition, a.offset))
+        if a.event_id in seen_clicks:
+            reanswered += 1
+        seen_clicks.add(a.event_id)
+        kept.append(a)
+    return Repeats(kept, reread, reanswered)
+
+
+def per_minute(got: list[Answer], started: float, samples: list[Sample]) -> list[dict]:
+    """Per minute of arrival since `started` (unix s): answers, freshness p50/p99 (ms), the last
+    memory sample taken in that minute, and the CPU share (% of one core) of the worker, the broker
+    and this bench over the minute."""
     minutes: dict[int, list[float]] = {}
-    for event_time, arrival in got:
-        minutes.setdefault(int((arrival - started) // 60), []).append(arrival * 1000 - event_time)
+    for a in got:
+        minutes.setdefault(int((a.arrival_s - started) // 60), []).append(a.arrival_s * 1000 - a.event_time_ms)
     rows = []
     for m in sorted(minutes):
         fresh = minutes[m]
@@ -168,7 +214,7 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                     run_settings.topics.recommendations,
                     expected=1 << 62,
                     timeout_s=args.minutes * 60 + args.drain_s,
-                    keep=lambda raw, now: (json.loads(raw)["event_time"], now),
+                    keep=read_answer,
                 )
                 drain.start()
                 sampler = MemorySampler(worker.proc.pid, workdir / "broker")
@@ -184,10 +230,13 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                     loop += 1
                 producer.close()
                 drain.expected = published
-                got = drain.result()
+                seen = repeats(drain.result())
                 sampler.stop.set()
                 sampler.join()
-                rows = per_minute(got, started, sampler.samples)
+                rows = per_minute(seen.answers, started, sampler.samples)
+                # What the worker's log checks (stream/log_watch.py) took for lost records and
+                # answered again, by topic, partition and kind.
+                checks = {k: v for k, v in worker.metrics().items() if k.startswith(LOG_CHECKS)}
             finally:
                 worker.stop()
         finally:
@@ -203,7 +252,13 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
             f"{r['minute']:>6} {r['answers']:>8} {r['freshness_p50_ms']:>8.0f} {r['freshness_p99_ms']:>8.0f}"
             f" {w:>10} {b:>10} {wc:>9} {bc:>9} {pc:>8}"
         )
-    print(f"{published} clicks offered at {args.rate:.0f}/s for {args.minutes} min, {len(got)} answered")
+    answered = len({a.event_id for a in seen.answers})
+    print(
+        f"{published} clicks offered at {args.rate:.0f}/s for {args.minutes} min, {answered} answered;"
+        f" {seen.reanswered} answered again by the worker, {seen.reread} re-read by this bench (dropped)"
+    )
+    for name, count in checks.items():
+        print(f"worker log check: {name} {count:.0f}")
     payload = {
         "dataset": dataset.name,
         "model": args.checkpoint or "content baseline",
@@ -211,7 +266,10 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
         "minutes": args.minutes,
         "retention_minutes": args.retention_minutes,
         "offered": published,
-        "answered": len(got),
+        "answered": answered,
+        "answered_again": seen.reanswered,
+        "reread_by_bench": seen.reread,
+        "worker_log_checks": checks,
         "per_minute": rows,
         "memory_samples": [asdict(x) for x in sampler.samples],
         "machine": load,

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from streamrec.bench.soak import Sample, per_minute
+from streamrec.bench.soak import Answer, Sample, per_minute, repeats
 
 
 def test_per_minute_groups_by_arrival_minute_and_takes_that_minutes_last_memory_sample() -> None:
     start = 1_000.0
-    # (event time ms, arrival s): minute 1 has answers 10 ms and 30 ms late, minute 3 one 500 ms late
+    # minute 1 has answers 10 ms and 30 ms late, minute 3 one 500 ms late
     got = [
-        (1_000_000 + 5_000 - 10, start + 5.0),
-        (1_000_000 + 50_000 - 30, start + 50.0),
-        (1_000_000 + 130_000 - 500, start + 130.0),
+        Answer(1_000_000 + 5_000 - 10, start + 5.0, "a", 0, 0),
+        Answer(1_000_000 + 50_000 - 30, start + 50.0, "b", 0, 1),
+        Answer(1_000_000 + 130_000 - 500, start + 130.0, "c", 0, 2),
     ]
     # CPU seconds so far: worker +4 s and broker +2 s between 10 s and 50 s, then +15 s / +30 s by 125 s.
     samples = [
@@ -39,5 +39,18 @@ def test_per_minute_groups_by_arrival_minute_and_takes_that_minutes_last_memory_
 
 
 def test_a_minute_with_one_sample_and_none_before_has_no_cpu_figure() -> None:
-    rows = per_minute([(1_000, 1.0 + 5.0)], 1.0, [Sample(20.0, 1.0, 1.0, 3.0, 3.0, 3.0)])
+    rows = per_minute([Answer(1_000, 1.0 + 5.0, "a", 0, 0)], 1.0, [Sample(20.0, 1.0, 1.0, 3.0, 3.0, 3.0)])
     assert rows[0]["worker_cpu_percent"] is None and rows[0]["worker_rss_mb"] == 1.0
+
+
+def test_repeats_drops_records_read_twice_and_counts_clicks_answered_twice() -> None:
+    got = [
+        Answer(1, 10.0, "a", 0, 0),
+        Answer(2, 10.0, "b", 1, 0),
+        Answer(1, 50.0, "a", 0, 0),  # the reader fetched offset 0 of partition 0 again
+        Answer(1, 60.0, "a", 0, 7),  # the worker answered click a again, later in the log
+        Answer(2, 70.0, "b", 0, 0),  # partition 0 offset 0 again: a re-read, not a third "a"
+    ]
+    seen = repeats(got)
+    assert (seen.reread, seen.reanswered) == (2, 1)
+    assert [(a.event_id, a.partition, a.offset) for a in seen.answers] == [("a", 0, 0), ("b", 1, 0), ("a", 0, 7)]
