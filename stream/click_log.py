@@ -17,11 +17,20 @@ after the broker restarts.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 # Records per fetch round of a range read.
 MAX_RECORDS = 2_000
+
+
+@dataclass(frozen=True)
+class HeldRange:
+    """What the broker held of a range of one partition when it was read."""
+
+    log_start: int  # the partition's first offset: everything before it was deleted by retention
+    records: list[tuple[int, bytes]]  # (offset, value), in offset order
 
 
 class ClickLogReader:
@@ -32,12 +41,16 @@ class ClickLogReader:
         self.topic = topic
 
     async def read(self, partition: int, start: int, end: int, timeout_s: float = 30.0) -> list[tuple[int, bytes]]:
-        """(offset, value) of every record with start <= offset < end; records before the log's
-        start (deleted by retention) or past its current end are simply absent. Raises
+        """(offset, value) of every record with start <= offset < end that the broker holds."""
+        return (await self.read_held(partition, start, end, timeout_s)).records
+
+    async def read_held(self, partition: int, start: int, end: int, timeout_s: float = 30.0) -> HeldRange:
+        """What the broker holds of [start, end): records before the log's start (deleted by
+        retention), removed by compaction, or past its current end are simply absent. Raises
         TimeoutError when the range is not read within `timeout_s` (a partial read would look
         like records the broker lost), and aiokafka's KafkaError when the broker cannot answer."""
         if end <= start:
-            return []
+            return HeldRange(0, [])
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
         )
@@ -48,22 +61,23 @@ class ClickLogReader:
         finally:
             await consumer.stop()
 
-    async def _read(self, consumer: AIOKafkaConsumer, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+    async def _read(self, consumer: AIOKafkaConsumer, partition: int, start: int, end: int) -> HeldRange:
         tp = TopicPartition(self.topic, partition)
         consumer.assign([tp])
         first = (await consumer.beginning_offsets([tp]))[tp]
         # Records past the log's current end do not exist yet: do not wait for them.
         end = min(end, (await consumer.end_offsets([tp]))[tp])
         position = max(start, first)
-        out: list[tuple[int, bytes]] = []
+        held = HeldRange(first, [])
         if position >= end:
-            return out
+            return held
         consumer.seek(tp, position)
         while True:
             batches = await consumer.getmany(tp, timeout_ms=1_000, max_records=MAX_RECORDS)
             for msg in batches.get(tp, []):
                 if msg.offset >= end:
-                    return out
-                out.append((msg.offset, msg.value))
-                if msg.offset >= end - 1:
-                    return out
+                    return held
+                held.records.append((msg.offset, msg.value))
+            # Compaction leaves gaps, so the range may end on an offset that holds no record.
+            if await consumer.position(tp) >= end:
+                return held

@@ -77,16 +77,26 @@ class PartitionLog:
         """Whether the broker's record at `offset` (None: it has none) is the one handled."""
         return value is not None and self._crc.get(offset) == checksum(value)
 
-    def diverged_range(self, records: Sequence[tuple[int, bytes]], start: int, end: int) -> tuple[int, int] | None:
+    def diverged_range(
+        self, records: Sequence[tuple[int, bytes]], start: int, end: int, log_start: int = 0
+    ) -> tuple[int, int] | None:
         """Compare what was handled in [start, end) with the broker's `records` of that range (in
         order). None if they agree; else (first offset that differs, first offset after it from
         which they agree again, or `end`): the records in between are not the ones handled, and
-        the ones after were handled from the log as it is now."""
+        the ones after were handled from the log as it is now.
+
+        Records the broker removed on purpose are not differences: those before `log_start`
+        (retention) and gaps with a held record after them (compaction, which keeps each key's
+        latest record). A broker that loses records loses the log's tail, and reuses those
+        offsets for the next records: absent at the end, or held with other contents."""
         held = dict(records)
+        last_held = max(held, default=-1)
         first_diff = None
-        for offset in range(start, end):
+        for offset in range(max(start, log_start), end):
             if offset not in self._crc:
                 continue  # not handled by this worker (another worker's, or before its window)
+            if offset not in held and offset < last_held:
+                continue  # compacted away
             same = offset in held and checksum(held[offset]) == self._crc[offset]
             if first_diff is None and not same:
                 first_diff = offset

@@ -157,9 +157,9 @@ class LogWatch:
         marks = self.verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
         settled = marks.settled()
         scan_from = first if kind is not None or settled is None else max(first, settled)
-        held = await self.click_log.read(part, scan_from, last + 1)
+        held = await self.click_log.read_held(part, scan_from, last + 1)
         self.suspect.pop(part, None)
-        diverged = log_of.diverged_range(held, scan_from, last + 1)
+        diverged = log_of.diverged_range(held.records, scan_from, last + 1, held.log_start)
         if diverged is None and kind == "rewritten":
             # Faust delivered the rewritten offsets itself (their records were noted as handled);
             # the answers before them may still have been lost.
@@ -204,8 +204,8 @@ class LogWatch:
         marks = self.answers_verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
         settled = marks.settled()
         scan_from = first if settled is None else max(first, settled)
-        held = await self.answer_log.read(part, scan_from, last + 1)
-        diverged = log_of.diverged_range(held, scan_from, last + 1)
+        held = await self.answer_log.read_held(part, scan_from, last + 1)
+        diverged = log_of.diverged_range(held.records, scan_from, last + 1, held.log_start)
         marks.mark(time.monotonic(), last)
         if diverged is None:
             return

@@ -60,6 +60,34 @@ def test_a_broker_that_does_not_answer_is_a_kafka_error() -> None:
         asyncio.run(reader.read(0, 0, 10, timeout_s=10))
 
 
+def test_a_compacted_range_is_read_with_its_gaps_and_the_logs_start(broker: LocalBroker) -> None:
+    # noida-db compacts a `compact,delete` topic as its segments roll (measured: 40 keyed records
+    # over 4 keys kept only each key's last), as Kafka does: the reader must not wait for offsets
+    # that hold nothing, and reports where the log starts.
+    topics = TopicNames(prefix=f"cp{uuid.uuid4().hex[:8]}-")
+    ensure_topics(broker.bootstrap, topics, 1, retention_minutes=0.5)  # segments roll every 7.5 s
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1)
+    n = 40
+    for i in range(n):
+        producer.send(topics.recommendations, key=f"user{i % 4}".encode(), value=f"v{i}".encode()).get(timeout=30)
+        time.sleep(0.05)
+    reader = ClickLogReader(broker.bootstrap, topics.recommendations)
+    deadline = time.monotonic() + 30
+    while len(asyncio.run(reader.read_held(0, 0, n, timeout_s=10)).records) == n:
+        assert time.monotonic() < deadline, "the broker did not compact anything within 30 s"
+        time.sleep(0.5)
+        # noida-db rolls (and cleans) a segment only when a record arrives after its time is up.
+        producer.send(topics.recommendations, key=b"later", value=b"later").get(timeout=30)
+    producer.close()
+    got = asyncio.run(reader.read_held(0, 0, n, timeout_s=10))
+    offsets = [o for o, _ in got.records]
+    assert offsets == sorted(offsets) and all(got.log_start <= o < n for o in offsets)
+    assert all(v == f"v{o}".encode() for o, v in got.records), "what is held is what was written there"
+    gaps = set(range(got.log_start, offsets[-1])) - set(offsets)
+    assert gaps, f"compaction left no gap before a held record: start {got.log_start}, {offsets}"
+    assert offsets[-4:] == list(range(n - 4, n)), "each key's latest record is kept"
+
+
 def test_ensure_topics_creates_counts_and_configs_and_is_idempotent(broker: LocalBroker) -> None:
     topics = TopicNames(prefix=f"et{uuid.uuid4().hex[:8]}-")
     wanted = topic_partitions(topics, 3)

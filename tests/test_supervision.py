@@ -75,6 +75,22 @@ def test_a_rewritten_log_is_told_from_the_one_handled_and_where_it_diverges() ->
     assert handled.note(59, b"new 59") and not handled.note(59, b"yet another"), "a rewritten offset is told"
 
 
+def test_records_the_broker_removed_on_purpose_are_not_losses() -> None:
+    handled = PartitionLog(keep=100)
+    for offset in range(50, 60):
+        handled.note(offset, f"answer {offset}".encode())
+    held = {o: f"answer {o}".encode() for o in range(50, 60)}
+    compacted = [(o, v) for o, v in held.items() if o not in (52, 53, 57)]  # superseded by later answers
+    assert handled.diverged_range(compacted, 50, 60) is None, "gaps before a held record: compaction"
+    trimmed = [(o, v) for o, v in held.items() if o >= 55]
+    assert handled.diverged_range(trimmed, 50, 60, log_start=55) is None, "before the log's start: retention"
+    assert handled.diverged_range([], 50, 60, log_start=60) is None, "the whole range aged out"
+    # A missing tail after gaps is a loss, and so is another record at a handled offset.
+    assert handled.diverged_range([(o, v) for o, v in compacted if o < 56], 50, 60) == (56, 60)
+    rewritten = [*compacted[:-1], (59, b"another answer")]
+    assert handled.diverged_range(rewritten, 50, 60) == (59, 60)
+
+
 def test_the_handled_log_keeps_a_bounded_window() -> None:
     handled = PartitionLog(keep=10)
     for offset in range(1000):
