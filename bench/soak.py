@@ -9,9 +9,11 @@ growth means a backlog or a leak. Prints a table and writes JSON with the machin
 commit and the command.
 
 noida-db keeps every message in memory, so without retention the broker's memory (and the CPU it
-spends on its growing log) grows with the run; `--retention-minutes` (default 0 = off, the setting
-STREAMREC_RETENTION_MINUTES) bounds it as a production broker's retention would, and the per-minute
-CPU of the worker, the broker and this bench's producer and reader tells the two apart.
+spends on its growing log) grows with the run; `--retention-minutes` (default 5; 0 = keep all; the
+setting STREAMREC_RETENTION_MINUTES) bounds it as a production broker's retention would, and the
+per-minute CPU of the worker, the broker and this bench's producer and reader tells the two apart.
+Answers the bench reads twice are dropped and counted; clicks the worker answers twice are kept and
+counted, beside the worker's own log-check counts.
 """
 
 from __future__ import annotations

@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=float, default=30.0)
     b.add_argument("--drain-s", type=float, default=120.0, help="longest wait for the last answers after the run")
     b.add_argument(
-        "--retention-minutes", type=float, default=0.0, help="the broker's retention of the run's topics (0 = all)"
+        "--retention-minutes", type=float, default=5.0, help="the broker's retention of the run's topics (0 = all)"
     )
     b.add_argument("--out", default="bench/results/soak.json")
     b.set_defaults(func=_cmd_bench)
