@@ -13,6 +13,7 @@ written by `streamrec eval --out` from the same checkpoint.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -20,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from streamrec.bench.paired import compare, load_record
+from streamrec.errors import EXIT_USER_ERROR, UserError
 from streamrec.settings import PROJECT_ROOT
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
@@ -148,10 +150,35 @@ def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> s
     return "\n".join(out)
 
 
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m streamrec.bench.results_table", description=__doc__.split("\n\n")[0])
+    ap.add_argument("results_dir", nargs="?", type=Path, default=PROJECT_ROOT / "results")
+    ap.add_argument("--coldstart", nargs="+", type=Path, metavar="FILE", help="`streamrec bench coldstart` records")
+    ap.add_argument("--compare", nargs="+", metavar=("BASE", "FILE"), help="base model name, then training records")
+    args = ap.parse_args(argv)
+    try:
+        if args.coldstart:
+            print(coldstart_table(_existing(args.coldstart)))
+        elif args.compare:
+            if len(args.compare) < 2:
+                raise UserError("--compare needs a base model name and at least one record", "--compare BASE FILE...")
+            print(comparison_table(_existing([Path(a) for a in args.compare[1:]]), args.compare[0]))
+        else:
+            if not args.results_dir.is_dir():
+                raise UserError(f"{args.results_dir} is not a folder", "give the folder `streamrec train` wrote to")
+            print(tables(args.results_dir))
+    except UserError as exc:
+        print(exc.line("results_table"), file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def _existing(paths: list[Path]) -> list[Path]:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"no such record: {', '.join(missing)}", "give records written by streamrec train or bench")
+    return paths
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--coldstart":
-        print(coldstart_table([Path(a) for a in sys.argv[2:]]))
-    elif len(sys.argv) > 2 and sys.argv[1] == "--compare":
-        print(comparison_table([Path(a) for a in sys.argv[3:]], sys.argv[2]))
-    else:
-        print(tables(Path(sys.argv[1]) if len(sys.argv) > 1 else PROJECT_ROOT / "results"))
+    raise SystemExit(main())

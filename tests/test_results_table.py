@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from streamrec.bench.paired import load_record
-from streamrec.bench.results_table import comparison_table, stopped_by
+from streamrec.bench.results_table import comparison_table, main, stopped_by
+from streamrec.errors import EXIT_USER_ERROR
 from streamrec.models.ranking_metrics import metrics_from_ranks
 
 
@@ -85,3 +86,18 @@ def test_ranks_of_another_checkpoint_are_refused(tmp_path: Path) -> None:
     (tmp_path / "m-s0.ranks.json").write_text(json.dumps({"version": "other", "test_ranks": {"excl_history": [1, 2]}}))
     with pytest.raises(AssertionError, match="another checkpoint"):
         load_record(tmp_path / "m-s0.json")
+
+
+def test_the_command_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_record(tmp_path / "base-s0.json", "base", 0, [1, 2, 30])
+    for argv, start in (
+        ([str(tmp_path / "nowhere")], "results_table: error: "),
+        (["--compare", "base"], "results_table: error: --compare needs"),
+        (["--compare", "base", str(tmp_path / "missing.json")], "results_table: error: no such record"),
+        (["--coldstart", str(tmp_path / "missing.json")], "results_table: error: no such record"),
+    ):
+        assert main(argv) == EXIT_USER_ERROR, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(start) and "\n" not in err, err
+    assert main(["--compare", "base", str(tmp_path / "base-s0.json")]) == 0
+    assert capsys.readouterr().out.startswith("| model | seeds |")
