@@ -5,6 +5,11 @@ lines in 30 s were measured for one worker). Operators need to know that it is h
 how long, not every retry. The filter keys records by logger, level and message template (before
 arguments are filled in), lets the first through, drops the rest for `interval_s`, and adds to the
 next line let through how many were dropped.
+
+streamrec's own records are keyed by the whole message instead: each of its warnings states one
+fact (which partition lost which offsets, which range is answered again), and a broker that loses
+data produces several such facts within seconds that an operator needs all of. The same line
+repeated is still limited.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import time
 
 DEFAULT_INTERVAL_S = 10.0
+OWN_LOGGERS = "streamrec"
 
 
 class RateLimitFilter(logging.Filter):
@@ -23,7 +29,8 @@ class RateLimitFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg))
+        own = record.name == OWN_LOGGERS or record.name.startswith(OWN_LOGGERS + ".")
+        key = (record.name, record.levelno, record.getMessage() if own else str(record.msg))
         now = time.monotonic()
         entry = self._seen.get(key)
         if entry is not None and now - entry[0] < self.interval_s:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -49,32 +52,56 @@ def test_registries_are_independent() -> None:
     assert b.get_sample_value("streamrec_stream_recommendations_total") == 0
 
 
-def test_repeated_log_lines_are_rate_limited_with_a_count() -> None:
-    import io
-    import logging
-
+def flood(name: str, interval_s: float, write: Callable[[logging.Logger], None]) -> list[str]:
+    """The lines a rate-limited handler lets through from what `write` logs to logger `name`."""
     from streamrec.ops.log_limit import RateLimitFilter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    limit = RateLimitFilter(interval_s=0.2)
-    handler.addFilter(limit)
-    log = logging.getLogger("streamrec.test.flood")
+    handler.addFilter(RateLimitFilter(interval_s=interval_s))
+    log = logging.getLogger(name)
     log.propagate = False
     log.addHandler(handler)
     try:
+        write(log)
+    finally:
+        log.removeHandler(handler)
+    return stream.getvalue().splitlines()
+
+
+def test_repeated_log_lines_are_rate_limited_with_a_count() -> None:
+    def write(log: logging.Logger) -> None:
         for k in range(500):
             log.warning("broker %s unreachable", k)
         log.warning("another message")
         time.sleep(0.25)
         log.warning("broker %s unreachable", "again")
-    finally:
-        log.removeHandler(handler)
-    lines = stream.getvalue().splitlines()
-    assert lines == [
+
+    # A library's retries: one line per template.
+    assert flood("kafka.test.flood", 0.2, write) == [
         "broker 0 unreachable",
         "another message",
         "broker again unreachable [499 more like this in the last 0 s]",
+    ]
+
+
+def test_streamrecs_own_warnings_each_pass_and_only_identical_ones_are_limited() -> None:
+    # Measured in `streamrec bench reliability --phases broker`: the worker's warning that partition
+    # 2 lost answers was dropped as "like" the one for partition 3 a moment before.
+    def write(log: logging.Logger) -> None:
+        for part in range(4):
+            log.warning("partition %d lost answers", part)
+        for _ in range(100):
+            log.warning("partition %d lost answers", 3)
+        time.sleep(0.25)
+        log.warning("partition %d lost answers", 3)
+
+    assert flood("streamrec.test.facts", 0.2, write) == [
+        "partition 0 lost answers",
+        "partition 1 lost answers",
+        "partition 2 lost answers",
+        "partition 3 lost answers",
+        "partition 3 lost answers [100 more like this in the last 0 s]",
     ]
 
 
