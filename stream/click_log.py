@@ -30,6 +30,9 @@ class HeldRange:
     """What the broker held of a range of one partition when it was read."""
 
     log_start: int  # the partition's first offset: everything before it was deleted by retention
+    # The partition's end when read: no record at or past it existed yet, so a range read up to
+    # `min(end, log_end)` is complete and the rest of it is still to come (an empty range: `end`).
+    log_end: int
     records: list[tuple[int, bytes]]  # (offset, value), in offset order
 
 
@@ -50,7 +53,7 @@ class ClickLogReader:
         TimeoutError when the range is not read within `timeout_s` (a partial read would look
         like records the broker lost), and aiokafka's KafkaError when the broker cannot answer."""
         if end <= start:
-            return HeldRange(0, [])
+            return HeldRange(0, end, [])
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
         )
@@ -66,9 +69,10 @@ class ClickLogReader:
         consumer.assign([tp])
         first = (await consumer.beginning_offsets([tp]))[tp]
         # Records past the log's current end do not exist yet: do not wait for them.
-        end = min(end, (await consumer.end_offsets([tp]))[tp])
+        log_end = (await consumer.end_offsets([tp]))[tp]
+        end = min(end, log_end)
         position = max(start, first)
-        held = HeldRange(first, [])
+        held = HeldRange(first, log_end, [])
         if position >= end:
             return held
         consumer.seek(tp, position)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 DEFAULT_KEEP = 20_000
 
@@ -145,13 +144,55 @@ class Checkpoints:
         self._marks.clear()
 
 
-@dataclass
 class Repair:
-    """Offsets [cursor, end) of one partition still to read and answer with the worker's reader."""
+    """Offset ranges of one partition still to read and answer with the worker's reader.
 
-    cursor: int
-    end: int
+    Ranges are added while a read of earlier ones is in flight (the answer check runs beside the
+    sends that find answers lost), so a read removes exactly the offsets it covered, and whatever
+    was added meanwhile stays to do. Measured before it was so (`streamrec bench reliability
+    --phases broker`, busy machine): a range merged in during a read was dropped with the repair."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self._ranges: list[tuple[int, int]] = []  # disjoint, sorted, none empty
+        self.end = end  # the highest offset ever asked for, plus one (for the log)
+        self.add(start, end)
+
+    def add(self, start: int, end: int) -> None:
+        """Also answer [start, end)."""
+        if end <= start:
+            return
+        self.end = max(self.end, end)
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted([*self._ranges, (start, end)]):
+            if merged and lo <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        self._ranges = merged
+
+    def next_range(self) -> tuple[int, int]:
+        """The lowest range still to read."""
+        assert self._ranges, "a finished repair has nothing to read"
+        return self._ranges[0]
+
+    def read(self, start: int, end: int, log_end: int) -> None:
+        """A read of [start, end) found the log ending at `log_end`: the offsets below it were
+        read and answered; the rest do not exist yet and stay to do.
+
+        The log ends short of the range when the broker lost records and is writing new ones at
+        the lost offsets. Faust's consumer waits past them, so the repair is the only reader that
+        will ever answer them: it must wait for them, not skip them."""
+        cut_end = min(end, log_end)
+        if cut_end <= start:
+            return
+        left: list[tuple[int, int]] = []
+        for lo, hi in self._ranges:
+            left += [(a, b) for a, b in ((lo, min(hi, start)), (max(lo, cut_end), hi)) if a < b]
+        self._ranges = left
+
+    def remaining(self) -> list[tuple[int, int]]:
+        return list(self._ranges)
 
     @property
     def done(self) -> bool:
-        return self.cursor >= self.end
+        return not self._ranges

@@ -130,7 +130,7 @@ class LogWatch:
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - processed))
             try:
                 await self.verify_log(tp.partition, highwater)
-                await self.continue_repair(tp.partition, highwater, answer)
+                await self.continue_repair(tp.partition, answer)
             except (KafkaError, TimeoutError) as exc:
                 # The broker is unreachable or the partition moving: the next tick tries again.
                 log.info("streamrec worker: log check of %s deferred: %s", tp, exc)
@@ -188,7 +188,7 @@ class LogWatch:
             self.journal.unanswer_from(self.topics.clicks, part, start)
         log_of.forget(start, hi)
         marks.reset()
-        self.repairs[part] = Repair(start, hi)
+        self.repair(part, start, hi)
 
     async def verify_answers(self, part: int) -> None:
         """Does the recommendations topic still hold the answers this worker wrote to partition
@@ -231,22 +231,30 @@ class LogWatch:
                 start,
                 end - 1,
             )
-            current = self.repairs.get(click_part)
-            self.repairs[click_part] = (
-                Repair(min(start, current.cursor), max(end, current.end)) if current else Repair(start, end)
-            )
+            self.repair(click_part, start, end)
 
-    async def continue_repair(self, part: int, highwater: int, answer: Answer) -> None:
-        """Answer what the broker holds of a repaired range, as far as its log has grown back."""
+    def repair(self, part: int, start: int, end: int) -> None:
+        """Answer offsets [start, end) of clicks partition `part` (again), with any repair already
+        under way there (which may be in the middle of a read: it keeps what is added)."""
+        current = self.repairs.get(part)
+        if current is None:
+            self.repairs[part] = Repair(start, end)
+        else:
+            current.add(start, end)
+
+    async def continue_repair(self, part: int, answer: Answer) -> None:
+        """Answer what the broker holds of a repaired range, as far as its log has grown back.
+
+        How far it has grown is the end the read itself saw: Faust's high watermark is from its
+        last fetch, and after the broker lost records it is often still the old, longer log's."""
         repair = self.repairs.get(part)
         if repair is None:
             return
-        upto = min(repair.end, highwater)
-        if upto > repair.cursor:
-            raw = await self.click_log.read(part, repair.cursor, upto)
-            if raw:
-                await answer([Message(self.topics.clicks, part, o, v) for o, v in raw])
-            repair.cursor = upto
+        start, end = repair.next_range()
+        held = await self.click_log.read_held(part, start, end)
+        if held.records:
+            await answer([Message(self.topics.clicks, part, o, v) for o, v in held.records])
+        repair.read(start, end, held.log_end)
         if repair.done:
             del self.repairs[part]
             log.warning(

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from streamrec.ops.metrics import create_metrics
+from streamrec.settings import TopicNames
 from streamrec.stream import app as app_module
 from streamrec.stream.app import supervised
+from streamrec.stream.click_log import HeldRange
+from streamrec.stream.handling import Message
 from streamrec.stream.log_check import Checkpoints, PartitionLog, Repair
+from streamrec.stream.log_watch import Answer, LogWatch
 from streamrec.stream.prefork import supervise
 
 
@@ -115,9 +123,112 @@ def test_checks_re_read_what_was_not_yet_confirmed_a_margin_later() -> None:
 
 def test_a_repair_is_done_at_its_end() -> None:
     repair = Repair(5, 8)
-    assert not repair.done
-    repair.cursor = 8
+    assert not repair.done and repair.next_range() == (5, 8)
+    repair.read(5, 8, log_end=20)
+    assert repair.done, "a log past the range's end reads all of it"
+
+
+def test_a_repair_waits_for_offsets_the_log_does_not_hold_yet() -> None:
+    repair = Repair(100, 200)
+    repair.read(100, 200, log_end=150)
+    assert repair.remaining() == [(150, 200)], "offsets 150..199 do not exist yet"
+    repair.read(150, 200, log_end=150)
+    assert repair.remaining() == [(150, 200)], "a log that has not grown changes nothing"
+    repair.read(150, 200, log_end=200)
     assert repair.done
+
+
+def test_ranges_added_during_a_read_stay_to_do() -> None:
+    repair = Repair(3526, 3529)
+    start, end = repair.next_range()
+    repair.add(3529, 3532)  # while [3526, 3529) is being read: the case measured
+    repair.add(3400, 3410)  # before the cursor
+    repair.add(3600, 3610)  # apart
+    repair.read(start, end, log_end=5000)
+    assert repair.remaining() == [(3400, 3410), (3529, 3532), (3600, 3610)]
+    assert repair.end == 3610, "the log names the highest offset asked for"
+    repair.add(3405, 3530)
+    assert repair.remaining() == [(3400, 3532), (3600, 3610)], "overlapping ranges merge"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 20)), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(0, 80), st.integers(0, 30), st.integers(0, 90)), max_size=8),
+)
+def test_a_repair_reads_exactly_the_offsets_added(
+    adds: list[tuple[int, int]], reads: list[tuple[int, int, int]]
+) -> None:
+    """Whatever the order of adds and reads: offsets still to do = added minus read below the log's end."""
+    repair = Repair(adds[0][0], adds[0][0] + adds[0][1])
+    todo = set(range(adds[0][0], adds[0][0] + adds[0][1]))
+    for (a_start, a_len), (r_start, r_len, log_end) in zip(adds[1:], reads, strict=False):
+        repair.add(a_start, a_start + a_len)
+        todo |= set(range(a_start, a_start + a_len))
+        repair.read(r_start, r_start + r_len, log_end)
+        todo -= set(range(r_start, min(r_start + r_len, log_end)))
+        left = repair.remaining()
+        assert {o for lo, hi in left for o in range(lo, hi)} == todo
+        assert all(lo < hi for lo, hi in left) and all(a[1] < b[0] for a, b in itertools.pairwise(left)), left
+    assert repair.done == (not todo)
+
+
+class ShortLog:
+    """A twin of the range reader over a log that ends at `end` (the offsets' values name them);
+    `during_read` runs while a read is in flight."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.during_read: Callable[[], None] = lambda: None
+
+    async def read_held(self, partition: int, start: int, end: int) -> HeldRange:
+        self.during_read()
+        await asyncio.sleep(0)
+        stop = min(end, self.end)
+        return HeldRange(0, self.end, [(o, f"v{o}".encode()) for o in range(start, stop)])
+
+
+def watch_over(clicks: ShortLog) -> tuple[LogWatch, Answer, list[int]]:
+    """A log watch over the twin, and the click offsets its repairs answer."""
+    watch = LogWatch(TopicNames(), create_metrics(CollectorRegistry()), clicks, ShortLog(0))  # type: ignore[arg-type]
+    answered: list[int] = []
+
+    async def answer(messages: list[Message]) -> None:
+        answered.extend(m.offset for m in messages)
+
+    return watch, answer, answered
+
+
+def test_a_repair_answers_offsets_the_broker_writes_again_after_it_read_the_logs_end() -> None:
+    # Faust's high watermark after the broker lost records is from the old, longer log; a repair
+    # that took the range up to it as read would never answer the clicks written there later.
+    clicks = ShortLog(end=150)
+    watch, answer, answered = watch_over(clicks)
+    watch.repair(0, 100, 200)
+    asyncio.run(watch.continue_repair(0, answer))
+    assert answered == list(range(100, 150)) and 0 in watch.repairs, "the repair waits for 150..199"
+    asyncio.run(watch.continue_repair(0, answer))
+    assert answered == list(range(100, 150)), "nothing is answered twice while the log has not grown"
+    clicks.end = 230
+    asyncio.run(watch.continue_repair(0, answer))
+    assert answered == list(range(100, 200)), "once written, the rest of the range is answered, and no more"
+    assert 0 not in watch.repairs, "the repair is done at its end"
+
+
+def test_answers_found_lost_during_a_repairs_read_are_answered_too() -> None:
+    # Measured (`streamrec bench reliability --phases broker`, busy machine): the answers of clicks
+    # 3526-3528 were found lost, then those of 3529-3531 while 3526-3528 were being read; the
+    # repair ended after its read and took the added range with it. Those 3 clicks were never
+    # answered.
+    clicks = ShortLog(end=5000)
+    watch, answer, answered = watch_over(clicks)
+    watch.answer_again([(0, 3526), (0, 3528)], "answers_lost")
+    clicks.during_read = lambda: watch.answer_again([(0, 3529), (0, 3531)], "answers_lost")
+    asyncio.run(watch.continue_repair(0, answer))
+    clicks.during_read = lambda: None
+    assert 0 in watch.repairs, "the range added during the read is still to do"
+    asyncio.run(watch.continue_repair(0, answer))
+    assert answered == list(range(3526, 3532)) and 0 not in watch.repairs
 
 
 def test_the_prefork_supervisor_replaces_a_dead_child_and_stops_on_a_clean_exit(tmp_path: Path) -> None:
