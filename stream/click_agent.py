@@ -111,8 +111,10 @@ class ClickPipeline:
             if not repair:
                 await catch_up_partitions(ctx, messages)
             assert ctx.watch is not None, "the context builds its log watch"
-            ctx.watch.note_handled(messages, repair)
-            outcome = await ctx.run_compute(handle_click_messages, ctx.recommender, messages, ctx.journal, repair)
+            rewritten = ctx.watch.note_handled(messages, repair)
+            outcome = await ctx.run_compute(
+                handle_click_messages, ctx.recommender, messages, ctx.journal, repair, rewritten
+            )
             note_outcome(ctx, outcome)
             t_send = time.perf_counter()
             dead = await ctx.send_dead(outcome.dead)

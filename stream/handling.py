@@ -21,7 +21,7 @@ counted as a discontinuity and answered.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,11 +164,16 @@ def handle_click_messages(
     messages: Sequence[Message],
     journal: BatchJournal | None = None,
     answer_again: bool = False,
+    rewritten: Collection[tuple[int, int]] = frozenset(),
 ) -> ClickOutcome:
     """Answer a micro-batch of click messages; see the module docstring for what can happen to
     each. The caller sends `encoded` and `dead`, waits for the broker's acknowledgements, then
     calls `journal.done(topic, outcome.last, outcome.offsets)`. `answer_again`: answer clicks the
-    journal says were answered (their answers were lost)."""
+    journal says were answered (their answers were lost). `rewritten`: (partition, offset) of
+    messages that are not the record this process handled at that offset before, so the journal's
+    word that the offset was answered is about another record: they are answered even when the
+    state holds their event id (a producer's retry can move a click to another offset after the
+    broker lost data, and its first answer may have been lost with it)."""
     out = ClickOutcome(last=last_offsets(messages), offsets=[(m.partition, m.offset) for m in messages])
     if not messages:
         return out
@@ -179,7 +184,8 @@ def handle_click_messages(
         click = _decode_or_dead(msg, decode_click, journal, out.dead)
         if click is None:
             continue
-        if journal is not None and not answer_again and msg.offset <= journal.answered(topic, msg.partition):
+        trust_journal = not answer_again and (msg.partition, msg.offset) not in rewritten
+        if journal is not None and trust_journal and msg.offset <= journal.answered(topic, msg.partition):
             if recommender.sequences.has_event(click.user_id, click.event_id):
                 out.already_answered += 1
                 continue

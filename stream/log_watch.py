@@ -87,12 +87,18 @@ class LogWatch:
                 )
             self.next_offset[m.partition] = m.offset + 1
 
-    def note_handled(self, messages: Sequence[Message], repair: bool) -> None:
+    def note_handled(self, messages: Sequence[Message], repair: bool) -> set[tuple[int, int]]:
+        """Remember the records about to be handled; returns (partition, offset) of those that are
+        not the record handled at that offset before (the log was rewritten there)."""
+        rewritten = set()
         for m in messages:
-            if not self.handled.setdefault(m.partition, PartitionLog()).note(m.offset, m.value) and not repair:
-                # Another record than the one handled at this offset: the log was rewritten.
+            if not self.handled.setdefault(m.partition, PartitionLog()).note(m.offset, m.value):
+                rewritten.add((m.partition, m.offset))
+                if repair:
+                    continue
                 self.metrics.discontinuities.labels(m.topic, str(m.partition), "rewritten").inc()
                 self.suspect.setdefault(m.partition, ("rewritten", m.offset))
+        return rewritten
 
     def note_written(self, written: Iterable[tuple[Any, bytes, tuple[int, int]]]) -> None:
         """(RecordMetadata, value, (click partition, click offset)) of each answer the broker

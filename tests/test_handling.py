@@ -171,6 +171,22 @@ def test_answered_clicks_are_not_answered_again_but_reused_offsets_are(tmp_path:
     assert sorted(r.event_id for r in out.recommendations) == ["new0", "new1"]
 
 
+def test_a_known_click_at_a_rewritten_offset_is_answered(tmp_path: Path) -> None:
+    # After the broker lost data, a producer's retry can write a click this worker already handled
+    # (and whose answer the broker lost) at another offset, one the journal says was answered.
+    rec, _ = make_recommender(tmp_path)
+    j = BatchJournal(tmp_path / "journal.json")
+    batch = messages([click_bytes(f"e{k}", "u1", f"i{k}") for k in range(5)])
+    first = handle_click_messages(rec, batch, j)
+    j.done(CLICKS, first.last, first.offsets)
+    moved = messages([click_bytes("e4", "u1", "i4"), click_bytes("e3", "u1", "i3")], first=3)
+    kept = handle_click_messages(rec, moved, j)
+    assert kept.already_answered == 2 and not kept.recommendations, "the journal alone cannot tell"
+    out = handle_click_messages(rec, moved, j, rewritten={(0, 3), (0, 4)})
+    assert sorted(r.event_id for r in out.recommendations) == ["e3", "e4"] and out.already_answered == 0
+    assert out.duplicates == 2, "answered, not appended again"
+
+
 def test_every_kind_of_poison_named_in_the_issue_is_dead_lettered(tmp_path: Path) -> None:
     rec, _ = make_recommender(tmp_path)
     good = {"v": 1, "event_id": "x", "user_id": "u", "item_id": "i1", "event_time": now_ms()}

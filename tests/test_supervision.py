@@ -215,6 +215,15 @@ def test_a_repair_answers_offsets_the_broker_writes_again_after_it_read_the_logs
     assert 0 not in watch.repairs, "the repair is done at its end"
 
 
+def test_the_watch_names_the_offsets_that_now_hold_another_record() -> None:
+    watch, _, _ = watch_over(ShortLog(0))
+    first = [Message("clicks", 0, o, f"a{o}".encode()) for o in range(5)]
+    assert watch.note_handled(first, repair=False) == set()
+    again = [Message("clicks", 0, o, (f"b{o}" if o >= 3 else f"a{o}").encode()) for o in range(2, 6)]
+    assert watch.note_handled(again, repair=False) == {(0, 3), (0, 4)}, "offset 5 is new, 2 unchanged"
+    assert watch.suspect[0] == ("rewritten", 3), "the next tick checks the partition's log"
+
+
 def test_answers_found_lost_during_a_repairs_read_are_answered_too() -> None:
     # Measured (`streamrec bench reliability --phases broker`, busy machine): the answers of clicks
     # 3526-3528 were found lost, then those of 3529-3531 while 3526-3528 were being read; the
