@@ -79,6 +79,13 @@ class Collector(threading.Thread):
         return self.records
 
 
+REPEAT_METRICS = (
+    "streamrec_state_duplicate_clicks_total",
+    "streamrec_stream_already_answered_clicks_total",
+    "streamrec_state_caught_up_clicks_total",
+)
+
+
 def read_log(bootstrap: str, topic: str) -> list[tuple[int, int, bytes]]:
     """(partition, offset, value) of everything the topic holds now."""
     consumer = KafkaConsumer(
@@ -302,6 +309,9 @@ def phase_broker_stop(
     finally:
         store.close()
     discontinuities = {k: v for k, v in metrics.items() if k.startswith("streamrec_stream_log_discontinuities_total")}
+    # What the worker did with clicks it had seen before: answered again, or not (the journal said
+    # their offsets were answered and the state held their event ids).
+    repeats = {k: v for k, v in metrics.items() if k.startswith(REPEAT_METRICS)}
     recovery = first_answer_after(records, up_at)
     return {
         "clicks": len(events),
@@ -313,6 +323,7 @@ def phase_broker_stop(
         "lost_but_applied_to_state": applied_unanswered,
         "first_answer_after_broker_up_s": None if recovery is None else round(recovery, 2),
         "discontinuities": discontinuities,
+        "repeats": repeats,
         "worker_alive": alive,
         "stalls": int(not answered) + int(not alive),
     }
