@@ -46,6 +46,12 @@ class ItemIndex(ABC):
 
         queries: (B, D) float32. Returns scores (B, k) and ids (B, k); rows are padded with
         id -1 and score -inf when fewer than k items remain.
+
+        A query is first searched for k + FIRST_MARGIN items, and again, for four times as many
+        each round, only while its history took so many of them that fewer than k remain; at
+        k + its history's size it needs no more. The cost of a flat or IVF search grows with the
+        number fetched, and fetching k + the longest history in the batch for every query made a
+        batch with one long history cost as if every history were long.
         """
         assert queries.ndim == 2 and queries.shape[1] == self.dim, f"queries must be (B, {self.dim})"
         b = queries.shape[0]
@@ -56,20 +62,43 @@ class ItemIndex(ABC):
         n = len(self)
         if n == 0 or b == 0:
             return out_scores, out_ids
-        fetch = min(n, k + max(len(e) for e in exclude))
-        scores, ids = self._search_raw(np.ascontiguousarray(queries, dtype=np.float32), fetch)
-        for row in range(b):
-            excl = exclude[row]
-            col = 0
-            for s, i in zip(scores[row], ids[row], strict=True):
-                if i < 0 or int(i) in excl:
-                    continue
-                out_scores[row, col] = s
-                out_ids[row, col] = i
-                col += 1
-                if col == k:
-                    break
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        enough = np.array([min(n, k + len(e)) for e in exclude])  # (B,) a fetch that cannot fall short
+        rows = np.arange(b)
+        fetch = k + FIRST_MARGIN
+        while rows.size:
+            take = min(fetch, int(enough[rows].max()))
+            scores, ids = self._search_raw(queries[rows], take)  # (R, take) each
+            short = []
+            for j, row in enumerate(rows.tolist()):
+                got = fill_excluding(out_scores[row], out_ids[row], scores[j], ids[j], exclude[row])
+                if got < k and take < enough[row]:
+                    short.append(row)
+            rows = np.array(short, dtype=np.int64)
+            fetch = take * 4
         return out_scores, out_ids
+
+
+# Items fetched beyond k in a query's first search, for its history to take (most users' own top
+# items hold only a few they already clicked).
+FIRST_MARGIN = 32
+
+
+def fill_excluding(
+    out_scores: np.ndarray, out_ids: np.ndarray, scores: np.ndarray, ids: np.ndarray, excl: set[int]
+) -> int:
+    """Write the best results not in `excl` into one output row, best first; returns how many."""
+    k = len(out_ids)
+    col = 0
+    for s, i in zip(scores, ids, strict=True):
+        if i < 0 or int(i) in excl:
+            continue
+        out_scores[col] = s
+        out_ids[col] = i
+        col += 1
+        if col == k:
+            break
+    return col
 
 
 class ExactItemIndex(ItemIndex):

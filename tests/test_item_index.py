@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamrec.state.item_index import ExactItemIndex, FaissItemIndex, ItemIndex
+from streamrec.state.item_index import FIRST_MARGIN, ExactItemIndex, FaissItemIndex, ItemIndex
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -119,3 +119,37 @@ def test_ragged_exclusions_give_the_brute_force_top_k(sizes: list[int], k: int, 
         assert set(got[row, :n].tolist()) == set(top[:n].tolist())
         assert (got[row, n:] == -1).all() and np.isneginf(scores[row, n:]).all()
         assert np.all(np.diff(scores[row, :n]) <= 1e-6), "best first"
+
+
+class CountingIndex(ExactItemIndex):
+    """The exact twin, recording how many items each raw search fetched for how many queries."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.fetches: list[tuple[int, int]] = []  # (queries, k) per raw search
+
+    def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.fetches.append((len(queries), k))
+        return super()._search_raw(queries, k)
+
+
+def test_only_queries_whose_history_took_their_results_are_searched_again() -> None:
+    rng = np.random.default_rng(3)
+    ids = np.arange(2_000, dtype=np.int64)
+    vecs = unit(rng, 2_000, 16)
+    index = CountingIndex(16)
+    index.upsert(ids, vecs)
+    queries = unit(rng, 8, 16)
+    # Query 0's history is its own top 500 items; the others' are 5 random items.
+    own_top = np.argsort(-(queries[0] @ vecs.T))[:500]
+    excl = [set(ids[own_top].tolist())] + [set(rng.choice(ids, 5, replace=False).tolist()) for _ in range(7)]
+    scores, got = index.search(queries, 10, excl)
+    assert index.fetches[0] == (8, 10 + FIRST_MARGIN), "every query is first searched for k + the margin"
+    assert all(q == 1 for q, _ in index.fetches[1:]), "only the long history is searched again"
+    assert index.fetches[-1][1] <= 10 + 500, "never more than k + its history"
+    reference = ExactItemIndex(16)
+    reference.upsert(ids, vecs)
+    for row in range(8):
+        allowed = np.array([i not in excl[row] for i in ids.tolist()])
+        best = ids[allowed][np.argsort(-(queries[row] @ vecs[allowed].T), kind="stable")[:10]]
+        assert got[row].tolist() == best.tolist(), f"query {row}: the exact top 10 of what it may see"
