@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--users", type=int, default=2000)
     b.add_argument("--k", type=int, default=10)
     b.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64, 256])
+    b.add_argument("--batch", type=int, default=64, help="queries per batch in the history-exclusion timing")
     b.add_argument("--out", default="bench/results/index.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("coldstart", help="quality on items held out of training, placed by content alone")
