@@ -14,6 +14,10 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
+# Items fetched beyond k in a query's first search, for its history to take (most users' own top
+# items hold only a few they already clicked).
+FIRST_MARGIN = 32
+
 
 class ItemIndex(ABC):
     """What the worker needs from an item index."""
@@ -77,11 +81,6 @@ class ItemIndex(ABC):
             rows = np.array(short, dtype=np.int64)
             fetch = take * 4
         return out_scores, out_ids
-
-
-# Items fetched beyond k in a query's first search, for its history to take (most users' own top
-# items hold only a few they already clicked).
-FIRST_MARGIN = 32
 
 
 def fill_excluding(
