@@ -14,7 +14,6 @@ local broker's data.
 from __future__ import annotations
 
 import shutil
-import signal
 import threading
 import time
 from dataclasses import replace
@@ -23,7 +22,7 @@ from pathlib import Path
 from streamrec.datasets import load_dataset
 from streamrec.errors import UserError, parse_bootstrap
 from streamrec.local.broker import LocalBroker, port_open
-from streamrec.local.processes import WorkerProcess, start_worker
+from streamrec.local.processes import WorkerProcess, start_worker, stop_on_signals
 from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings
 from streamrec.stream.rec_consumer import RecommendationReader
@@ -57,10 +56,6 @@ class LiveTail(threading.Thread):
         self.reader.close()
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _broker_for(settings: Settings, data_dir: Path) -> LocalBroker | None:
     """None when a broker answers at KAFKA_BOOTSTRAP; else the local one, started on its port."""
     (host, port), *_ = parse_bootstrap(settings.kafka_bootstrap)
@@ -78,10 +73,7 @@ def _broker_for(settings: Settings, data_dir: Path) -> LocalBroker | None:
 
 
 def run_demo(settings: Settings, dataset_name: str, events: int, rate: float) -> int:
-    # Ctrl-C and SIGTERM both stop the demo cleanly, even when started from a script that
-    # launched it with SIGINT ignored (background jobs of non-interactive shells).
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stop_on_signals()  # Ctrl-C and SIGTERM stop the demo cleanly, with its worker and broker
     dataset = load_dataset(dataset_name, settings.data_dir)
     demo_state = settings.state_dir / "demo"
     for fresh in ("worker", "broker"):

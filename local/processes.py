@@ -20,6 +20,19 @@ from streamrec.ops.metrics import scrape
 from streamrec.settings import Settings
 
 
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGINT raise KeyboardInterrupt, so that the `finally` blocks which stop the
+    workers and brokers a command started run (Python's default SIGTERM exits without them, and a
+    non-interactive shell starts background jobs with SIGINT ignored). Measured: a reliability
+    bench ended with SIGTERM left its worker running at half a core for an hour."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes `Settings.from_env()` return `settings` in a child process."""
     env = dict(os.environ)

@@ -155,6 +155,9 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.local.processes import stop_on_signals
+
+    stop_on_signals()  # benches start workers and brokers: stopping a bench stops them too
     if args.bench == "index":
         from streamrec.bench.index_recall import run_index_bench
 
