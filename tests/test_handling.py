@@ -152,12 +152,18 @@ def test_a_message_that_crashes_twice_is_poison_and_the_others_are_answered(tmp_
     assert BatchJournal(path).crashed_at_start == 0
 
 
-def test_answered_clicks_are_not_answered_again_but_reused_offsets_are(tmp_path: Path) -> None:
+def five_answered(tmp_path: Path) -> tuple[Recommender, BatchJournal, list[Message]]:
+    """A recommender and journal that answered clicks e0..e4 of user u1 at offsets 0..4."""
     rec, _ = make_recommender(tmp_path)
     j = BatchJournal(tmp_path / "journal.json")
     batch = messages([click_bytes(f"e{k}", "u1", f"i{k}") for k in range(5)])
     out = handle_click_messages(rec, batch, j)
     j.done(CLICKS, out.last, out.offsets)
+    return rec, j, batch
+
+
+def test_answered_clicks_are_not_answered_again_but_reused_offsets_are(tmp_path: Path) -> None:
+    rec, j, batch = five_answered(tmp_path)
     # Redelivery after a restart: same offsets, same events.
     again = handle_click_messages(rec, batch, j)
     assert again.already_answered == 5 and not again.recommendations and not again.dead
@@ -174,11 +180,7 @@ def test_answered_clicks_are_not_answered_again_but_reused_offsets_are(tmp_path:
 def test_a_known_click_at_a_rewritten_offset_is_answered(tmp_path: Path) -> None:
     # After the broker lost data, a producer's retry can write a click this worker already handled
     # (and whose answer the broker lost) at another offset, one the journal says was answered.
-    rec, _ = make_recommender(tmp_path)
-    j = BatchJournal(tmp_path / "journal.json")
-    batch = messages([click_bytes(f"e{k}", "u1", f"i{k}") for k in range(5)])
-    first = handle_click_messages(rec, batch, j)
-    j.done(CLICKS, first.last, first.offsets)
+    rec, j, _ = five_answered(tmp_path)
     moved = messages([click_bytes("e4", "u1", "i4"), click_bytes("e3", "u1", "i3")], first=3)
     kept = handle_click_messages(rec, moved, j)
     assert kept.already_answered == 2 and not kept.recommendations, "the journal alone cannot tell"
