@@ -8,8 +8,10 @@ In one run, on one fresh local broker:
   2. fixed rate: clicks offered at `--fixed-rate` (and at `--high-rate`, and at `--fixed-rate` again
      beside a CPU-bound process taking one core); freshness = arrival at the downstream consumer
      minus the click's event time (p50/p95/p99);
-  3. ceiling: a bare Faust passthrough agent (consume, decode, send one message per input) drains
-     the same backlog the same way;
+  3. ceilings: a bare Faust passthrough agent (consume, decode, send one message per input) and a
+     raw aiokafka loop drain the same backlog the same way; with `--floors` (the default) both are
+     also offered the fixed-rate clicks, and their freshness is the floor the worker's is compared
+     with (what the broker, the client and this machine cost before any recommender work);
   4. optionally (`--variants`) the max-rate run again under other Faust settings.
 Peak RSS is the worker process's VmHWM. Prints a table and writes JSON.
 """
@@ -124,6 +126,14 @@ class Drain(threading.Thread):
                 consumer.resume(*tps)
         finally:
             await consumer.stop()
+
+    def wait_for(self, n: int, timeout_s: float) -> None:
+        """Block until `n` records arrived (TimeoutError after `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.got) < n:
+            if not self.is_alive() or time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.got)} of {n} records on {self.topic} after {timeout_s:.0f} s")
+            time.sleep(0.05)
 
     def result(self) -> list[Any]:
         self.join()
@@ -269,7 +279,8 @@ class CpuMeter:
     """CPU seconds per wall second, from now until `cores()`, of a process with its children
     (the worker and its model process) and of this benchmark process (publisher and drain)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, label: str = "worker") -> None:
+        self.label = label  # what the measured process is: the worker, or a ceiling
         self.proc = psutil.Process(pid)
         self.me = psutil.Process()
         self.start = time.monotonic(), self._tree(), self._own()
@@ -291,7 +302,7 @@ class CpuMeter:
     def cores(self) -> dict[str, float]:
         wall = time.monotonic() - self.start[0]
         return {
-            "worker": round((self._tree() - self.start[1]) / wall, 2),
+            self.label: round((self._tree() - self.start[1]) / wall, 2),
             "bench_harness": round((self._own() - self.start[2]) / wall, 2),
         }
 
@@ -314,16 +325,31 @@ CEILINGS = {
 }
 
 
-def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path, kind: str = "faust") -> RunResult:
-    """A ceiling: the bare Faust passthrough, or the raw aiokafka loop (`kind` in CEILINGS)."""
+# Clicks a ceiling answers before a fixed-rate run is measured: it has joined its group, fetched
+# and sent, so the measured clicks do not include its start-up.
+WARM_UP_CLICKS = 20
+
+
+def passthrough_run(
+    base: Settings, dataset: Dataset, clicks: int, workdir: Path, kind: str = "faust", rate: float = 0.0
+) -> RunResult:
+    """A ceiling: the bare Faust passthrough, or the raw aiokafka loop (`kind` in CEILINGS).
+
+    `rate` 0: it drains a backlog of `clicks` (the throughput ceiling, published before it starts,
+    as for the worker). `rate` > 0: the freshness floor, the same clicks offered at that rate once
+    it answered `WARM_UP_CLICKS` others: what the broker, the client library (and Faust) and this
+    machine cost a click before any recommender work."""
     name, module, prefix = CEILINGS[kind]
-    topics = TopicNames(prefix)
+    if rate:
+        name = f"{name}-fixed"
+    topics = TopicNames(f"{name}-" if rate else prefix)
     ensure_topics(base.kafka_bootstrap, topics, base.partitions)
     producer = make_producer(base.kafka_bootstrap)
     events = dataset.events[:clicks]
-    publish_clicks(producer, topics, events, 0, progress=False)  # the same backlog-first method
-    producer.close()
-    drain = Drain(base.kafka_bootstrap, topics.recommendations, len(events), timeout_s=900)
+    warm_up = dataset.events[clicks : clicks + WARM_UP_CLICKS] if rate else []
+    if not rate:
+        publish_clicks(producer, topics, events, 0, progress=False)  # the same backlog-first method
+    drain = Drain(base.kafka_bootstrap, topics.recommendations, len(warm_up) + len(events), timeout_s=900)
     drain.start()
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -332,26 +358,41 @@ def passthrough_run(base: Settings, dataset: Dataset, clicks: int, workdir: Path
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    cores = None
     try:
+        if rate:
+            publish_clicks(producer, topics, warm_up, 0, progress=False)
+            drain.wait_for(len(warm_up), timeout_s=120)
+            cpu = CpuMeter(proc.pid, label=kind)
+            publish_clicks(producer, topics, events, rate, progress=False)
+        producer.close()
         got = drain.result()
+        if rate:
+            cores = cpu.cores()
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+    got = got[len(warm_up) :]  # the warm-up's answers arrived first: the drain waited for them
     arrivals = [t for _, t in got]
+    fresh = [t * 1000 - json.loads(raw)["event_time"] for raw, t in got] if rate else []
     return RunResult(
         name,
         len(events),
         len(got),
         len(got) / (max(arrivals) - min(arrivals)),
+        percentile(fresh, 0.5) if fresh else None,
+        percentile(fresh, 0.95) if fresh else None,
+        percentile(fresh, 0.99) if fresh else None,
         peak_rss_mb=rss,
-        settings={"producer_linger_ms": base.producer_linger_ms},
+        settings={"producer_linger_ms": base.producer_linger_ms, "offered_rate": rate or "max"},
+        cpu_cores=cores,
     )
 
 
 def print_table(results: list[RunResult]) -> None:
-    head = f"{'run':<22}{'clicks':>8}{'recv':>8}{'clicks/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'RSS MB':>9}"
+    head = f"{'run':<26}{'clicks':>8}{'recv':>8}{'clicks/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'RSS MB':>9}"
     print(head)
     print("-" * len(head))
     for r in results:
@@ -360,7 +401,7 @@ def print_table(results: list[RunResult]) -> None:
             return f"{v:9.0f}" if v is not None else f"{'-':>9}"
 
         print(
-            f"{r.name:<22}{r.clicks:>8}{r.received:>8}{r.clicks_per_s:>10.0f}"
+            f"{r.name:<26}{r.clicks:>8}{r.received:>8}{r.clicks_per_s:>10.0f}"
             f"{fmt(r.freshness_p50_ms)}{fmt(r.freshness_p95_ms)}{fmt(r.freshness_p99_ms)}{fmt(r.peak_rss_mb)}"
         )
 
@@ -430,6 +471,11 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
                 "fixed", worker_run, dataset, "worker-fixed", fixed, args.fixed_rate, workdir, args.new_items
             )
         )
+        if args.floors:
+            for kind in CEILINGS:
+                results.append(
+                    on_fresh_broker(f"floor-{kind}", passthrough_run, dataset, fixed, workdir, kind, args.fixed_rate)
+                )
         if args.high_rate:
             results.append(
                 on_fresh_broker("high", worker_run, dataset, "worker-high-rate", fixed, args.high_rate, workdir)
@@ -468,6 +514,14 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"\nworker / Faust passthrough ceiling: {worker / ceiling:.0%}; worker / raw aiokafka loop: {worker / raw:.0%}"
     )
+    floors = [by_name[f"{CEILINGS[k][0]}-fixed"] for k in CEILINGS if f"{CEILINGS[k][0]}-fixed" in by_name]
+    if floors:
+        fixed_run = by_name["worker-fixed"]
+        print(
+            f"freshness p50 / p99 at {args.fixed_rate:.0f} clicks/s: worker {fixed_run.freshness_p50_ms:.0f} / "
+            f"{fixed_run.freshness_p99_ms:.0f} ms; floors, same broker and machine: "
+            + "; ".join(f"{r.name} {r.freshness_p50_ms:.0f} / {r.freshness_p99_ms:.0f} ms" for r in floors)
+        )
     busy = [r.name for r in results if r.machine and r.machine.get("busy")]
     if busy:
         print(f"BUSY MACHINE during: {', '.join(busy)} (other processes used CPU; compare those figures with care)")

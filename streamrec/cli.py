@@ -360,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also run at --fixed-rate beside a CPU-bound process taking one core",
     )
+    b.add_argument(
+        "--floors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also offer the --fixed-rate clicks to the Faust passthrough and the raw aiokafka loop "
+        "(their freshness: the floor of the worker's on this broker and machine)",
+    )
     b.add_argument("--variants", action="store_true", help="also try Faust setting variants")
     b.add_argument(
         "--checkpoint",
