@@ -2,7 +2,8 @@
 
 The ceiling the worker is compared with in `streamrec bench pipeline`, run on the same broker in
 the same benchmark. Run as `python -m streamrec.bench.passthrough IN_TOPIC OUT_TOPIC`, with the
-broker in KAFKA_BOOTSTRAP; it uses the worker's Faust settings (linger, commit interval).
+broker in KAFKA_BOOTSTRAP; it uses the worker's Faust settings (linger, commit interval) and its
+wait after empty fetches.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from faust.worker import Worker
 
 from streamrec.settings import Settings
 from streamrec.stream.app import faust_settings
+from streamrec.stream.empty_fetch import wait_after_empty_fetches
 
 
 def main(in_topic: str, out_topic: str, app_id: str) -> None:
     settings = Settings.from_env()
+    wait_after_empty_fetches(settings.empty_fetch_wait_ms)  # as in the worker, so the two compare
     conf = faust_settings(settings)
     conf["consumer_group_instance_id"] = None
     app = faust.App(app_id, **conf)

@@ -2,7 +2,8 @@
 
 Beside the bare Faust passthrough (bench/passthrough.py) in `streamrec bench pipeline`: the same
 work per message (decode JSON, encode it, send one message per input), in batches from `getmany`,
-each batch's sends awaited together and its offsets committed once. The gap between this loop and
+each batch's sends awaited together and its offsets committed once, with the worker's wait after
+empty fetches. The gap between this loop and
 the Faust passthrough is Faust's own per-event cost. Run as
 `python -m streamrec.bench.raw_loop IN_TOPIC OUT_TOPIC GROUP`, with the broker in KAFKA_BOOTSTRAP.
 """
@@ -17,10 +18,12 @@ import sys
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamrec.settings import Settings
+from streamrec.stream.empty_fetch import wait_after_empty_fetches
 
 
 async def run(in_topic: str, out_topic: str, group: str) -> None:
     settings = Settings.from_env()
+    wait_after_empty_fetches(settings.empty_fetch_wait_ms)  # as in the worker, so the two compare
     consumer = AIOKafkaConsumer(
         in_topic,
         bootstrap_servers=settings.kafka_bootstrap,

@@ -30,6 +30,7 @@ from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.stream.catalogue_task import read_catalogue
 from streamrec.stream.click_agent import answer_clicks, answer_stream
+from streamrec.stream.empty_fetch import wait_after_empty_fetches
 from streamrec.stream.model_task import watch_models
 from streamrec.stream.worker_context import WorkerContext, WorkerHooks
 
@@ -161,6 +162,7 @@ def build_app(
 ) -> faust.App:
     """The worker's Faust app over one `WorkerContext`; `journal` records batches in flight and
     answered offsets (poison detection, no double answers); `hooks` are the process's callbacks."""
+    wait_after_empty_fetches(settings.empty_fetch_wait_ms)  # this process's consumers (stream/empty_fetch.py)
     app = StreamrecApp(settings.app_id, **faust_settings(settings))
     app.leave_group_on_stop = settings.leave_group_on_stop
 

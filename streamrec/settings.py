@@ -220,6 +220,12 @@ class Settings:
         "storage type of cached encoder state: float16, float32, bfloat16 or int8 (`streamrec bench precision`)",
         choices=("float16", "float32", "bfloat16", "int8"),
     )
+    empty_fetch_wait_ms: float = _setting(
+        "STREAMREC_EMPTY_FETCH_WAIT_MS",
+        5.0,
+        "a consumer's wait after a fetch that brought nothing (noida-db answers one at once; Kafka waits itself)",
+        low=0,
+    )
     catalogue_idle_ms: float = _setting(
         "STREAMREC_CATALOGUE_IDLE_MS", 100.0, "pause of the catalogue reader after an empty poll", low=0
     )
