@@ -1,4 +1,4 @@
-"""The batch journal: what a worker was doing when it stopped, kept in one small JSON file.
+"""The batch journal: what a worker was doing when it stopped, kept in two small slot files.
 
 It records, per input topic and partition:
 - the offsets of the batch in flight (written before a batch is handled, cleared once its outputs
@@ -15,17 +15,24 @@ It records, per input topic and partition:
   redelivers what was answered since its last offset commit; clicks at or below the answered
   offset whose event ids the state already holds are not answered twice.
 
-The file is replaced atomically (write to a temporary file, rename) but not fsynced: it guards
-against process crashes, which keep the page cache. After a machine crash it may be older than the
-state; then clicks are answered again (duplicates), never lost.
+Saving is on the path of every micro-batch (twice: `begin` and `done`), so it writes in place
+instead of creating and renaming a file (measured on this machine: about 170 us for a new file and
+a rename, 3 us for a write in place). Saves alternate between two slots, the journal's path and
+that path with ".b" appended, each kept open; a save is a header (sequence number, CRC32, length)
+and the JSON, written over its slot from the start. A save torn by a crash fails its check, and
+the other slot, one save older, is read instead: a crash leaves either the new record or the one
+before it, as a rename did. Slots are not fsynced: the journal guards against process crashes,
+which keep the page cache. After a machine crash it may be older than the state; then clicks are
+answered again (duplicates), never lost.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
+import weakref
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
@@ -40,7 +47,10 @@ class BatchJournal:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = self._load()
+        slots = (self.path, self.path.with_name(self.path.name + ".b"))
+        self._slots = [os.open(p, os.O_RDWR | os.O_CREAT, 0o644) for p in slots]
+        self._closer = weakref.finalize(self, _close_all, list(self._slots))
+        self._seq, data = self._load()
         self._answered: dict[str, dict[int, int]] = {
             t: {int(p): int(o) for p, o in parts.items()} for t, parts in data.get("answered", {}).items()
         }
@@ -83,14 +93,16 @@ class BatchJournal:
         with self.fatal_path.open("a") as fh:
             fh.write(text.rstrip() + "\n")
 
-    def _load(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            # A torn or foreign file: start afresh. Worst case some clicks are answered twice.
-            return {}
+    def _load(self) -> tuple[int, dict]:
+        """The newest slot that passes its check: (its sequence number, its record); (0, {}) if
+        none does (a fresh journal, or torn or foreign files: start afresh; worst case some clicks
+        are answered twice)."""
+        best: tuple[int, dict] | None = None
+        for fd in self._slots:
+            found = _read_slot(os.pread(fd, os.fstat(fd).st_size, 0))
+            if found is not None and (best is None or found[0] > best[0]):
+                best = found
+        return best or (0, {})
 
     def _save(self) -> None:
         data = {
@@ -98,10 +110,14 @@ class BatchJournal:
             "crashes": [[t, p, o, n] for (t, p, o), n in self._crashes.items()],
             "inflight": [list(k) for k in self._inflight],
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".journal-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, separators=(",", ":"))
-        os.replace(tmp, self.path)
+        self._seq += 1
+        body = json.dumps(data, separators=(",", ":")).encode()
+        # Bytes past the record (a longer record saved there before) are ignored by the length.
+        os.pwrite(self._slots[self._seq % 2], _slot_header(self._seq, body) + body, 0)
+
+    def close(self) -> None:
+        """Close the slot files (also done when the journal is garbage-collected)."""
+        self._closer()
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -145,3 +161,43 @@ class BatchJournal:
             answered = self._answered.setdefault(topic, {})
             answered[partition] = min(answered.get(partition, -1), offset - 1)
             self._save()
+
+
+# A slot: b"SRJ1 <sequence> <crc32 of the body> <body length>\n" then the JSON body.
+_MAGIC = b"SRJ1"
+
+
+def _slot_header(seq: int, body: bytes) -> bytes:
+    return b"%s %d %d %d\n" % (_MAGIC, seq, zlib.crc32(body), len(body))
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _read_slot(raw: bytes) -> tuple[int, dict] | None:
+    """(sequence, record) of a slot's bytes, or None if they are not a whole, intact save. A plain
+    JSON object is the one-file journal of earlier versions, read as sequence 0."""
+    if raw.startswith(b"{"):
+        try:
+            legacy = json.loads(raw)
+        except ValueError:
+            return None
+        return (0, legacy) if isinstance(legacy, dict) else None
+    head, sep, rest = raw.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 4 or parts[0] != _MAGIC:
+        return None
+    try:
+        seq, crc, length = (int(x) for x in parts[1:])
+    except ValueError:
+        return None
+    body = rest[:length]
+    if len(body) != length or zlib.crc32(body) != crc:
+        return None
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None
+    return (seq, record) if isinstance(record, dict) else None

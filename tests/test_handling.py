@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.serving.recommender import Recommender
@@ -113,6 +115,39 @@ def test_a_torn_journal_starts_afresh(tmp_path: Path) -> None:
     path = tmp_path / "journal.json"
     path.write_text('{"answered": {"clicks"')
     assert BatchJournal(path).answered(CLICKS, 0) == -1
+
+
+def test_the_one_file_journal_of_earlier_versions_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "journal.json"
+    path.write_text(json.dumps({"answered": {CLICKS: {"0": 41}}, "crashes": [[CLICKS, 0, 7, 1]], "inflight": []}))
+    j = BatchJournal(path)
+    assert j.answered(CLICKS, 0) == 41 and j.crashes(CLICKS, 0, 7) == 1
+    j.done(CLICKS, {0: 42})
+    j.close()
+    assert BatchJournal(path).answered(CLICKS, 0) == 42, "saves after it win over the old file"
+
+
+@settings(max_examples=60, deadline=None)
+@given(saves=st.integers(1, 6), cut=st.floats(0.0, 1.0))
+def test_a_save_torn_by_a_crash_leaves_the_record_before_it_or_the_new_one(
+    tmp_path_factory: pytest.TempPathFactory, saves: int, cut: float
+) -> None:
+    """A crash in the middle of a save leaves a prefix of the new bytes over the slot's old ones;
+    the journal then reads either the save before it or, if the whole record made it, the new one."""
+    path = tmp_path_factory.mktemp("journal") / "journal.json"
+    j = BatchJournal(path)
+    for k in range(saves):
+        j.done(CLICKS, {0: k})
+    slot = path if (j._seq + 1) % 2 == 0 else path.with_name(path.name + ".b")
+    old = slot.read_bytes()
+    j.done(CLICKS, {0: 1000}, [(0, k) for k in range(50)])  # the save the crash tears
+    j.close()
+    new = slot.read_bytes()
+    torn = int(cut * len(new))
+    slot.write_bytes(new[:torn] + old[torn:])
+    answered = BatchJournal(path).answered(CLICKS, 0)
+    assert answered in (saves - 1, 1000)
+    assert answered == 1000 or torn < len(new), "a whole new record is read as the new one"
 
 
 # --- clicks ------------------------------------------------------------------------------------
