@@ -7,11 +7,16 @@ metric state never leaks between them; processes use one registry and expose it 
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from streamrec.errors import port_in_use
 
@@ -225,6 +230,42 @@ TRAINER_FIELDS = frozenset(f for f, spec in SPECS.items() if spec.process == "tr
 STAGES = ("decode", "state", "encode", "search", "send")
 
 
+THREAD_CPU = "streamrec_worker_thread_cpu_seconds"
+
+
+class ThreadCpu:
+    """CPU seconds used by each thread of this process, by thread name, read from /proc at each
+    scrape: where a worker's CPU goes (its event loop, Faust's consumer thread, the compute thread)
+    without a profiler attached. Threads Python does not know (torch's, FAISS's, RocksDB's) and
+    threads that have ended count as "other". Nothing on systems without /proc."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            THREAD_CPU, "CPU seconds used by each thread of the worker process, by thread name", labels=("thread",)
+        )
+        whole = _cpu_seconds(Path("/proc/self/stat"))
+        if whole is None:
+            return
+        named: dict[str, float] = {}
+        for thread in threading.enumerate():
+            used = _cpu_seconds(Path(f"/proc/self/task/{thread.native_id}/stat"))
+            if used is not None:
+                named[thread.name] = named.get(thread.name, 0.0) + used
+        named["other"] = max(0.0, whole - sum(named.values()))
+        for name, seconds in sorted(named.items()):
+            family.add_metric([name], seconds)
+        yield family
+
+
+def _cpu_seconds(stat: Path) -> float | None:
+    """User + system CPU seconds from a /proc stat file, None if it cannot be read."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def create_metrics(registry: CollectorRegistry, process: str = "worker") -> Metrics:
     """Every metric; those of `process` ("worker" or "trainer"; "all" for documentation checks)
     in `registry`, the others in a registry nobody exports, so each process shows only its own."""
@@ -237,6 +278,7 @@ def create_metrics(registry: CollectorRegistry, process: str = "worker") -> Metr
         made[field_name] = spec.kind(
             spec.name, spec.help, spec.labels, registry=registry if own else unexported, **extra
         )
+    (registry if process in ("all", "worker") else unexported).register(ThreadCpu())
     return Metrics(**made)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 
@@ -154,3 +155,25 @@ def test_each_process_exports_only_its_own_series_and_promtool_accepts_them() ->
     assert names["worker"] and names["trainer"] and not names["worker"] & names["trainer"]
     assert all(n.startswith("streamrec_trainer_") for n in names["trainer"]), names["trainer"]
     assert len(names["trainer"]) == len(TRAINER_FIELDS)
+
+
+def test_thread_cpu_names_the_thread_that_used_the_cpu() -> None:
+    from streamrec.ops.metrics import THREAD_CPU, ThreadCpu
+
+    done = threading.Event()
+
+    def burn() -> None:
+        while time.thread_time() < 0.2:  # this thread's own CPU time, however busy the machine
+            pass
+        done.set()
+        time.sleep(2)  # alive while the test reads it
+
+    burner = threading.Thread(target=burn, name="burner", daemon=True)
+    burner.start()
+    assert done.wait(30)
+    (family,) = list(ThreadCpu().collect())
+    assert family.name == THREAD_CPU
+    used = {s.labels["thread"]: s.value for s in family.samples if s.name == THREAD_CPU + "_total"}
+    assert used["burner"] >= 0.15, used  # /proc counts in clock ticks (10 ms)
+    assert {"MainThread", "other"} <= set(used)
+    assert all(v >= 0 for v in used.values())
