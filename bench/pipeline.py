@@ -72,6 +72,9 @@ class RunResult:
     # cores used during the run (CPU seconds / wall seconds) by the worker (with its model
     # process) and by this benchmark's own load generator and drain
     cpu_cores: dict[str, float] | None = None
+    # cores used by each thread of the worker process over a fixed-rate run (its
+    # streamrec_worker_thread_cpu_seconds_total), the model process not included
+    thread_cores: dict[str, float] | None = None
 
 
 DRAIN_PAUSE_S = 0.003
@@ -210,9 +213,11 @@ def worker_run(
     try:
         cpu = CpuMeter(worker.proc.pid)
         before: dict[str, float] = {}
+        began = time.monotonic()
         if rate:
             worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=120)
             before = worker.metrics()
+            began = time.monotonic()
         drain.start()
         feeder = None
         if new_items:
@@ -233,6 +238,7 @@ def worker_run(
             cat_producer.close()
             worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items + new_items, timeout_s=60)
         after = worker.metrics()
+        wall = time.monotonic() - began
         delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
         if feeder is not None:
             cat_p99 = catalogue_p99(delta)
@@ -272,7 +278,16 @@ def worker_run(
         delta.get("streamrec_stream_batch_size_events_sum", 0.0) / batches if batches else None,
         stages,
         cpu_cores=cores,
+        thread_cores=thread_cores(delta, wall) if rate else None,
     )
+
+
+def thread_cores(delta: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Cores used by each worker thread: its CPU seconds over the run (metric deltas) / wall time."""
+    prefix = 'streamrec_worker_thread_cpu_seconds_total{thread="'
+    return {
+        k[len(prefix) : -2]: round(v / wall_s, 3) for k, v in sorted(delta.items()) if k.startswith(prefix) and v > 0
+    }
 
 
 class CpuMeter:
@@ -507,6 +522,9 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.stage_seconds.items()))
             cores = ", ".join(f"{k} {v:.2f}" for k, v in (r.cpu_cores or {}).items())
             print(f"{r.name}: mean batch {r.mean_batch or 0:.0f} clicks; seconds per stage: {stages}; cores: {cores}")
+            if r.thread_cores:
+                busiest = sorted(r.thread_cores.items(), key=lambda kv: -kv[1])
+                print(f"  worker threads, cores: {', '.join(f'{k} {v:.2f}' for k, v in busiest)}")
     by_name = {r.name: r for r in results}
     ceiling = by_name["faust-passthrough"].clicks_per_s
     raw = by_name["aiokafka-raw-loop"].clicks_per_s

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streamrec.bench.pipeline import WARM_UP_CLICKS, Drain, passthrough_run
+from streamrec.bench.pipeline import WARM_UP_CLICKS, Drain, passthrough_run, thread_cores
 from streamrec.datasets import load_dataset
 from streamrec.settings import Settings
 
@@ -34,3 +34,13 @@ def test_the_raw_loop_floor_answers_every_offered_click_and_measures_only_those(
     ids = [r["event_id"] for r in answered]
     assert len(set(ids)) == len(ids)
     assert set(ids) == {e.event_id for e in dataset.events[: clicks + WARM_UP_CLICKS]}
+
+
+def test_thread_cores_are_each_threads_cpu_seconds_over_the_run_per_wall_second() -> None:
+    delta = {
+        'streamrec_worker_thread_cpu_seconds_total{thread="MainThread"}': 6.0,
+        'streamrec_worker_thread_cpu_seconds_total{thread="streamrec-compute_0"}': 3.0,
+        'streamrec_worker_thread_cpu_seconds_total{thread="idle"}': 0.0,
+        'streamrec_stream_events_in_total{topic="clicks"}': 10_000.0,
+    }
+    assert thread_cores(delta, 10.0) == {"MainThread": 0.6, "streamrec-compute_0": 0.3}
