@@ -40,6 +40,33 @@ def test_faiss_matches_exact_with_exclusions() -> None:
         assert not (set(i1[row].tolist()) & excl[row])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_and_per_query_exact_search_agree(threads: int) -> None:
+    """From BLAS_FROM_QUERIES queries on, FAISS scores a batch with one matrix product; below, query
+    by query. The two paths, on one or two threads, return the same items as the exact twin."""
+    from streamrec.state.item_index import BLAS_FROM_QUERIES, set_search_threads
+
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(50_000)[:3000].astype(np.int64)
+    vecs = unit(rng, 3000, 16)
+    fast, exact = FaissItemIndex(16), ExactItemIndex(16)
+    fast.upsert(ids, vecs)
+    exact.upsert(ids, vecs)
+    queries = unit(rng, 64, 16)
+    want_s, want_i = exact.search(queries, 42)
+    set_search_threads(threads)
+    try:
+        batched = fast.search(queries, 42)
+        one_by_one = [fast.search(queries[r : r + 1], 42) for r in range(BLAS_FROM_QUERIES - 1)]
+    finally:
+        set_search_threads(1)
+    np.testing.assert_array_equal(batched[1], want_i)
+    np.testing.assert_allclose(batched[0], want_s, rtol=1e-5, atol=1e-6)
+    for r, (s, i) in enumerate(one_by_one):
+        np.testing.assert_array_equal(i[0], want_i[r])
+        np.testing.assert_allclose(s[0], want_s[r], rtol=1e-5, atol=1e-6)
+
+
 def test_upsert_replaces_and_remove_forgets(index: ItemIndex) -> None:
     rng = np.random.default_rng(1)
     vecs = unit(rng, 3, 16)
