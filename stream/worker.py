@@ -29,7 +29,7 @@ from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.catalogue_store import CatalogueStore
-from streamrec.state.item_index import FaissItemIndex
+from streamrec.state.item_index import FaissItemIndex, set_search_threads
 from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app, exit_for_restart
@@ -89,6 +89,8 @@ def open_recommender(settings: Settings, on_death: Callable[[str], None] | None 
     root = worker_state_dir(settings)
     sequences = RocksSequenceStore(root / "sequences", max_len=settings.max_seq_len)
     catalogue = CatalogueStore(root / "catalogue", dim=model.dim)
+    if settings.index_threads > 0:
+        set_search_threads(settings.index_threads)
     index = FaissItemIndex(model.dim, settings.ann_threshold, settings.ann_nprobe)
     explore = ExploreConfig(settings.explore_slots, settings.explore_max_age_s)
     return Recommender(

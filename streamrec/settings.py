@@ -254,6 +254,13 @@ class Settings:
         True,
         "serve a trained checkpoint from a process of its own (its own GIL; 0 = in the worker's process)",
     )
+    index_threads: int = _setting(
+        "STREAMREC_INDEX_THREADS",
+        1,
+        "FAISS threads in a worker (one search at a time; the model and the Kafka consumer need the other cores; "
+        "0 = FAISS's default)",
+        low=0,
+    )
     torch_threads: int = _setting(
         "STREAMREC_TORCH_THREADS",
         1,
