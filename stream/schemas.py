@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -294,10 +295,14 @@ def _field(obj: dict[str, Any], name: str, kinds: type | tuple[type, ...], requi
     return value
 
 
+# ASCII control characters, which no id may hold (one regex scan instead of a loop per character).
+_CONTROL = re.compile("[\x00-\x1f]")
+
+
 def _ident(obj: dict[str, Any], name: str) -> str:
     value = _field(obj, name, (str, int))
     text = str(value)
-    if not text or len(text) > MAX_ID_LEN or any(ord(ch) < 32 for ch in text):
+    if not text or len(text) > MAX_ID_LEN or _CONTROL.search(text):
         raise RecordError("bad_value", f"field {name!r} is empty, too long or has control characters")
     return text
 

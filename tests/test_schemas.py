@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamrec.stream.schemas import (
     CatalogueRecord,
@@ -20,6 +22,7 @@ from streamrec.stream.schemas import (
     decode_model_announcement,
     decode_recommendation,
     encode,
+    now_ms,
 )
 
 NOW = 1_800_000_000_000
@@ -121,3 +124,15 @@ def test_model_announcements_round_trip_and_bad_ones_are_refused() -> None:
         with pytest.raises(RecordError) as err:
             decode_model_announcement(raw)
         assert err.value.reason == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+def test_an_id_is_refused_exactly_when_it_holds_a_control_character_or_is_empty(user: str) -> None:
+    raw = json.dumps({"event_id": "e1", "user_id": user, "item_id": "i1", "event_time": now_ms()}).encode()
+    refused = not user or any(ord(ch) < 32 for ch in user)  # the rule, one character at a time
+    try:
+        assert decode_click(raw).user_id == user
+        assert not refused, f"{user!r} was accepted"
+    except RecordError as exc:
+        assert refused and exc.reason == "bad_value", f"{user!r} was refused: {exc.reason}"
