@@ -74,7 +74,7 @@ class ProcessServingModel:
         self._proc.start()
         child_conn.close()
         try:
-            self._version, self._dim, self._cold = self._call("hello")
+            self._version, self._dim, self._cold, self._window = self._call("hello")
         except Exception:
             self.close()  # the checkpoint did not load: raised to whoever asked for the model
             raise
@@ -122,7 +122,11 @@ class ProcessServingModel:
 
     def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
         changed = self._matrix_update(item_matrix)
-        vectors, because = self._call("encode_users", histories, changed, explain)
+        # The child reads at most its encoder window of each history: only that crosses the pipe
+        # (a history holds up to the sequence cap, 2,048 rows; MUFASA's window is 50-200).
+        n = self._window
+        sent = [h if len(h.rows) <= n else UserHistory(h.user_id, h.rows[-n:], h.total) for h in histories]
+        vectors, because = self._call("encode_users", sent, changed, explain)
         return UserEncoding(vectors, because)
 
     def _matrix_update(self, item_matrix: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
@@ -184,7 +188,7 @@ def serve(conn: Connection, spec: ModelProcessSpec) -> None:
             return
         try:
             if method == "hello":
-                result: Any = (model.version, model.dim, model.cold_start)
+                result: Any = (model.version, model.dim, model.cold_start, model.max_len)
             elif method == "encode_items":
                 (records,) = args
                 vecs = model.encode_items(records)
