@@ -10,7 +10,11 @@ sequence):
     c<0>{item}                -> "{clicks}"               clicks ever applied on the item (its evidence)
 
 A user's sequence is capped at `max_len`: appending past the cap deletes the oldest record and its
-event key in the same write batch. Redelivery of an event still inside the cap is recognised by
+event key in the same write batch. The store keeps the item ids of the most recently used users'
+sequences in memory as well (`cache_users`, least recently used evicted), updated by the same
+`append_many` that writes them: every click makes the worker read its user's whole sequence (the
+model's window and the items to exclude), and reading 2,048 records back from RocksDB took about
+3 ms per user. Redelivery of an event still inside the cap is recognised by
 its event id and appends nothing, which makes at-least-once delivery safe to apply. Item click
 counts (the evidence that fades a new item's calibration, models/cold_start.py) are written in the
 same batch as the clicks, so a restart or a redelivery neither loses nor double-counts them.
@@ -19,7 +23,7 @@ same batch as the clicks, so a restart or a redelivery neither loses nor double-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,9 +191,15 @@ def _decode_click(raw: bytes) -> StoredClick:
 class RocksSequenceStore(SequenceStore):
     """Sequences in RocksDB through rocksdict; every `append_many` is one atomic write batch."""
 
-    def __init__(self, path: Path, max_len: int = 2048) -> None:
+    def __init__(self, path: Path, max_len: int = 2048, cache_users: int = 4096) -> None:
         assert max_len >= 1, "max_len must be positive"
+        assert cache_users >= 0, "cache_users must not be negative"
         self.max_len = max_len
+        self.cache_users = cache_users
+        # Item ids of recently used users' sequences, oldest click first (see the module docstring);
+        # ids are shared through `_names`, so a cached sequence costs a pointer per click.
+        self._cached: OrderedDict[str, deque[str]] = OrderedDict()
+        self._names: dict[str, str] = {}
         path.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -278,6 +288,10 @@ class RocksSequenceStore(SequenceStore):
             batch.put(_item_key(item), str(count).encode())
         if pending or positions:
             self._db.write(batch)
+        # Only once the batch is written: cached sequences follow what the database holds.
+        for c, new in zip(clicks, applied, strict=True):
+            if new and c.user_id in self._cached:
+                self._cached[c.user_id].append(self._names.setdefault(c.item_id, c.item_id))
         self._item_clicks.update(counts)
         self._n_users += new_users
         return applied
@@ -299,6 +313,19 @@ class RocksSequenceStore(SequenceStore):
             out.append(_decode_click(value))
         assert len(out) == end - start, f"sequence of {user_id}: {len(out)} records for {end - start}"
         return out
+
+    def sequence(self, user_id: str) -> list[str]:
+        cached = self._cached.get(user_id)
+        if cached is None:
+            cached = deque((self._names.setdefault(r.item_id, r.item_id) for r in self.records(user_id)), self.max_len)
+            if not cached or not self.cache_users:
+                return list(cached)  # unknown users are not cached: most never come back
+            self._cached[user_id] = cached
+            if len(self._cached) > self.cache_users:
+                self._cached.popitem(last=False)
+        else:
+            self._cached.move_to_end(user_id)
+        return list(cached)
 
     def length(self, user_id: str) -> int:
         bounds = self._bounds(user_id, {})

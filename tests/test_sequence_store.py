@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamrec.state.sequence_store import (
     ClickToAppend,
@@ -132,3 +134,35 @@ def test_item_evidence_survives_a_restart(tmp_path: Path) -> None:
     reopened.append_many([c("u0", "new", 0), c("u9", "new", 9)])  # a redelivery and a new click
     assert reopened.item_clicks("new") == 5
     reopened.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.integers(0, 30)), max_size=8),
+            st.sampled_from("abc"),
+        ),
+        max_size=25,
+    ),
+    cap=st.integers(1, 6),
+    cache_users=st.integers(0, 2),
+)
+def test_cached_sequences_equal_what_the_database_holds(
+    tmp_path_factory: pytest.TempPathFactory, steps: list, cap: int, cache_users: int
+) -> None:
+    """The RocksDB store serves recent users' sequences from memory: after any appends (duplicates,
+    the cap, users evicted from the cache and read back), they equal the twin's and a fresh
+    store's read of the same database."""
+    path = tmp_path_factory.mktemp("seq")
+    store = RocksSequenceStore(path, max_len=cap, cache_users=cache_users)
+    twin = InMemorySequenceStore(max_len=cap)
+    for batch, read in steps:
+        # (user, item, event number): a repeated (user, event number) is a redelivery
+        clicks = [ClickToAppend(u, f"i{item}", f"{u}-e{n}", 1_700_000_000_000 + n) for u, item, n in batch]
+        assert store.append_many(clicks) == twin.append_many(clicks)
+        assert store.sequence(read) == twin.sequence(read)
+    store.close()
+    reopened = RocksSequenceStore(path, max_len=cap, cache_users=0)
+    for user in "abc":
+        assert reopened.sequence(user) == twin.sequence(user)
