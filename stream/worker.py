@@ -87,7 +87,9 @@ def load_serving_version(settings: Settings, path: Path, on_death: Callable[[str
 def open_recommender(settings: Settings, on_death: Callable[[str], None] | None = None) -> Recommender:
     model = open_model(settings, on_death)
     root = worker_state_dir(settings)
-    sequences = RocksSequenceStore(root / "sequences", max_len=settings.max_seq_len)
+    sequences = RocksSequenceStore(
+        root / "sequences", max_len=settings.max_seq_len, cache_users=settings.sequence_cache_users
+    )
     catalogue = CatalogueStore(root / "catalogue", dim=model.dim)
     if settings.index_threads > 0:
         set_search_threads(settings.index_threads)

@@ -173,6 +173,12 @@ class Settings:
         low=1,
     )
     max_seq_len: int = _setting("STREAMREC_MAX_SEQ_LEN", 2048, "per-user sequence cap", low=1)
+    sequence_cache_users: int = _setting(
+        "STREAMREC_SEQUENCE_CACHE_USERS",
+        4096,
+        "users whose sequences a worker also keeps in memory (LRU; 8 bytes per click, 16 KB at the cap)",
+        low=0,
+    )
     batch_size: int = _setting(
         "STREAMREC_BATCH_SIZE", 512, "largest click micro-batch (batches adapt to the load below it)", low=1
     )
