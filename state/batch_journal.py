@@ -163,12 +163,18 @@ class BatchJournal:
             self._save()
 
 
-# A slot: b"SRJ1 <sequence> <crc32 of the body> <body length>\n" then the JSON body.
+# A slot: b"SRJ1 <sequence> <crc32> <body length>\n" then the JSON body. The checksum covers the
+# sequence number with the body: a save torn just after the new number would otherwise pair it
+# with the old, intact body and checksum, and the old record would pass for the newest.
 _MAGIC = b"SRJ1"
 
 
+def _checksum(seq: int, body: bytes) -> int:
+    return zlib.crc32(body, zlib.crc32(b"%d" % seq))
+
+
 def _slot_header(seq: int, body: bytes) -> bytes:
-    return b"%s %d %d %d\n" % (_MAGIC, seq, zlib.crc32(body), len(body))
+    return b"%s %d %d %d\n" % (_MAGIC, seq, _checksum(seq, body), len(body))
 
 
 def _close_all(fds: list[int]) -> None:
@@ -194,7 +200,7 @@ def _read_slot(raw: bytes) -> tuple[int, dict] | None:
     except ValueError:
         return None
     body = rest[:length]
-    if len(body) != length or zlib.crc32(body) != crc:
+    if len(body) != length or _checksum(seq, body) != crc:
         return None
     try:
         record = json.loads(body)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
@@ -127,8 +127,11 @@ def test_the_one_file_journal_of_earlier_versions_is_read(tmp_path: Path) -> Non
     assert BatchJournal(path).answered(CLICKS, 0) == 42, "saves after it win over the old file"
 
 
-@settings(max_examples=60, deadline=None)
-@given(saves=st.integers(1, 6), cut=st.floats(0.0, 1.0))
+@settings(max_examples=150, deadline=None)
+# A cut is a byte position (the header's first bytes, where sequence number and checksum are) or a
+# fraction of the record.
+@given(saves=st.integers(1, 6), cut=st.one_of(st.integers(0, 48), st.floats(0.0, 1.0)))
+@example(saves=2, cut=6)  # the new sequence number over the old record: once read as the newest
 def test_a_save_torn_by_a_crash_leaves_the_record_before_it_or_the_new_one(
     tmp_path_factory: pytest.TempPathFactory, saves: int, cut: float
 ) -> None:
@@ -143,7 +146,7 @@ def test_a_save_torn_by_a_crash_leaves_the_record_before_it_or_the_new_one(
     j.done(CLICKS, {0: 1000}, [(0, k) for k in range(50)])  # the save the crash tears
     j.close()
     new = slot.read_bytes()
-    torn = int(cut * len(new))
+    torn = min(cut, len(new)) if isinstance(cut, int) else int(cut * len(new))
     slot.write_bytes(new[:torn] + old[torn:])
     answered = BatchJournal(path).answered(CLICKS, 0)
     assert answered in (saves - 1, 1000)
