@@ -28,14 +28,6 @@ BLAS_FROM_QUERIES = 8
 faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES
 
 
-def set_search_threads(n: int) -> None:
-    """Threads FAISS searches with, process-wide. FAISS's OpenMP threads spin while they wait for
-    work: measured on 2 cores with the model process and a training job beside it, a batch of 100
-    exact searches over 12,101 items took 159 ms with FAISS's default 2 threads and 4 ms with one."""
-    assert n >= 1, "at least one thread"
-    faiss.omp_set_num_threads(n)
-
-
 class ItemIndex(ABC):
     """What the worker needs from an item index."""
 
@@ -157,8 +149,14 @@ class FaissItemIndex(ItemIndex):
     measured by `streamrec bench index` (README, docs/results.md).
     """
 
-    def __init__(self, dim: int, ann_threshold: int = 0, nprobe: int = 16, nlist: int = 0) -> None:
+    def __init__(self, dim: int, ann_threshold: int = 0, nprobe: int = 16, nlist: int = 0, threads: int = 0) -> None:
         self.dim = dim
+        # FAISS's threads per search (0 = its default, one per core). OpenMP's thread count belongs
+        # to the calling thread, and the worker searches from its compute thread: so it is set on
+        # every search, not once per process. FAISS's OpenMP threads spin while they wait; measured
+        # on 2 cores with the model process and a training job beside it, a batch of 100 exact
+        # searches over 12,101 items took 159 ms on 2 threads and 4 ms on one.
+        self.threads = threads
         self.ann_threshold = ann_threshold
         self.nprobe = nprobe
         self.nlist = nlist  # 0 = about 4 sqrt(N) lists when the index turns approximate
@@ -168,7 +166,7 @@ class FaissItemIndex(ItemIndex):
         self.approximate = False
 
     def empty_like(self) -> FaissItemIndex:
-        return FaissItemIndex(self.dim, self.ann_threshold, self.nprobe, self.nlist)
+        return FaissItemIndex(self.dim, self.ann_threshold, self.nprobe, self.nlist, self.threads)
 
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -203,6 +201,8 @@ class FaissItemIndex(ItemIndex):
         return int(self._index.remove_ids(ids))
 
     def _search_raw(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.threads:
+            faiss.omp_set_num_threads(self.threads)
         scores, ids = self._index.search(queries, k)
         return scores, ids
 

@@ -29,7 +29,7 @@ from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.state.catalogue_store import CatalogueStore
-from streamrec.state.item_index import FaissItemIndex, set_search_threads
+from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.model_store import ModelStore
 from streamrec.state.sequence_store import RocksSequenceStore
 from streamrec.stream.app import build_app, exit_for_restart
@@ -91,9 +91,7 @@ def open_recommender(settings: Settings, on_death: Callable[[str], None] | None 
         root / "sequences", max_len=settings.max_seq_len, cache_users=settings.sequence_cache_users
     )
     catalogue = CatalogueStore(root / "catalogue", dim=model.dim)
-    if settings.index_threads > 0:
-        set_search_threads(settings.index_threads)
-    index = FaissItemIndex(model.dim, settings.ann_threshold, settings.ann_nprobe)
+    index = FaissItemIndex(model.dim, settings.ann_threshold, settings.ann_nprobe, threads=settings.index_threads)
     explore = ExploreConfig(settings.explore_slots, settings.explore_max_age_s)
     return Recommender(
         sequences, catalogue, index, model, top_k=settings.top_k, explain=settings.explain, explore=explore

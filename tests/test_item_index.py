@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -41,25 +43,32 @@ def test_faiss_matches_exact_with_exclusions() -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batched_and_per_query_exact_search_agree(threads: int) -> None:
+def test_batched_and_per_query_exact_search_agree_from_another_thread(threads: int) -> None:
     """From BLAS_FROM_QUERIES queries on, FAISS scores a batch with one matrix product; below, query
-    by query. The two paths, on one or two threads, return the same items as the exact twin."""
-    from streamrec.state.item_index import BLAS_FROM_QUERIES, set_search_threads
+    by query. Searched from a thread of its own (as the worker's compute thread does), on one or
+    two FAISS threads, both paths return the exact twin's items, and the index's thread count is
+    the one that thread's searches use."""
+    import faiss
+
+    from streamrec.state.item_index import BLAS_FROM_QUERIES
 
     rng = np.random.default_rng(3)
     ids = rng.permutation(50_000)[:3000].astype(np.int64)
     vecs = unit(rng, 3000, 16)
-    fast, exact = FaissItemIndex(16), ExactItemIndex(16)
+    fast, exact = FaissItemIndex(16, threads=threads), ExactItemIndex(16)
     fast.upsert(ids, vecs)
     exact.upsert(ids, vecs)
     queries = unit(rng, 64, 16)
     want_s, want_i = exact.search(queries, 42)
-    set_search_threads(threads)
-    try:
+
+    def in_thread() -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]], int]:
         batched = fast.search(queries, 42)
         one_by_one = [fast.search(queries[r : r + 1], 42) for r in range(BLAS_FROM_QUERIES - 1)]
-    finally:
-        set_search_threads(1)
+        return batched, one_by_one, faiss.omp_get_max_threads()
+
+    with ThreadPoolExecutor(1) as pool:
+        batched, one_by_one, used = pool.submit(in_thread).result()
+    assert used == threads, "the searching thread runs FAISS on the index's thread count"
     np.testing.assert_array_equal(batched[1], want_i)
     np.testing.assert_allclose(batched[0], want_s, rtol=1e-5, atol=1e-6)
     for r, (s, i) in enumerate(one_by_one):
