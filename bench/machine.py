@@ -112,8 +112,13 @@ def _read_code_version() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT, check=False
     )
+    # Records the benches and training write are outputs, not code: a bench that rewrote a tracked
+    # record earlier in a session must not make the next run's code look modified.
     changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=PROJECT_ROOT
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!results"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
     )
     return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
 
