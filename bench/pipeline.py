@@ -486,11 +486,11 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
                 "fixed", worker_run, dataset, "worker-fixed", fixed, args.fixed_rate, workdir, args.new_items
             )
         )
-        if args.floors:
-            for kind in CEILINGS:
-                results.append(
-                    on_fresh_broker(f"floor-{kind}", passthrough_run, dataset, fixed, workdir, kind, args.fixed_rate)
-                )
+        floors = [
+            on_fresh_broker(f"floor-{kind}", passthrough_run, dataset, fixed, workdir, kind, args.fixed_rate)
+            for kind in (CEILINGS if args.floors else ())
+        ]
+        results += floors
         if args.high_rate:
             results.append(
                 on_fresh_broker("high", worker_run, dataset, "worker-high-rate", fixed, args.high_rate, workdir)
@@ -532,9 +532,8 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"\nworker / Faust passthrough ceiling: {worker / ceiling:.0%}; worker / raw aiokafka loop: {worker / raw:.0%}"
     )
-    floors = [by_name[f"{CEILINGS[k][0]}-fixed"] for k in CEILINGS if f"{CEILINGS[k][0]}-fixed" in by_name]
+    fixed_run = by_name["worker-fixed"]
     if floors:
-        fixed_run = by_name["worker-fixed"]
         print(
             f"freshness p50 / p99 at {args.fixed_rate:.0f} clicks/s: worker {fixed_run.freshness_p50_ms:.0f} / "
             f"{fixed_run.freshness_p99_ms:.0f} ms; floors, same broker and machine: "
@@ -543,7 +542,6 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
     busy = [r.name for r in results if r.machine and r.machine.get("busy")]
     if busy:
         print(f"BUSY MACHINE during: {', '.join(busy)} (other processes used CPU; compare those figures with care)")
-    fixed_run = by_name["worker-fixed"]
     if fixed_run.catalogue_to_searchable_p99_s is not None:
         print(
             f"catalogue event to searchable p99: {fixed_run.catalogue_to_searchable_p99_s:.3f} s "
