@@ -131,12 +131,14 @@ class CachedCall:
     already holds (0: the slot is filled from scratch). The layer writes the new positions' keys,
     values, summaries and selection into `layer`, and leaves in `attended` what each row's last
     new position attended to (positions (B, S), gate-weighted mass summed over heads (B, S),
-    mean branch gates (B, 3)), or None when it did not compute it (a fill from scratch)."""
+    mean branch gates (B, 3)), or None when it did not compute it: a fill from scratch takes the
+    cheaper whole-sequence path unless `explain` asks for `attended`."""
 
     layer: LayerCache
     slots: torch.Tensor  # (B,) distinct
     start: torch.Tensor  # (B,)
     counts: torch.Tensor  # (B,) in 1..P
+    explain: bool = False
     attended: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def positions(self, p: int) -> torch.Tensor:

@@ -6,13 +6,15 @@ per-user state. Every user being served owns a *slot* of each layer's cache
 encoder window, the compressed block summaries and, for sparse layers, the selection made at the
 first position of the current query block. The attention modules read and extend the caches
 themselves (`forward(x, cache)`); this class keeps how many positions each slot holds and offers
-the three calls serving makes, all one pass of `SequenceEncoder.forward` with a cache:
+three calls, each one pass of `SequenceEncoder.forward` with a cache:
 
     prefill(slots, items, lengths)  whole windows from scratch (after a restart or a miss)
     step(slots, items)              one new item per slot, cost O(w + T/l + n l) per user
     extend(slots, items, counts)    several new items per slot in one pass, O(P T) per user
 
-Each returns what `SequenceEncoder.forward` returns at the user's last position (tests check it,
+`reset(slots)` empties slots so that one `extend` can refill some users' windows while it
+advances others': serving makes at most two calls per micro-batch, whatever its mix of users.
+Each call returns what `SequenceEncoder.forward` returns at the user's last position (tests check it,
 with ragged lengths and the edge lengths around block boundaries). Everything is plain torch on
 whichever device the encoder lives on (CUDA when present, CPU otherwise).
 """
@@ -115,7 +117,9 @@ class LiveEncoder:
         """items (B, P, D) right-padded, counts (B,) new items per slot -> user vectors after each
         slot's last new item (B, D), and what the last layer attended to there."""
         t0 = self.length[slots]
-        calls = [CachedCall(cache, slots, t0, counts) for cache in self.caches]
+        # Only the last layer's attention explains a recommendation.
+        explains = [explain_top > 0 and i == len(self.caches) - 1 for i in range(len(self.caches))]
+        calls = [CachedCall(c, slots, t0, counts, explain=e) for c, e in zip(self.caches, explains, strict=True)]
         hidden = self.encoder(items, cache=calls)  # (B, P, D)
         self.length[slots] = t0 + counts
         users = hidden[torch.arange(len(slots), device=items.device), counts - 1]
@@ -152,6 +156,12 @@ class LiveEncoder:
         assert int(total.max()) <= self.max_len, f"a window would exceed max_len {self.max_len}: prefill instead"
         return self._advance(slots, items, counts, explain_top)
 
+    def reset(self, slots: torch.Tensor) -> None:
+        """Empty the slots (a new user, or one whose window moved): the next `step` or `extend`
+        starts them from position 0, so a batch can mix refilled slots with cached ones in one
+        call. What the slots held before is overwritten or masked, never read."""
+        self.length[slots] = 0
+
     def prefill(self, slots: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """slots (B,), items (B, T, D) right-padded windows, lengths (B,) >= 1 -> user vectors (B, D).
 
@@ -159,7 +169,7 @@ class LiveEncoder:
         t_max = items.shape[1]
         assert t_max <= self.max_len, f"window {t_max} exceeds max_len {self.max_len}"
         assert (lengths >= 1).all() and int(lengths.max()) <= t_max, "lengths must be within the padded windows"
-        self.length[slots] = 0
+        self.reset(slots)
         users, _ = self._advance(slots, items, lengths, 0)
         return users
 

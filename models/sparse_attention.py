@@ -108,7 +108,7 @@ class SparseAttention(nn.Module):
         if cache is not None:
             if x.shape[1] == 1:
                 return self._one_click(x, cache)
-            if not bool(cache.start.any()):
+            if not cache.explain and not bool(cache.start.any()):
                 return self._fill(x, cache, impl)
             return self._extend(x, cache)
         q, k, v = self._project(x)  # (B, H, T, dh)
@@ -304,7 +304,7 @@ class DenseCausalAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: CachedCall | None = None, impl: str | None = None) -> torch.Tensor:
         """x: (B, T, D) -> (B, T, D); with `cache`, as `SparseAttention.forward`."""
         q, k, v = (split_heads(p, self.heads) for p in self.qkv(x).chunk(3, dim=-1))  # (B, H, T, dh)
-        if cache is None or (x.shape[1] > 1 and not bool(cache.start.any())):
+        if cache is None or (x.shape[1] > 1 and not cache.explain and not bool(cache.start.any())):
             if cache is not None:  # slots filled from scratch
                 cache.layer.k[cache.slots, :, : x.shape[1]] = k.to(cache.layer.k.dtype)
                 cache.layer.v[cache.slots, :, : x.shape[1]] = v.to(cache.layer.v.dtype)

@@ -3,8 +3,8 @@
 Items: catalogue records become model features (title vector, attribute tokens, top-level
 category) with the training vocabularies; items seen in training keep their ID embedding, new
 items get the zero ID row and are placed by their content alone (the path `id_dropout` trains).
-Users: one slot of a `LiveEncoder` arena per active user (least recently used evicted), filled by
-a batched prefill on a miss and advanced by batched incremental steps on every click; the state
+Users: one slot of a `LiveEncoder` arena per active user (least recently used evicted), refilled
+on a miss and advanced by batched incremental steps on every click; the state
 is rebuilt lazily from the stored sequence after a restart. No Kafka here: plain code.
 """
 
@@ -132,9 +132,9 @@ class ResearchServingModel:
     @torch.no_grad()
     def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
         busy = {h.user_id for h in histories}
-        fill: list[tuple[UserHistory, list[int], _Slot]] = []  # windows to prefill (all but the last item)
-        pending: dict[str, list[int]] = {}  # rows still to step, per user
+        pending: dict[str, list[int]] = {}  # rows still to encode, per user
         windows: dict[str, list[int]] = {}
+        refill: list[int] = []  # slots whose window is encoded again from its start
         for h in histories:
             assert h.rows, f"user {h.user_id} has no history"
             start = window_start(h.total, self.max_len)
@@ -150,15 +150,15 @@ class ResearchServingModel:
                 self._free.append(state.slot)
             state = _Slot(self._slot_for(h.user_id, busy), start, 0, np.zeros(self.dim, np.float32))
             self._users[h.user_id] = state
-            fill.append((h, window[:-1], state))
-            pending[h.user_id] = window[-1:]
+            refill.append(state.slot)
+            pending[h.user_id] = window
+        if refill:
+            self.live.reset(torch.tensor(refill, device=self.device))
         matrix = torch.from_numpy(item_matrix).to(self.device)
-        self._prefill([(rows, st) for _, rows, st in fill if rows], matrix)
-        for _, rows, st in fill:
-            if not rows:
-                self.live.length[st.slot] = 0
-        # Users with one new click take one batched step; users with several, one batched extend
-        # (all their new clicks in one pass): two calls per micro-batch, whatever the click mix.
+        # Users with one new click take one batched step; all others (several new clicks, or a
+        # window encoded again after a restart or an eviction) one batched extend from wherever
+        # their slot stands: at most two calls per micro-batch, whatever the mix. Each call costs
+        # about as much again in fixed overhead as in per-user work at serving batch sizes.
         because: dict[str, list[int]] = {}
         top = self.cfg.explain_top if explain else 0
         single = [u for u, rows in pending.items() if len(rows) == 1]
@@ -186,20 +186,6 @@ class ResearchServingModel:
                     because[u] = [window[p] for p in why.positions[i].tolist() if 0 <= p < len(window)]
         vectors = np.stack([self._users[h.user_id].vector for h in histories])
         return UserEncoding(vectors, [because.get(h.user_id, []) for h in histories] if explain else [])
-
-    def _prefill(self, jobs: list[tuple[list[int], _Slot]], matrix: torch.Tensor) -> None:
-        if not jobs:
-            return
-        t_max = max(len(rows) for rows, _ in jobs)
-        idx = torch.zeros(len(jobs), t_max, dtype=torch.long, device=self.device)
-        for i, (rows, _) in enumerate(jobs):
-            idx[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
-        items = matrix[idx]  # (B, T, D); padding positions hold row 0's vector, never attended causally
-        lengths = torch.tensor([len(rows) for rows, _ in jobs], device=self.device)
-        slots = torch.tensor([st.slot for _, st in jobs], device=self.device)
-        self.live.prefill(slots, items, lengths)
-        for rows, st in jobs:
-            st.length = len(rows)
 
     def close(self) -> None:
         """Nothing outside this process."""

@@ -102,15 +102,45 @@ def test_extend_by_ragged_chunks_equals_the_full_forward_and_steps_continue_afte
         done = done + 1
 
 
+@pytest.mark.parametrize("explain_top", [0, 2])  # 0: the whole-sequence fill; 2: the incremental path
 @pytest.mark.parametrize("attention", ["sparse", "dense"])
-def test_extend_from_an_empty_slot_equals_prefill(attention: str) -> None:
+def test_extend_from_an_empty_slot_equals_prefill(attention: str, explain_top: int) -> None:
     enc = make_encoder(attention, seed=3)
     live = LiveEncoder(enc, LiveEncoderConfig(slots=8))
     items = torch.randn(3, 9, 16)
     counts = torch.tensor([9, 1, BLOCK + 1])
-    got, _ = live.extend(torch.tensor([0, 1, 2]), items, counts)
+    got, why = live.extend(torch.tensor([0, 1, 2]), items, counts, explain_top=explain_top)
     expected = full_outputs(enc, items)
     torch.testing.assert_close(got, expected[torch.arange(3), counts - 1], atol=1e-5, rtol=1e-5)
+    assert (why is not None) == (explain_top > 0), "an explanation exactly when one is asked for"
+    if why is not None:
+        assert bool((why.positions < counts[:, None]).all()), "explanations name past positions"
+
+
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_one_extend_refills_reset_slots_beside_cached_ones(attention: str) -> None:
+    """Serving's mix: some slots reused for another user (stale keys, summaries and selections
+    left in them), reset and refilled whole, in the same call as slots that continue."""
+    enc = make_encoder(attention, seed=4)
+    live = LiveEncoder(enc, LiveEncoderConfig(slots=8))
+    stale = torch.randn(4, 33, 16)
+    live.prefill(torch.arange(4), stale, torch.full((4,), 33))  # every slot holds someone else
+    items = torch.randn(4, 30, 16)
+    expected = full_outputs(enc, items)
+    cached = torch.tensor([0, 2])
+    live.prefill(cached, items[cached, :9], torch.tensor([9, 9]))  # these two continue from 9
+    refilled = torch.tensor([1, 3])
+    live.reset(refilled)
+    counts = torch.tensor([BLOCK + 1, 2 * BLOCK + 3, 1, 17])  # new positions: 9..13, 0..10, 9, 0..16
+    starts = torch.tensor([9, 0, 9, 0])
+    chunk = torch.zeros(4, int(counts.max()), 16)
+    for i in range(4):
+        chunk[i, : counts[i]] = items[i, starts[i] : starts[i] + counts[i]]
+    got, _ = live.extend(torch.arange(4), chunk, counts, explain_top=2)
+    last = starts + counts - 1
+    torch.testing.assert_close(got, expected[torch.arange(4), last], atol=1e-5, rtol=1e-5)
+    got, _ = live.step(torch.arange(4), items[torch.arange(4), last + 1])  # and the state continues
+    torch.testing.assert_close(got, expected[torch.arange(4), last + 1], atol=1e-5, rtol=1e-5)
 
 
 def test_future_items_of_other_users_do_not_change_a_user_and_slots_are_independent() -> None:
