@@ -441,11 +441,13 @@ def state_bytes(settings: Settings, model_path: str, workdir: Path) -> dict[str,
     disk = sum(f.stat().st_size for f in path.rglob("*.sst"))
     out = {"sequence_on_disk": disk // users}
     if model_path:
-        from streamrec.serving.research_model import ResearchServingConfig, load_research_model
+        from streamrec.serving.research_model import load_research_model
+        from streamrec.stream.worker import research_serving_config
 
-        cfg = ResearchServingConfig(state_dtype=settings.state_dtype)  # as served (STREAMREC_STATE_DTYPE)
+        cfg = research_serving_config(settings)  # as served (STREAMREC_STATE_DTYPE and its budget)
         model = load_research_model(Path(model_path), settings.data_dir, settings.feature_cache, cfg)
         out["encoder_state"] = model.state_bytes_per_user(2048)
+        out["encoder_state_dtype"] = model.state_dtype
     return out
 
 
@@ -547,7 +549,10 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
             f"catalogue event to searchable p99: {fixed_run.catalogue_to_searchable_p99_s:.3f} s "
             f"({fixed_run.new_items} new items during the fixed-rate run; histogram estimate)"
         )
-    print("state per user at 2,048 clicks: " + ", ".join(f"{k} {v:,} B" for k, v in state.items()))
+    print(
+        "state per user at 2,048 clicks: "
+        + ", ".join(f"{k} {v:,} B" if isinstance(v, int) else f"{k} {v}" for k, v in state.items())
+    )
     payload = {
         "dataset": dataset.name,
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},

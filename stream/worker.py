@@ -11,6 +11,7 @@ import faulthandler
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from faust.worker import Worker
@@ -28,6 +29,9 @@ from streamrec.serving.recommender import Recommender
 from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
 from streamrec.state.batch_journal import BatchJournal
+
+if TYPE_CHECKING:
+    from streamrec.serving.research_model import ResearchServingConfig
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
 from streamrec.state.model_store import ModelStore
@@ -66,6 +70,17 @@ def open_model(settings: Settings, on_death: Callable[[str], None] | None = None
     return load_serving_version(settings, path, on_death)
 
 
+def research_serving_config(settings: Settings) -> ResearchServingConfig:
+    """How a research checkpoint is served, from the runtime settings (the worker and the benches)."""
+    from streamrec.serving.research_model import ResearchServingConfig
+
+    return ResearchServingConfig(
+        state_memory_mb=settings.state_memory_mb,
+        state_dtype=settings.state_dtype,
+        state_budget_bytes=settings.state_budget_kb * 1024,
+    )
+
+
 def load_serving_version(settings: Settings, path: Path, on_death: Callable[[str], None] | None = None) -> ServingModel:
     """A research checkpoint served from its own process (serving/model_process.py), or in this one
     with STREAMREC_MODEL_PROCESS=0. `on_death`: what to do if that process dies (default: leave
@@ -73,9 +88,9 @@ def load_serving_version(settings: Settings, path: Path, on_death: Callable[[str
     # Imported here: the research models' code (checkpoints, encoders, text features) adds to the
     # start-up of every worker, and a worker serving the content baseline never needs it.
     from streamrec.serving.model_process import ModelProcessSpec, ProcessServingModel
-    from streamrec.serving.research_model import ResearchServingConfig, load_research_model
+    from streamrec.serving.research_model import load_research_model
 
-    cfg = ResearchServingConfig(state_memory_mb=settings.state_memory_mb, state_dtype=settings.state_dtype)
+    cfg = research_serving_config(settings)
     if settings.model_process:
         spec = ModelProcessSpec(path, settings.data_dir, settings.feature_cache, cfg, settings.torch_threads)
         return ProcessServingModel(spec, on_death or model_process_died(None))

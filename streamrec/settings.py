@@ -222,9 +222,13 @@ class Settings:
     )
     state_dtype: str = _setting(
         "STREAMREC_STATE_DTYPE",
-        "int8",
-        "storage type of cached encoder state: float16, float32, bfloat16 or int8 (`streamrec bench precision`)",
-        choices=("float16", "float32", "bfloat16", "int8"),
+        "auto",
+        "storage type of cached encoder state: auto (float32 if a user's whole window fits "
+        "STREAMREC_STATE_BUDGET_KB, else int8), float16, float32, bfloat16 or int8 (`streamrec bench precision`)",
+        choices=("auto", "float16", "float32", "bfloat16", "int8"),
+    )
+    state_budget_kb: int = _setting(
+        "STREAMREC_STATE_BUDGET_KB", 64, "encoder state per user that `auto` keeps float32 within", low=1
     )
     empty_fetch_wait_ms: float = _setting(
         "STREAMREC_EMPTY_FETCH_WAIT_MS",

@@ -163,6 +163,22 @@ def test_state_bytes_per_user_at_the_sequence_cap(checkpoint: Path, tmp_path: Pa
     assert model.state_bytes_per_user(2048) == model.live.state_bytes(2048 - window_start(2048, MAX_LEN))
 
 
+def test_auto_state_type_is_float32_within_the_budget_and_int8_past_it(checkpoint: Path, tmp_path: Path) -> None:
+    settings = Settings.from_env()
+
+    def served(budget: int) -> ResearchServingModel:
+        cfg = ResearchServingConfig(1, state_dtype="auto", state_budget_bytes=budget)
+        return load_research_model(checkpoint, settings.data_dir, tmp_path / "features", cfg)
+
+    wide = served(1 << 30)
+    assert wide.state_dtype == "float32"
+    full = wide.live.state_bytes(wide.max_len)  # a user whose window is full
+    assert served(full).state_dtype == "float32", "a state exactly at the budget fits"
+    narrow = served(full - 1)
+    assert narrow.state_dtype == "int8"
+    assert narrow.live.state_bytes(narrow.max_len) < full / 3, "int8 keeps about a quarter of float32's bytes"
+
+
 @pytest.mark.integration
 def test_worker_serves_the_checkpoint_and_reports_its_version(
     checkpoint: Path, stream_settings: Settings, tmp_path: Path
