@@ -80,6 +80,7 @@ class Recommender:
         self.explore = explore or ExploreConfig()
         self.clock = clock  # wall seconds: new items' ages (tests pass their own)
         self._matrix = np.zeros((1024, model.dim), dtype=np.float32)  # (rows, D): every catalogue row's vector
+        self._written: set[int] = set()  # rows of the matrix set since the model last encoded users
         # Items changed while a new model is being prepared (None when no swap is under way).
         self._changed_during_swap: set[str] | None = None
         entries = catalogue.all_entries()
@@ -125,6 +126,7 @@ class Recommender:
 
     def _set_row(self, row: int, vec: np.ndarray) -> None:
         self._matrix = _set_row(self._matrix, row, vec)
+        self._written.add(row)
 
     # --- model swap ----------------------------------------------------------------------------
 
@@ -176,6 +178,7 @@ class Recommender:
                     index.remove(rows)
         old = self.model
         self.model, self.index, self._matrix, self.new_items = model, index, matrix, held
+        self._written.clear()  # the new model has not seen any matrix: its first call takes it whole
         old.close()
         # Stored vectors follow the served model, so a restart does not recompute them.
         if prepared.entries:
@@ -282,7 +285,9 @@ class Recommender:
                     rows.append(entry.row)
             histories.append(UserHistory(user, rows, self.sequences.total(user)))
         t1 = time.perf_counter()
-        encoded = self.model.encode_users(histories, self._matrix, self.explain)
+        written = np.fromiter(sorted(self._written), dtype=np.int64, count=len(self._written))
+        encoded = self.model.encode_users(histories, self._matrix, self.explain, written)
+        self._written.clear()
         t2 = time.perf_counter()
         exclude = [set(h.rows) for h in histories]
         scores, ids = self.index.search(encoded.vectors, self.top_k, exclude)

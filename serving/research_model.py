@@ -137,7 +137,13 @@ class ResearchServingModel:
         raise RuntimeError("more users in one batch than state slots: raise state_memory_mb")
 
     @torch.no_grad()
-    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
+    def encode_users(
+        self,
+        histories: list[UserHistory],
+        item_matrix: np.ndarray,
+        explain: bool,
+        changed_rows: np.ndarray | None = None,
+    ) -> UserEncoding:
         busy = {h.user_id for h in histories}
         pending: dict[str, list[int]] = {}  # rows still to encode, per user
         windows: dict[str, list[int]] = {}

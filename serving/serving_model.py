@@ -51,8 +51,16 @@ class ServingModel(Protocol):
         """(N, D) float32 item vectors; an all-zero row means the model cannot place the item."""
         ...
 
-    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
-        """item_matrix (R, D): the vector of every catalogue row."""
+    def encode_users(
+        self,
+        histories: list[UserHistory],
+        item_matrix: np.ndarray,
+        explain: bool,
+        changed_rows: np.ndarray | None = None,
+    ) -> UserEncoding:
+        """item_matrix (R, D): the vector of every catalogue row. changed_rows: the rows written since
+        this model's previous call (None: not known), so a model that keeps its own copy of the
+        matrix need not compare it."""
         ...
 
     def modality_weights(self, item_id: str) -> dict[str, float] | None:
@@ -91,7 +99,13 @@ class BaselineServingModel:
         ids = [self.model.token_ids(r.title, r.category_path, r.brand) for r in records]
         return self.model.encode_items(ids).numpy()
 
-    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
+    def encode_users(
+        self,
+        histories: list[UserHistory],
+        item_matrix: np.ndarray,
+        explain: bool,
+        changed_rows: np.ndarray | None = None,
+    ) -> UserEncoding:
         n = self.model.cfg.history
         batch = np.zeros((len(histories), n, self.dim), dtype=np.float32)  # (B, L, D) right-aligned
         mask = np.zeros((len(histories), n), dtype=bool)  # (B, L)

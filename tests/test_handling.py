@@ -48,11 +48,17 @@ class FlakyModel(BaselineServingModel):
         self.bad_users: set[str] = set()
         self.bad_titles: set[str] = set()
 
-    def encode_users(self, histories: list[UserHistory], item_matrix: np.ndarray, explain: bool) -> UserEncoding:
+    def encode_users(
+        self,
+        histories: list[UserHistory],
+        item_matrix: np.ndarray,
+        explain: bool,
+        changed_rows: np.ndarray | None = None,
+    ) -> UserEncoding:
         for h in histories:
             if h.user_id in self.bad_users:
                 raise FloatingPointError(f"cannot encode {h.user_id}")
-        return super().encode_users(histories, item_matrix, explain)
+        return super().encode_users(histories, item_matrix, explain, changed_rows)
 
     def encode_items(self, records: list[CatalogueRecord]) -> np.ndarray:
         for r in records:

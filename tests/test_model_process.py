@@ -52,6 +52,11 @@ def test_the_process_model_answers_what_the_in_process_model_answers(checkpoint:
         events = ds.events[:1500]
         for start in range(0, len(events), 150):
             clicks = [ClickRecord(e.event_id, e.user_id, e.item_id, 1000 + start) for e in events[start : start + 150]]
+            if start == 300:  # an item changed in place: its row is sent again, nothing else
+                clicked = ds.item(events[start].item_id)
+                changed = [CatalogueRecord(clicked.item_id, "upsert", 0, "Another title altogether", ("Comedy",))]
+                for rec in (local, remote):
+                    rec.apply_catalogue(changed)
             if start == 750:  # a new item mid-stream: its row reaches the child with the next batch
                 new = [CatalogueRecord("new-1", "upsert", 0, "A brand new film (2026)", ("Drama",))]
                 for rec in (local, remote):
