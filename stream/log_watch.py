@@ -22,7 +22,7 @@ from streamrec.settings import TopicNames
 from streamrec.state.batch_journal import BatchJournal
 from streamrec.stream.click_log import ClickLogReader
 from streamrec.stream.handling import Message
-from streamrec.stream.log_check import Checkpoints, PartitionLog, Repair
+from streamrec.stream.log_check import DueChecks, PartitionLog, Repair
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,11 @@ log = logging.getLogger(__name__)
 # answered again: the broker loses the last seconds of every topic, answers included (noida-db
 # lost about 5 s, up to 1,200 clicks per partition, in `streamrec bench reliability`).
 ANSWER_AGAIN_MESSAGES = 3_000
-# How often each clicks partition's log is checked against what the worker handled since the
-# last check (a re-read of those records); a divergence is found however late, within the last
-# log_check.DEFAULT_KEEP records of the partition.
+# How often each partition's records that came due are read back (log_check.DueChecks); a
+# divergence is found however late, within the last log_check.DEFAULT_KEEP records of the partition.
 VERIFY_EVERY_S = 10.0
-# Each check re-reads what no check at least this many seconds later has found intact, because a
-# broker may acknowledge records it loses at an unclean stop a few seconds later.
+# A record is read back once this many seconds after it was handled, because a broker may
+# acknowledge records it loses at an unclean stop a few seconds later.
 VERIFY_MARGIN_S = 30.0
 
 Answer = Callable[[list[Message]], Awaitable[None]]
@@ -44,8 +43,9 @@ Answer = Callable[[list[Message]], Awaitable[None]]
 class LogWatch:
     def __init__(
         self, topics: TopicNames, metrics: Metrics, clicks: ClickLogReader, answers: ClickLogReader,
-        journal: BatchJournal | None = None,
+        journal: BatchJournal | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
+        self.clock = clock  # seconds, for when records become due to be read back (tests pass their own)
         self.topics = topics
         self.metrics = metrics
         self.click_log = clicks
@@ -62,10 +62,10 @@ class LogWatch:
         # Partitions where the log went backwards, with the offset Faust resumed at: the check
         # finds where it diverged and answers up to there (Faust answers from there on).
         self.suspect: dict[int, tuple[str, int]] = {}  # {partition: (kind, offset where it was seen)}
-        self.verified: dict[int, Checkpoints] = {}  # {partition: how far the log was handled, when}
+        self.verified: dict[int, DueChecks] = {}  # {partition: how far the log was handled, when}
         # The same for the answers: {recommendations partition: answers written, tagged with their click}.
         self.written: dict[int, PartitionLog] = {}
-        self.answers_verified: dict[int, Checkpoints] = {}
+        self.answers_verified: dict[int, DueChecks] = {}
         self.answers_verified_at: dict[int, float] = {}
 
     # --- what the click agent reports ------------------------------------------------------------
@@ -118,6 +118,9 @@ class LogWatch:
         """Lag from what was processed, and a check that no partition's log went backwards.
         `consumer` is Faust's (assignment, highwater, position)."""
         assigned = consumer.assignment()
+        # The clicks' checks clear the suspicion they act on; the answers are checked whole too
+        # when a clicks partition was suspect at this tick (a broker that lost clicks lost answers).
+        suspected = bool(self.suspect)
         if on_assignment is not None:
             on_assignment({tp.partition for tp in assigned if tp.topic == self.topics.clicks})
         for tp in assigned:
@@ -142,36 +145,44 @@ class LogWatch:
                 log.info("streamrec worker: log check of %s deferred: %s", tp, exc)
         for part in list(self.written):
             try:
-                await self.verify_answers(part)
+                await self.verify_answers(part, whole=suspected)
             except (KafkaError, TimeoutError) as exc:
                 log.info("streamrec worker: answer check of partition %d deferred: %s", part, exc)
 
     async def verify_log(self, part: int, highwater: int) -> None:
-        """Does the broker still hold the records handled since the last check (every
-        VERIFY_EVERY_S, or at once after a rewind or a rewritten offset)? If not, answer (again)
-        the range that differs, with ANSWER_AGAIN_MESSAGES before it."""
+        """Does the broker still hold the records handled? Read back, every VERIFY_EVERY_S, those
+        handled VERIFY_MARGIN_S ago or more and not read back yet; after a rewind, a rewritten
+        offset or a log that ends at or before what was handled, the whole window at once. If not,
+        answer (again) the range that differs, with ANSWER_AGAIN_MESSAGES before it."""
         log_of = self.handled.get(part)
         last = log_of.last() if log_of is not None else None
         first = log_of.first() if log_of is not None else None
         if log_of is None or last is None or first is None or part in self.repairs:
             return
+        now = self.clock()
+        checks = self.verified.setdefault(part, DueChecks(VERIFY_MARGIN_S))
+        checks.mark(now, last)
         kind, seen_at = self.suspect.get(part, (None, last + 1))
-        if kind is None and time.monotonic() - self.verified_at.get(part, 0.0) < VERIFY_EVERY_S and highwater > last:
-            return
-        self.verified_at[part] = time.monotonic()
-        # From what is confirmed durable (a suspect partition: the whole window).
-        marks = self.verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
-        settled = marks.settled()
-        scan_from = first if kind is not None or settled is None else max(first, settled)
-        held = await self.click_log.read_held(part, scan_from, last + 1)
+        routine = kind is None and highwater > last
+        scan_from, scan_to = first, last + 1
+        if routine:
+            due = checks.due(now)
+            if due is None or now - self.verified_at.get(part, 0.0) < VERIFY_EVERY_S:
+                return
+            scan_from, scan_to = max(first, checks.verified_to or first), due + 1
+            if scan_from >= scan_to:
+                return
+        self.verified_at[part] = now
+        held = await self.click_log.read_held(part, scan_from, scan_to)
         self.suspect.pop(part, None)
-        diverged = log_of.diverged_range(held.records, scan_from, last + 1, held.log_start)
+        diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start)
         if diverged is None and kind == "rewritten":
             # Faust delivered the rewritten offsets itself (their records were noted as handled);
             # the answers before them may still have been lost.
             diverged = (seen_at, seen_at)
-        marks.mark(time.monotonic(), last)
         if diverged is None:
+            if routine:
+                checks.read_to(scan_to)
             return
         lo, hi = diverged
         kind = kind or ("beyond_end" if highwater <= last else "rewritten")
@@ -193,31 +204,42 @@ class LogWatch:
         if self.journal is not None:
             self.journal.unanswer_from(self.topics.clicks, part, start)
         log_of.forget(start, hi)
-        marks.reset()
+        checks.reset(start)
         self.repair(part, start, hi)
 
-    async def verify_answers(self, part: int) -> None:
+    async def verify_answers(self, part: int, whole: bool = False) -> None:
         """Does the recommendations topic still hold the answers this worker wrote to partition
-        `part` since the last check? Clicks whose answers it lost are answered again."""
+        `part`? Read back as `verify_log` reads clicks: those written a margin ago or more, and the
+        whole window with `whole` (a clicks partition was suspect). Clicks whose answers it lost
+        are answered again."""
         log_of = self.written.get(part)
         last = log_of.last() if log_of is not None else None
         first = log_of.first() if log_of is not None else None
         if log_of is None or last is None or first is None:
             return
-        if time.monotonic() - self.answers_verified_at.get(part, 0.0) < VERIFY_EVERY_S and not self.suspect:
-            return
-        self.answers_verified_at[part] = time.monotonic()
-        marks = self.answers_verified.setdefault(part, Checkpoints(VERIFY_MARGIN_S))
-        settled = marks.settled()
-        scan_from = first if settled is None else max(first, settled)
-        held = await self.answer_log.read_held(part, scan_from, last + 1)
-        diverged = log_of.diverged_range(held.records, scan_from, last + 1, held.log_start)
-        marks.mark(time.monotonic(), last)
+        now = self.clock()
+        checks = self.answers_verified.setdefault(part, DueChecks(VERIFY_MARGIN_S))
+        checks.mark(now, last)
+        routine = not whole
+        scan_from, scan_to = first, last + 1
+        if routine:
+            due = checks.due(now)
+            if due is None or now - self.answers_verified_at.get(part, 0.0) < VERIFY_EVERY_S:
+                return
+            scan_from, scan_to = max(first, checks.verified_to or first), due + 1
+            if scan_from >= scan_to:
+                return
+        self.answers_verified_at[part] = now
+        held = await self.answer_log.read_held(part, scan_from, scan_to)
+        diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start)
         if diverged is None:
+            if routine:
+                checks.read_to(scan_to)
             return
         lo, hi = diverged
         lost = log_of.tags(lo, hi)
         log_of.forget(lo, hi)
+        checks.reset(lo)
         self.answer_again(lost, "answers_lost")
 
     def answer_again(self, clicks: list[tuple[int, int]], kind: str) -> None:

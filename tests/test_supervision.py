@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from streamrec.stream import app as app_module
 from streamrec.stream.app import supervised
 from streamrec.stream.click_log import HeldRange
 from streamrec.stream.handling import Message
-from streamrec.stream.log_check import Checkpoints, PartitionLog, Repair
+from streamrec.stream.log_check import DueChecks, PartitionLog, Repair
 from streamrec.stream.log_watch import Answer, LogWatch
 from streamrec.stream.prefork import supervise
 
@@ -106,19 +107,23 @@ def test_the_handled_log_keeps_a_bounded_window() -> None:
     assert (handled.first(), handled.last()) == (990, 999)
 
 
-def test_checks_re_read_what_was_not_yet_confirmed_a_margin_later() -> None:
-    marks = Checkpoints(margin_s=30)
-    assert marks.settled() is None, "nothing checked yet"
-    marks.mark(at=100, last=10)
-    marks.mark(at=110, last=20)
-    assert marks.settled() is None, "no check 30 s after any mark yet"
-    marks.mark(at=135, last=50)
-    assert marks.settled() == 10, "the check at 135 confirms what was intact at 100"
-    # The broker is away from 140 to 200: no check succeeds, so nothing more is settled by time alone.
-    marks.mark(at=205, last=60)
-    assert marks.settled() == 50, "confirmed only up to marks made 30 s before the last successful check"
-    marks.mark(at=240, last=90)
-    assert marks.settled() == 60
+def test_records_come_due_a_margin_after_they_were_handled() -> None:
+    checks = DueChecks(margin_s=30)
+    assert checks.due(now=0) is None, "nothing handled yet"
+    checks.mark(at=100, last=10)
+    checks.mark(at=110, last=20)
+    checks.mark(at=111, last=20)  # nothing new handled: no new mark
+    assert checks.due(now=129) is None, "nothing handled 30 s ago yet"
+    assert checks.due(now=130) == 10
+    assert checks.due(now=135) == 10, "what came due stays due until read"
+    checks.read_to(11)
+    checks.mark(at=200, last=90)
+    assert checks.due(now=240) == 90, "past the margin of every mark: the newest is due"
+    checks.read_to(91)
+    checks.reset(50)  # 50.. answered again after a loss: due a margin after their new handling
+    assert checks.verified_to == 50 and checks.due(now=241) is None
+    checks.mark(at=241, last=95)
+    assert checks.due(now=271) == 95
 
 
 def test_a_repair_is_done_at_its_end() -> None:
@@ -180,17 +185,20 @@ class ShortLog:
     def __init__(self, end: int) -> None:
         self.end = end
         self.during_read: Callable[[], None] = lambda: None
+        self.reads: list[tuple[int, int]] = []
 
     async def read_held(self, partition: int, start: int, end: int) -> HeldRange:
+        self.reads.append((start, end))
         self.during_read()
         await asyncio.sleep(0)
         stop = min(end, self.end)
         return HeldRange(0, self.end, [(o, f"v{o}".encode()) for o in range(start, stop)])
 
 
-def watch_over(clicks: ShortLog) -> tuple[LogWatch, Answer, list[int]]:
+def watch_over(clicks: ShortLog, clock: Callable[[], float] = time.monotonic) -> tuple[LogWatch, Answer, list[int]]:
     """A log watch over the twin, and the click offsets its repairs answer."""
-    watch = LogWatch(TopicNames(), create_metrics(CollectorRegistry()), clicks, ShortLog(0))  # type: ignore[arg-type]
+    metrics = create_metrics(CollectorRegistry())
+    watch = LogWatch(TopicNames(), metrics, clicks, ShortLog(0), clock=clock)  # type: ignore[arg-type]
     answered: list[int] = []
 
     async def answer(messages: list[Message]) -> None:
@@ -213,6 +221,38 @@ def test_a_repair_answers_offsets_the_broker_writes_again_after_it_read_the_logs
     asyncio.run(watch.continue_repair(0, answer))
     assert answered == list(range(100, 200)), "once written, the rest of the range is answered, and no more"
     assert 0 not in watch.repairs, "the repair is done at its end"
+
+
+def test_routine_checks_read_each_record_once_a_margin_after_it_was_handled_and_suspicion_reads_all() -> None:
+    now = [0.0]
+    clicks = ShortLog(end=10_000)
+    watch, _, _ = watch_over(clicks, clock=lambda: now[0])
+
+    def handle(start: int, end: int) -> None:
+        watch.note_handled([Message("clicks", 0, o, f"v{o}".encode()) for o in range(start, end)], repair=False)
+
+    def check_at(t: float, highwater: int = 10_000) -> None:
+        now[0] = t
+        asyncio.run(watch.verify_log(0, highwater))
+
+    handle(0, 100)
+    check_at(0.0)
+    handle(100, 200)
+    check_at(12.0)
+    assert clicks.reads == [], "nothing was handled 30 s ago yet"
+    check_at(31.0)
+    assert clicks.reads == [(0, 100)], "what was handled by 0 s is due at 30 s"
+    check_at(36.0)
+    assert clicks.reads == [(0, 100)], "one routine check per VERIFY_EVERY_S"
+    check_at(45.0)
+    assert clicks.reads == [(0, 100), (100, 200)], "then what was handled by 12 s, and nothing twice"
+    check_at(60.0)
+    assert clicks.reads == [(0, 100), (100, 200)], "nothing new came due"
+    watch.suspect[0] = ("rewind", 150)
+    check_at(61.0)
+    assert clicks.reads[-1] == (0, 200), "a suspect partition is read whole, at once"
+    check_at(62.0, highwater=150)
+    assert clicks.reads[-2:] == [(0, 200), (0, 200)], "so is a log that ends before what was handled"
 
 
 def test_the_watch_names_the_offsets_that_now_hold_another_record() -> None:
