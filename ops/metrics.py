@@ -60,6 +60,7 @@ class Metrics:
     agent_crashes: Counter
     discontinuities: Counter
     already_answered: Counter
+    log_check_reads: Counter
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,12 @@ SPECS: dict[str, _Spec] = {
         Counter,
         "streamrec_stream_already_answered_clicks_total",
         "Clicks redelivered after a restart that had been answered already (not answered again)",
+    ),
+    "log_check_reads": _Spec(
+        Counter,
+        "streamrec_stream_log_check_records_total",
+        "Records the log watch read back from the broker to check they are still held",
+        labels=("topic",),
     ),
 }
 # The online trainer's metrics; every other one is the worker's.

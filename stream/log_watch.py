@@ -174,6 +174,7 @@ class LogWatch:
                 return
         self.verified_at[part] = now
         held = await self.click_log.read_held(part, scan_from, scan_to)
+        self.metrics.log_check_reads.labels(self.topics.clicks).inc(len(held.records))
         self.suspect.pop(part, None)
         diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start)
         if diverged is None and kind == "rewritten":
@@ -231,6 +232,7 @@ class LogWatch:
                 return
         self.answers_verified_at[part] = now
         held = await self.answer_log.read_held(part, scan_from, scan_to)
+        self.metrics.log_check_reads.labels(self.topics.recommendations).inc(len(held.records))
         diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start)
         if diverged is None:
             if routine:
