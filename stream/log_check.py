@@ -139,6 +139,19 @@ class DueChecks:
             self._due = self._marks.popleft()[1]
         return self._due
 
+    def to_read(self, now: float, first: int, last: int, keep: int) -> tuple[int, int] | None:
+        """The offsets [start, end) a routine check reads back at `now`, of a window that holds
+        [first, last] and at most `keep` records; None when nothing is to read. The oldest quarter
+        of a full window is read even before it is due: past the window a record could no longer
+        be compared at all (at more than `keep / margin_s` records per second per partition)."""
+        due = self.due(now)
+        end = -1 if due is None else due + 1
+        if last - first + 1 >= keep:
+            end = max(end, first + keep // 4)
+        start = first if self.verified_to is None else max(first, self.verified_to)
+        end = min(end, last + 1)
+        return (start, end) if start < end else None
+
     def read_to(self, end: int) -> None:
         """Records before `end` were read back when due and found as handled."""
         self.verified_to = end

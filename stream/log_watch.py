@@ -166,12 +166,12 @@ class LogWatch:
         routine = kind is None and highwater > last
         scan_from, scan_to = first, last + 1
         if routine:
-            due = checks.due(now)
-            if due is None or now - self.verified_at.get(part, 0.0) < VERIFY_EVERY_S:
+            if now - self.verified_at.get(part, 0.0) < VERIFY_EVERY_S:
                 return
-            scan_from, scan_to = max(first, checks.verified_to or first), due + 1
-            if scan_from >= scan_to:
+            due = checks.to_read(now, first, last, log_of.keep)
+            if due is None:
                 return
+            scan_from, scan_to = due
         self.verified_at[part] = now
         held = await self.click_log.read_held(part, scan_from, scan_to)
         self.metrics.log_check_reads.labels(self.topics.clicks).inc(len(held.records))
@@ -224,12 +224,12 @@ class LogWatch:
         routine = not whole
         scan_from, scan_to = first, last + 1
         if routine:
-            due = checks.due(now)
-            if due is None or now - self.answers_verified_at.get(part, 0.0) < VERIFY_EVERY_S:
+            if now - self.answers_verified_at.get(part, 0.0) < VERIFY_EVERY_S:
                 return
-            scan_from, scan_to = max(first, checks.verified_to or first), due + 1
-            if scan_from >= scan_to:
+            due = checks.to_read(now, first, last, log_of.keep)
+            if due is None:
                 return
+            scan_from, scan_to = due
         self.answers_verified_at[part] = now
         held = await self.answer_log.read_held(part, scan_from, scan_to)
         self.metrics.log_check_reads.labels(self.topics.recommendations).inc(len(held.records))

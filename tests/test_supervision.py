@@ -126,6 +126,16 @@ def test_records_come_due_a_margin_after_they_were_handled() -> None:
     assert checks.due(now=271) == 95
 
 
+def test_a_full_window_reads_its_oldest_quarter_before_it_is_due() -> None:
+    checks = DueChecks(margin_s=30)
+    checks.mark(at=0, last=999)
+    assert checks.to_read(10, first=0, last=999, keep=2000) is None, "not full, nothing due"
+    assert checks.to_read(10, first=0, last=1999, keep=2000) == (0, 500), "full: the oldest quarter"
+    checks.read_to(500)
+    assert checks.to_read(11, first=300, last=2299, keep=2000) == (500, 800), "then the next quarter's part"
+    assert checks.to_read(31, first=300, last=1200, keep=2000) == (500, 1000), "what came due"
+
+
 def test_a_repair_is_done_at_its_end() -> None:
     repair = Repair(5, 8)
     assert not repair.done and repair.next_range() == (5, 8)
