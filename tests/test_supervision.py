@@ -22,7 +22,7 @@ from streamrec.stream.app import supervised
 from streamrec.stream.click_log import HeldRange
 from streamrec.stream.handling import Message
 from streamrec.stream.log_check import DueChecks, PartitionLog, Repair
-from streamrec.stream.log_watch import Answer, LogWatch
+from streamrec.stream.log_watch import VERIFY_EVERY_S, VERIFY_MARGIN_S, Answer, LogWatch
 from streamrec.stream.prefork import supervise
 
 
@@ -245,24 +245,29 @@ def test_routine_checks_read_each_record_once_a_margin_after_it_was_handled_and_
         now[0] = t
         asyncio.run(watch.verify_log(0, highwater))
 
+    every, margin = VERIFY_EVERY_S, VERIFY_MARGIN_S
     handle(0, 100)
     check_at(0.0)
     handle(100, 200)
-    check_at(12.0)
-    assert clicks.reads == [], "nothing was handled 30 s ago yet"
-    check_at(31.0)
-    assert clicks.reads == [(0, 100)], "what was handled by 0 s is due at 30 s"
-    check_at(36.0)
-    assert clicks.reads == [(0, 100)], "one routine check per VERIFY_EVERY_S"
-    check_at(45.0)
-    assert clicks.reads == [(0, 100), (100, 200)], "then what was handled by 12 s, and nothing twice"
-    check_at(60.0)
-    assert clicks.reads == [(0, 100), (100, 200)], "nothing new came due"
+    check_at(every / 2)
+    assert clicks.reads == [], "nothing was handled a margin ago yet"
+    check_at(margin)
+    assert clicks.reads == [(0, 100)], "what was handled by 0 s is due a margin later"
+    check_at(margin + every / 2)
+    assert clicks.reads == [(0, 100)], "due, but one routine check per VERIFY_EVERY_S"
+    check_at(margin + every)
+    assert clicks.reads == [(0, 100), (100, 200)], "then the rest, and nothing twice"
+    handle(200, 300)
+    check_at(margin + every + 0.1)
+    check_at(2 * margin + every)
+    assert clicks.reads[-1] == (100, 200), "not due yet"
+    check_at(2 * margin + every + 0.1)
+    assert clicks.reads == [(0, 100), (100, 200), (200, 300)], "each record once"
     watch.suspect[0] = ("rewind", 150)
-    check_at(61.0)
-    assert clicks.reads[-1] == (0, 200), "a suspect partition is read whole, at once"
-    check_at(62.0, highwater=150)
-    assert clicks.reads[-2:] == [(0, 200), (0, 200)], "so is a log that ends before what was handled"
+    check_at(4 * margin + 0.1)
+    assert clicks.reads[-1] == (0, 300), "a suspect partition is read whole, at once"
+    check_at(4 * margin + 0.2, highwater=150)
+    assert clicks.reads[-2:] == [(0, 300), (0, 300)], "so is a log that ends before what was handled"
 
 
 def test_the_watch_names_the_offsets_that_now_hold_another_record() -> None:
