@@ -39,7 +39,8 @@ from streamrec.settings import Settings, TopicNames
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
 from streamrec.stream.topics import ensure_topics_for
 
-LOG_CHECKS = "streamrec_stream_log_discontinuities_total"
+# What the worker's log watch found (discontinuities) and how much it read back to find it.
+LOG_CHECKS = ("streamrec_stream_log_discontinuities_total", "streamrec_stream_log_check_records_total")
 
 
 def rss_mb(procs: list[psutil.Process]) -> float:
