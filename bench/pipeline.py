@@ -75,9 +75,12 @@ class RunResult:
     # cores used by each thread of the worker process over a fixed-rate run (its
     # streamrec_worker_thread_cpu_seconds_total), the model process not included
     thread_cores: dict[str, float] | None = None
+    # p99 of how late the worker's event loop woke a sleeping task (stream/loop_lag.py), ms
+    loop_lag_p99_ms: float | None = None
 
 
 DRAIN_PAUSE_S = 0.003
+LOOP_LAG = "streamrec_worker_event_loop_lag_seconds"
 
 
 class Drain(threading.Thread):
@@ -176,11 +179,10 @@ def new_items_during(producer: KafkaProducer, settings: Settings, dataset: Datas
         time.sleep(seconds / max(1, n))
 
 
-def catalogue_p99(metrics: dict[str, float]) -> float | None:
+def histogram_p99(metrics: dict[str, float], name: str) -> float | None:
+    """p99 of histogram `name` (without `_bucket`) from a run's metric deltas; None if absent."""
     buckets = sorted(
-        (float(k.split('le="')[1].split('"')[0]), v)
-        for k, v in metrics.items()
-        if k.startswith("streamrec_index_catalogue_to_searchable_seconds_bucket")
+        (float(k.split('le="')[1].split('"')[0]), v) for k, v in metrics.items() if k.startswith(f"{name}_bucket")
     )
     return histogram_quantile(0.99, [b for b, _ in buckets], [c for _, c in buckets]) if buckets else None
 
@@ -241,7 +243,7 @@ def worker_run(
         wall = time.monotonic() - began
         delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
         if feeder is not None:
-            cat_p99 = catalogue_p99(delta)
+            cat_p99 = histogram_p99(delta, "streamrec_index_catalogue_to_searchable_seconds")
         rss = tree_peak_rss_mb(worker.proc.pid)
     finally:
         worker.stop()
@@ -279,6 +281,7 @@ def worker_run(
         stages,
         cpu_cores=cores,
         thread_cores=thread_cores(delta, wall) if rate else None,
+        loop_lag_p99_ms=None if (lag := histogram_p99(delta, LOOP_LAG)) is None else round(1000 * lag, 1),
     )
 
 
@@ -523,7 +526,11 @@ def run_pipeline_bench(settings: Settings, args: argparse.Namespace) -> int:
         if r.stage_seconds:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r.stage_seconds.items()))
             cores = ", ".join(f"{k} {v:.2f}" for k, v in (r.cpu_cores or {}).items())
-            print(f"{r.name}: mean batch {r.mean_batch or 0:.0f} clicks; seconds per stage: {stages}; cores: {cores}")
+            lag = "-" if r.loop_lag_p99_ms is None else f"{r.loop_lag_p99_ms:.0f} ms"
+            print(
+                f"{r.name}: mean batch {r.mean_batch or 0:.0f} clicks; seconds per stage: {stages}; cores: {cores}; "
+                f"event loop lag p99 {lag}"
+            )
             if r.thread_cores:
                 busiest = sorted(r.thread_cores.items(), key=lambda kv: -kv[1])
                 print(f"  worker threads, cores: {', '.join(f'{k} {v:.2f}' for k, v in busiest)}")

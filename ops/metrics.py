@@ -61,6 +61,7 @@ class Metrics:
     discontinuities: Counter
     already_answered: Counter
     log_check_reads: Counter
+    loop_lag: Histogram
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,12 @@ SPECS: dict[str, _Spec] = {
         Counter,
         "streamrec_stream_already_answered_clicks_total",
         "Clicks redelivered after a restart that had been answered already (not answered again)",
+    ),
+    "loop_lag": _Spec(
+        Histogram,
+        "streamrec_worker_event_loop_lag_seconds",
+        "How much later than asked the event loop woke a task sleeping 50 ms (time it spent elsewhere)",
+        buckets=LATENCY_BUCKETS,
     ),
     "log_check_reads": _Spec(
         Counter,

@@ -31,6 +31,7 @@ from streamrec.state.batch_journal import BatchJournal
 from streamrec.stream.catalogue_task import read_catalogue
 from streamrec.stream.click_agent import answer_clicks, answer_stream
 from streamrec.stream.empty_fetch import wait_after_empty_fetches
+from streamrec.stream.loop_lag import probe_loop_lag
 from streamrec.stream.model_task import watch_models
 from streamrec.stream.worker_context import WorkerContext, WorkerHooks
 
@@ -187,6 +188,10 @@ def build_app(
     async def models() -> None:
         if ctx.hooks.load_version is not None:
             await supervised("models", metrics, lambda: watch_models(ctx), on_fatal)
+
+    @app.task
+    async def loop_lag() -> None:
+        await supervised("loop_lag", metrics, lambda: probe_loop_lag(metrics), on_fatal)
 
     @app.timer(interval=1.0)
     async def check_log() -> None:
