@@ -178,7 +178,7 @@ class LogWatch:
         held = await self.click_log.read_held(part, scan_from, scan_to)
         self.metrics.log_check_reads.labels(self.topics.clicks).inc(len(held.records))
         self.suspect.pop(part, None)
-        diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start)
+        diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start, held.log_end)
         if diverged is None and kind == "rewritten":
             # Faust delivered the rewritten offsets itself (their records were noted as handled);
             # the answers before them may still have been lost.
@@ -235,7 +235,7 @@ class LogWatch:
         self.answers_verified_at[part] = now
         held = await self.answer_log.read_held(part, scan_from, scan_to)
         self.metrics.log_check_reads.labels(self.topics.recommendations).inc(len(held.records))
-        diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start)
+        diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start, held.log_end)
         if diverged is None:
             if routine:
                 checks.read_to(scan_to)

@@ -98,6 +98,11 @@ def test_records_the_broker_removed_on_purpose_are_not_losses() -> None:
     assert handled.diverged_range([(o, v) for o, v in compacted if o < 56], 50, 60) == (56, 60)
     rewritten = [*compacted[:-1], (59, b"another answer")]
     assert handled.diverged_range(rewritten, 50, 60) == (59, 60)
+    # A range read before the log's end (records read back once due): a gap at the range's end with
+    # records after it in the log was compacted; the same gap where the log ends is a loss.
+    read_early = [(o, v) for o, v in held.items() if o < 57]  # 57..59 superseded by answers past 60
+    assert handled.diverged_range(read_early, 50, 60, log_end=75) is None, "records follow in the log"
+    assert handled.diverged_range(read_early, 50, 60, log_end=57) == (57, 60), "the log ends there: lost"
 
 
 def test_the_handled_log_keeps_a_bounded_window() -> None:
