@@ -7,6 +7,7 @@ from the next click batch on; clicks wait until the catalogue as it stood at sta
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -36,6 +37,10 @@ async def read_catalogue(ctx: WorkerContext) -> None:
             if not ctx.catalogue_ready.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= ends[tp] for tp in tps):
+                    # What exists now (the catalogue, the model's tables, the caches' shells) lives
+                    # as long as the worker: moved out of the garbage collector's sight, so a full
+                    # collection no longer walks it while clicks wait on the event loop.
+                    gc.freeze()
                     ctx.catalogue_ready.set()
                     log.info("streamrec worker: catalogue read up to its end (%d items)", len(rec.index))
             batches = await poll(consumer, tps, ctx.idle_s, settings.batch_size)
