@@ -134,6 +134,7 @@ class DueChecks:
         self._marks: deque[tuple[float, int]] = deque()  # (when, last offset handled by then)
         self._due: int | None = None
         self.verified_to: int | None = None  # every record before it was read back when due
+        self.read_at = float("-inf")  # when the last read of this partition began
 
     def mark(self, at: float, last: int) -> None:
         """By `at`, the records up to `last` had been handled."""
@@ -145,6 +146,21 @@ class DueChecks:
         while self._marks and self._marks[0][0] + self.margin_s <= now:
             self._due = self._marks.popleft()[1]
         return self._due
+
+    def plan(self, now: float, first: int, last: int, keep: int, whole: bool, every_s: float) -> tuple[int, int] | None:
+        """The read a check at `now` makes of a window holding [first, last] (at most `keep`
+        records), after noting that `last` was handled by now: the whole window with `whole`, else
+        what `to_read` says, at most once per `every_s`. None: no read now."""
+        self.mark(now, last)
+        if whole:
+            scan: tuple[int, int] | None = (first, last + 1)
+        elif now - self.read_at < every_s:
+            return None
+        else:
+            scan = self.to_read(now, first, last, keep)
+        if scan is not None:
+            self.read_at = now
+        return scan
 
     def to_read(self, now: float, first: int, last: int, keep: int) -> tuple[int, int] | None:
         """The offsets [start, end) a routine check reads back at `now`, of a window that holds

@@ -60,7 +60,6 @@ class LogWatch:
         # Checksums of the records handled per clicks partition, and ranges being answered again.
         self.handled: dict[int, PartitionLog] = {}
         self.repairs: dict[int, Repair] = {}
-        self.verified_at: dict[int, float] = {}
         # Partitions where the log went backwards, with the offset Faust resumed at: the check
         # finds where it diverged and answers up to there (Faust answers from there on).
         self.suspect: dict[int, tuple[str, int]] = {}  # {partition: (kind, offset where it was seen)}
@@ -68,7 +67,6 @@ class LogWatch:
         # The same for the answers: {recommendations partition: answers written, tagged with their click}.
         self.written: dict[int, PartitionLog] = {}
         self.answers_verified: dict[int, DueChecks] = {}
-        self.answers_verified_at: dict[int, float] = {}
 
     # --- what the click agent reports ------------------------------------------------------------
 
@@ -161,20 +159,13 @@ class LogWatch:
         first = log_of.first() if log_of is not None else None
         if log_of is None or last is None or first is None or part in self.repairs:
             return
-        now = self.clock()
         checks = self.verified.setdefault(part, DueChecks(VERIFY_MARGIN_S))
-        checks.mark(now, last)
         kind, seen_at = self.suspect.get(part, (None, last + 1))
         routine = kind is None and highwater > last
-        scan_from, scan_to = first, last + 1
-        if routine:
-            if now - self.verified_at.get(part, 0.0) < VERIFY_EVERY_S:
-                return
-            due = checks.to_read(now, first, last, log_of.keep)
-            if due is None:
-                return
-            scan_from, scan_to = due
-        self.verified_at[part] = now
+        scan = checks.plan(self.clock(), first, last, log_of.keep, not routine, VERIFY_EVERY_S)
+        if scan is None:
+            return
+        scan_from, scan_to = scan
         held = await self.click_log.read_held(part, scan_from, scan_to)
         self.metrics.log_check_reads.labels(self.topics.clicks).inc(len(held.records))
         self.suspect.pop(part, None)
@@ -220,24 +211,16 @@ class LogWatch:
         first = log_of.first() if log_of is not None else None
         if log_of is None or last is None or first is None:
             return
-        now = self.clock()
         checks = self.answers_verified.setdefault(part, DueChecks(VERIFY_MARGIN_S))
-        checks.mark(now, last)
-        routine = not whole
-        scan_from, scan_to = first, last + 1
-        if routine:
-            if now - self.answers_verified_at.get(part, 0.0) < VERIFY_EVERY_S:
-                return
-            due = checks.to_read(now, first, last, log_of.keep)
-            if due is None:
-                return
-            scan_from, scan_to = due
-        self.answers_verified_at[part] = now
+        scan = checks.plan(self.clock(), first, last, log_of.keep, whole, VERIFY_EVERY_S)
+        if scan is None:
+            return
+        scan_from, scan_to = scan
         held = await self.answer_log.read_held(part, scan_from, scan_to)
         self.metrics.log_check_reads.labels(self.topics.recommendations).inc(len(held.records))
         diverged = log_of.diverged_range(held.records, scan_from, scan_to, held.log_start, held.log_end)
         if diverged is None:
-            if routine:
+            if not whole:
                 checks.read_to(scan_to)
             return
         lo, hi = diverged
