@@ -247,14 +247,12 @@ class SparseAttention(nn.Module):
         layer.v[w_rows, :, pos[new]] = v_new.permute(0, 2, 1, 3)[new].to(layer.v.dtype)
         ks = take_positions(layer.k, slots, key_pos.expand(b, -1)).to(q.dtype)  # (B, H, T, dh)
         vs = take_positions(layer.v, slots, key_pos.expand(b, -1)).to(q.dtype)
-        nb = t_max // c.block
-        if nb:
-            # Summaries of every complete block (re-deriving old ones gives the same values);
-            # blocks still incomplete for a slot are masked below and rewritten once complete.
-            kc = compress_blocks(ks, c.block, self.block_pos_k, self.compress_k)  # (B, H, nb, dh)
-            vc = compress_blocks(vs, c.block, self.block_pos_v, self.compress_v)
-            layer.kc[slots, :, :nb] = kc.to(layer.kc.dtype)
-            layer.vc[slots, :, :nb] = vc.to(layer.vc.dtype)
+        # Summaries of the blocks these new positions complete, once each (older ones are in the
+        # cache; a block still incomplete is masked below and summarised when it completes).
+        done = new & ((pos + 1) % c.block == 0)  # (B, P)
+        if done.any():
+            d_rows, d_cols = done.nonzero(as_tuple=True)
+            self._summarise_completed(cache, d_rows, pos[d_rows, d_cols])
         kc = layer.kc.index_select(0, slots).to(q.dtype)  # (B, H, NB, dh)
         vc = layer.vc.index_select(0, slots).to(q.dtype)
         n_cap, h, dh = kc.shape[2], q.shape[1], q.shape[3]
@@ -281,12 +279,18 @@ class SparseAttention(nn.Module):
         ends = (torch.arange(n_cap, device=dev) + 1) * c.block - 1
         cmp_mask = ends[None, None] <= pos[:, :, None]  # (B, P, NB)
         o_cmp = masked_softmax_attention(q, kc, vc, cmp_mask[:, None])
-        o_sel, p_sel = attention_with_weights(q, ks, vs, sel_mask[:, None])
-        o_win, p_win = attention_with_weights(q, ks, vs, win_mask[:, None])
+        # The selected and window branches read the same keys: one score product, a softmax per
+        # branch (each normalises on its own), the gates folded into the weights, one product
+        # with the values.
+        scores = (q @ ks.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, P, T)
+        sel_ok, win_ok = sel_mask[:, None], win_mask[:, None]
         g = self._gates(x).permute(0, 2, 1, 3)  # (B, H, P, 3)
-        o = g[..., 0:1] * o_cmp + g[..., 1:2] * o_sel + g[..., 2:3] * o_win
+        p_sel = torch.softmax(scores.masked_fill(~sel_ok, NEG), -1) * sel_ok * g[..., 1:2]
+        p_win = torch.softmax(scores.masked_fill(~win_ok, NEG), -1) * win_ok * g[..., 2:3]
+        weights = p_sel + p_win
+        o = (weights @ vs).addcmul_(g[..., 0:1], o_cmp)  # (B, H, P, dh)
         g_last = g[rows, :, last]  # (B, H, 3)
-        mass = (g_last[..., 1:2] * p_sel[rows, :, last]).sum(1) + (g_last[..., 2:3] * p_win[rows, :, last]).sum(1)
+        mass = weights[rows, :, last].sum(1)  # (B, T)
         cache.attended = (key_pos.expand(b, -1), mass, g_last.mean(1))
         return self.out(merge_heads(o))
 
