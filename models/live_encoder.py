@@ -110,7 +110,7 @@ class LiveEncoder:
             extra = self.caches[0].sel_idx.shape[1] * 9  # int64 index + bool per selected block
         return len(self.caches) * (int(vectors * vector) + extra) + 8
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _advance(
         self, slots: torch.Tensor, items: torch.Tensor, counts: torch.Tensor, explain_top: int
     ) -> tuple[torch.Tensor, StepExplanation | None]:

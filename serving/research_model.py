@@ -136,7 +136,7 @@ class ResearchServingModel:
                 return self._users.pop(victim).slot
         raise RuntimeError("more users in one batch than state slots: raise state_memory_mb")
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_users(
         self,
         histories: list[UserHistory],
