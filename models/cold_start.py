@@ -127,14 +127,34 @@ def ndcg10_by_offset(scores: ScoreBatches, new_rows: torch.Tensor, scale: float,
     return total / max(1, n)
 
 
-def fit_calibration(
-    warm: ScoreBatches, cold: ScoreBatches, new_rows: torch.Tensor, cfg: ColdStartConfig
-) -> tuple[ColdStartConfig, list[dict]]:
-    """Choose (scale, offset) on validation: `warm` and `cold` yield history-masked score batches
-    for validation pairs whose target is a warm / a held-out item (B, N+1), with held-out items
-    scored by content alone. Returns the chosen config and every grid point tried."""
-    if cfg.fit == "none":
-        return cfg, []
+@dataclass(frozen=True)
+class CalibrationGrid:
+    """Validation NDCG@10 of warm and cold targets at every (scale, offset) tried."""
+
+    points: list[dict]  # {"scale", "offset", "warm_ndcg10", "cold_ndcg10"}
+    warm_alone: float  # warm validation NDCG@10 when no new item competes (each scored -inf)
+    n_warm: int  # validation pairs whose target is warm
+    n_cold: int  # ... and held out of training
+
+    def choose(self, cfg: ColdStartConfig) -> ColdStartConfig:
+        """`cfg` with the (scale, offset) its `fit` rule picks from the grid."""
+        if cfg.fit == "none" or not self.points:
+            return cfg
+        grid = self.points
+        if cfg.fit == "pooled":
+            best = max(grid, key=lambda g: g["warm_ndcg10"] * self.n_warm + g["cold_ndcg10"] * self.n_cold)
+        else:
+            allowed = [g for g in grid if g["warm_ndcg10"] >= cfg.warm_floor * self.warm_alone]
+            if not allowed:  # every point costs warm items more: the one that costs least
+                allowed = [max(grid, key=lambda g: g["warm_ndcg10"])]
+            best = max(allowed, key=lambda g: (g["cold_ndcg10"], g["warm_ndcg10"]))
+        return replace(cfg, scale=best["scale"], offset=best["offset"])
+
+
+def calibration_grid(warm: ScoreBatches, cold: ScoreBatches, new_rows: torch.Tensor) -> CalibrationGrid:
+    """Every (scale, offset) tried on validation: `warm` and `cold` yield history-masked score
+    batches for validation pairs whose target is a warm / a held-out item (B, N+1), with
+    held-out items scored by content alone."""
     first, _ = next(warm())  # (B, N+1) history-masked
     is_new = torch.zeros(first.shape[1], dtype=torch.bool)
     is_new[new_rows] = True
@@ -148,15 +168,18 @@ def fit_calibration(
         w, c = ndcg10_by_offset(warm, new_rows, scale, offsets), ndcg10_by_offset(cold, new_rows, scale, offsets)
         for j, b in enumerate(offsets.tolist()):
             grid.append({"scale": scale, "offset": round(b, 5), "warm_ndcg10": float(w[j]), "cold_ndcg10": float(c[j])})
-    # Warm quality as if no new item existed (each scored -inf): what new items may cost a share of.
     warm_alone = float(ndcg10_by_offset(warm, new_rows, 1.0, torch.tensor([float("-inf")]))[0])
     n_warm = sum(len(t) for _, t in warm())
     n_cold = sum(len(t) for _, t in cold())
-    if cfg.fit == "pooled":
-        best = max(grid, key=lambda g: g["warm_ndcg10"] * n_warm + g["cold_ndcg10"] * n_cold)
-    else:
-        allowed = [g for g in grid if g["warm_ndcg10"] >= cfg.warm_floor * warm_alone]
-        if not allowed:  # every point costs warm items more: the one that costs least
-            allowed = [max(grid, key=lambda g: g["warm_ndcg10"])]
-        best = max(allowed, key=lambda g: (g["cold_ndcg10"], g["warm_ndcg10"]))
-    return replace(cfg, scale=best["scale"], offset=best["offset"]), grid
+    return CalibrationGrid(grid, warm_alone, n_warm, n_cold)
+
+
+def fit_calibration(
+    warm: ScoreBatches, cold: ScoreBatches, new_rows: torch.Tensor, cfg: ColdStartConfig
+) -> tuple[ColdStartConfig, list[dict]]:
+    """Choose (scale, offset) on validation by `cfg.fit` (see `calibration_grid` for the inputs).
+    Returns the chosen config and every grid point tried."""
+    if cfg.fit == "none":
+        return cfg, []
+    grid = calibration_grid(warm, cold, new_rows)
+    return grid.choose(cfg), grid.points

@@ -263,3 +263,37 @@ def test_fast_calibration_ranks_equal_the_reference(seed: int, scale: float, n_n
     torch.testing.assert_close(
         ndcg10_by_offset(batches, new_rows, scale, offsets), ndcg10_reference(batches, new_rows, scale, offsets)
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    points=st.lists(
+        st.tuples(st.floats(0.0, 0.1), st.floats(0.0, 0.1)),  # (warm, cold) validation NDCG@10
+        min_size=1,
+        max_size=30,
+    ),
+    floors=st.lists(st.floats(0.5, 1.0), min_size=2, max_size=4),
+)
+def test_a_lower_warm_floor_never_buys_fewer_cold_hits_and_every_choice_keeps_its_floor(
+    points: list[tuple[float, float]], floors: list[float]
+) -> None:
+    from streamrec.models.cold_start import CalibrationGrid
+
+    grid = CalibrationGrid(
+        [{"scale": 1.0, "offset": float(i), "warm_ndcg10": w, "cold_ndcg10": c} for i, (w, c) in enumerate(points)],
+        warm_alone=0.1,
+        n_warm=90,
+        n_cold=10,
+    )
+    by_offset = {p["offset"]: p for p in grid.points}
+    chosen = {}
+    for floor in sorted(floors, reverse=True):
+        pick = by_offset[grid.choose(ColdStartConfig(fit="warm_floor", warm_floor=floor)).offset]
+        if any(p["warm_ndcg10"] >= floor * 0.1 for p in grid.points):
+            assert pick["warm_ndcg10"] >= floor * 0.1, "the choice costs warm items more than the floor allows"
+        chosen[floor] = pick["cold_ndcg10"]
+    cold_by_floor = [chosen[f] for f in sorted(chosen, reverse=True)]
+    assert cold_by_floor == sorted(cold_by_floor), "a lower floor chose fewer cold hits"
+    pooled = by_offset[grid.choose(ColdStartConfig(fit="pooled")).offset]
+    best = max(90 * p["warm_ndcg10"] + 10 * p["cold_ndcg10"] for p in grid.points)
+    assert 90 * pooled["warm_ndcg10"] + 10 * pooled["cold_ndcg10"] == best
