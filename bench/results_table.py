@@ -101,7 +101,45 @@ def coldstart_table(files: list[Path]) -> str:
             ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in recs),
         ]
         out.append(f"| {ds}, {model}, {drop}, {id_map}, {evidence} | {len(recs)} | " + " | ".join(cells) + " |")
+    floors = _floor_rows(groups)
+    if floors:
+        out += [
+            "",
+            "Test figures of each warm floor's fit (chosen on validation; `--warm-floor`, `--warm-floors`):",
+            "",
+            "| dataset, model, ID dropout, ID map, ID evidence | warm floor | seeds | cold NDCG@10 | warm NDCG@10 | "
+            "cold / warm |",
+            "|---" * 6 + "|",
+            *floors,
+        ]
     return "\n".join(out)
+
+
+def _floor_rows(groups: dict[tuple[str, str, float, str, float], list[dict]]) -> list[str]:
+    """One row per group and warm floor fitted in all of the group's records."""
+    rows = []
+    for (ds, model, drop, id_map, evidence), recs in sorted(groups.items()):
+        per_rec = []
+        for r in recs:
+            fits = (
+                {f"{r['calibration']['warm_floor']:g}": r["calibrated"]}
+                if r["calibration"]["fit"] == "warm_floor"
+                else {}
+            )
+            for how, fit in r.get("other_fits", {}).items():
+                if how.startswith("warm_floor="):
+                    fits[how.split("=", 1)[1]] = fit
+            per_rec.append(fits)
+        common = set.intersection(*(set(f) for f in per_rec)) if per_rec else set()
+        for floor in sorted(common, key=float, reverse=True):
+            cold = [f[floor]["cold"]["NDCG@10"] for f in per_rec]
+            warm = [f[floor]["warm"]["NDCG@10"] for f in per_rec]
+            ratio = [c / w for c, w in zip(cold, warm, strict=True)]
+            rows.append(
+                f"| {ds}, {model}, {drop}, {id_map}, {evidence} | {floor} | {len(recs)} | "
+                f"{_fmt(cold)} | {_fmt(warm)} | {_fmt(ratio)} |"
+            )
+    return rows
 
 
 def stopped_by(rec: dict) -> str:

@@ -256,6 +256,17 @@ CHECKPOINT_HELP = "a checkpoint from `streamrec train` (default: <STREAMREC_STAT
 DATASET_HELP = "amazon-beauty, ml-100k, lastfm-2k-mm, or the path of your own RecBole .inter file or CSV"
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated numbers in (0, 1], e.g. "0.9,0.85"."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each floor is a share of warm quality, in (0, 1]")
+    return values
+
+
 def _add_hygiene_args(p: argparse.ArgumentParser) -> None:
     """The training-hygiene options of every command that trains (docs/models.md, "Training hygiene")."""
     p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up (docs/models.md)")
@@ -405,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the new-item calibration is chosen on validation (docs/models.md, New items)",
     )
     b.add_argument("--warm-floor", type=float, default=0.97)
+    b.add_argument(
+        "--warm-floors",
+        type=_floats,
+        default=(),
+        help="more warm floors, comma-separated, whose fits are reported on test beside (e.g. 0.9,0.85,0.8)",
+    )
     b.add_argument("--max-len", type=int, default=0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=1)

@@ -101,3 +101,31 @@ def test_the_command_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureF
         assert err.startswith(start) and "\n" not in err, err
     assert main(["--compare", "base", str(tmp_path / "base-s0.json")]) == 0
     assert capsys.readouterr().out.startswith("| model | seeds |")
+
+
+def test_the_coldstart_table_lists_each_warm_floor_fitted_in_every_seed(tmp_path: Path) -> None:
+    from streamrec.bench.results_table import coldstart_table
+
+    def fit(cold: float, warm: float) -> dict:
+        return {"cold": {"NDCG@10": cold, "HR@10": 2 * cold}, "warm": {"NDCG@10": warm, "HR@10": 2 * warm}}
+
+    for seed, extra in ((0, {"warm_floor=0.8": fit(0.03, 0.05)}), (1, {})):
+        rec = {
+            "dataset": "d",
+            "model": "m",
+            "id_dropout": 0.0,
+            "seed": seed,
+            "calibration": {"fit": "warm_floor", "warm_floor": 0.97},
+            "calibrated": fit(0.01, 0.06),
+            "uncalibrated": fit(0.0, 0.06),
+            "other_fits": {"pooled": fit(0.0, 0.061), "warm_floor=0.85": fit(0.02 + seed * 0.01, 0.055), **extra},
+            "cold_ranked_among_held_out_items_only": {"NDCG@10": 0.1},
+            "best_epoch": 3,
+            "epochs_run": 9,
+        }
+        (tmp_path / f"cs-{seed}.json").write_text(json.dumps(rec))
+    table = coldstart_table(sorted(tmp_path.glob("cs-*.json")))
+    rows = [line for line in table.splitlines() if line.startswith("| d, m,") and "| 2 |" in line]
+    floors = [line.split(" | ")[1] for line in rows if line.count("|") == 7]
+    assert floors == ["0.97", "0.85"], "floors fitted in every seed, highest first; 0.8 was fitted in one only"
+    assert rows[-1].endswith("| 0.4545 ± 0.1286 |"), "cold/warm of the 0.85 fits: 0.02/0.055 and 0.03/0.055"
