@@ -112,7 +112,7 @@ def run_coldstart_bench(settings: Settings, args: argparse.Namespace) -> int:
     max_len = args.max_len or default_max_len(ds)
     device = torch.device("cpu")
     torch.manual_seed(args.seed)
-    cold_cfg = ColdStartConfig(fit=args.fit, warm_floor=args.warm_floor)
+    cold_cfg = ColdStartConfig(fit=args.fit, warm_floor=args.warm_floor, cold_share=args.cold_share)
     cfg = replace(
         build_config(args.preset, len(catalog.item_ids), max_len, 64),
         id_dropout=args.id_dropout,

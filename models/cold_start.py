@@ -18,8 +18,9 @@ so an item with `full_evidence` clicks is scored like any other. Optionally (`id
 item's missing ID vector is first predicted from its content by a ridge map fitted on warm
 items. The fit is a grid search over
 (scale, offset) with the best cold validation NDCG@10 that keeps the warm targets' validation
-NDCG@10 at `warm_floor` of what it is when no new item competes (or that maximises NDCG@10 over
-all validation targets, `fit="pooled"`).
+NDCG@10 at `warm_floor` of what it is when no new item competes; or the best warm validation
+NDCG@10 whose cold one is at least `cold_share` of it (`fit="cold_share"`); or the one that
+maximises NDCG@10 over all validation targets (`fit="pooled"`).
 Offsets are tried between -2 and +2 times the median gap between a user's 10th-best warm score and
 best new-item score (a content-only score may as well be too high as too low).
 """
@@ -33,20 +34,25 @@ import torch
 
 from streamrec.models.ranking_metrics import target_rank
 
+FITS = ("warm_floor", "cold_share", "pooled", "none")
+
 
 @dataclass(frozen=True)
 class ColdStartConfig:
     scale: float = 1.0  # multiplies a new item's content-only score u.v
     offset: float = 0.0  # added to it: the prior for new items that content cannot carry
     full_evidence: int = 20  # clicks after which an item is scored like any other
-    fit: str = "warm_floor"  # "warm_floor", "pooled" or "none": how scale and offset are chosen
+    fit: str = "warm_floor"  # "warm_floor", "cold_share", "pooled" or "none": how scale and offset are chosen
     warm_floor: float = 0.97  # "warm_floor": keep warm validation NDCG@10 at this share of its level without new items
+    # "cold_share": the best warm validation NDCG@10 among the points whose cold validation NDCG@10
+    # is at least this share of their warm one (new items get a guaranteed share of quality).
+    cold_share: float = 0.5
     # An ID vector predicted from content for items without one (a ridge map fitted on warm items
     # after training, `fit_id_map`), instead of the zero row; MUFASA and content-SASRec only.
     id_map: bool = False
 
     def __post_init__(self) -> None:
-        assert self.fit in ("warm_floor", "pooled", "none"), "fit: warm_floor, pooled or none"
+        assert self.fit in FITS, f"fit must be one of {FITS}"
         assert self.scale > 0, "scale must be positive (it must keep the content order of new items)"
         assert self.full_evidence >= 1, "full_evidence must be at least 1 click"
 
@@ -143,6 +149,11 @@ class CalibrationGrid:
         grid = self.points
         if cfg.fit == "pooled":
             best = max(grid, key=lambda g: g["warm_ndcg10"] * self.n_warm + g["cold_ndcg10"] * self.n_cold)
+        elif cfg.fit == "cold_share":
+            allowed = [g for g in grid if g["cold_ndcg10"] >= cfg.cold_share * g["warm_ndcg10"]]
+            if not allowed:  # no point gives new items that share: the one that comes closest
+                allowed = [max(grid, key=lambda g: g["cold_ndcg10"] / max(1e-12, g["warm_ndcg10"]))]
+            best = max(allowed, key=lambda g: (g["warm_ndcg10"], g["cold_ndcg10"]))
         else:
             allowed = [g for g in grid if g["warm_ndcg10"] >= cfg.warm_floor * self.warm_alone]
             if not allowed:  # every point costs warm items more: the one that costs least

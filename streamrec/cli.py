@@ -412,10 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--fit",
         default="warm_floor",
-        choices=["warm_floor", "pooled", "none"],
+        choices=["warm_floor", "cold_share", "pooled", "none"],  # models/cold_start.py FITS (torch-free here)
         help="how the new-item calibration is chosen on validation (docs/models.md, New items)",
     )
     b.add_argument("--warm-floor", type=float, default=0.97)
+    b.add_argument("--cold-share", type=float, default=0.5, help="--fit cold_share: new items' share of warm quality")
     b.add_argument(
         "--warm-floors",
         type=_floats,

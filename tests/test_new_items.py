@@ -297,3 +297,39 @@ def test_a_lower_warm_floor_never_buys_fewer_cold_hits_and_every_choice_keeps_it
     pooled = by_offset[grid.choose(ColdStartConfig(fit="pooled")).offset]
     best = max(90 * p["warm_ndcg10"] + 10 * p["cold_ndcg10"] for p in grid.points)
     assert 90 * pooled["warm_ndcg10"] + 10 * pooled["cold_ndcg10"] == best
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    points=st.lists(st.tuples(st.floats(0.001, 0.1), st.floats(0.0, 0.1)), min_size=1, max_size=30),
+    share=st.floats(0.1, 1.0),
+)
+def test_the_cold_share_fit_keeps_the_most_warm_quality_among_points_giving_new_items_their_share(
+    points: list[tuple[float, float]], share: float
+) -> None:
+    from streamrec.models.cold_start import CalibrationGrid
+
+    grid = CalibrationGrid(
+        [{"scale": 1.0, "offset": float(i), "warm_ndcg10": w, "cold_ndcg10": c} for i, (w, c) in enumerate(points)],
+        warm_alone=0.1,
+        n_warm=90,
+        n_cold=10,
+    )
+    pick = grid.points[int(grid.choose(ColdStartConfig(fit="cold_share", cold_share=share)).offset)]
+    meeting = [p for p in grid.points if p["cold_ndcg10"] >= share * p["warm_ndcg10"]]
+    if meeting:
+        assert pick in meeting, "the choice does not give new items their share"
+        assert pick["warm_ndcg10"] == max(p["warm_ndcg10"] for p in meeting)
+    else:
+        best_ratio = max(p["cold_ndcg10"] / p["warm_ndcg10"] for p in grid.points)
+        assert pick["cold_ndcg10"] / pick["warm_ndcg10"] == best_ratio, "not the point closest to the share"
+
+
+def test_the_cli_offers_every_fit_rule_and_only_those() -> None:
+    from streamrec.cli import build_parser
+    from streamrec.models.cold_start import FITS
+
+    bench = next(a for a in build_parser()._subparsers._group_actions[0].choices["bench"]._actions if a.choices)
+    coldstart = bench.choices["coldstart"]
+    fit = next(a for a in coldstart._actions if a.dest == "fit")
+    assert tuple(fit.choices) == FITS
