@@ -165,6 +165,10 @@ class ProcessServingModel:
     def modality_weights(self, item_id: str) -> dict[str, float] | None:
         return self._weights.get(item_id)
 
+    @property
+    def history_window(self) -> int:
+        return self._window
+
     def state_bytes_per_user(self, length: int) -> int:
         return int(self._call("state_bytes_per_user", length))
 

@@ -276,20 +276,24 @@ class Recommender:
         if len(self.new_items):
             self._update_evidence(valid, applied)
         users = list(dict.fromkeys(c.user_id for c in valid))
-        histories = []
+        histories: list[UserHistory] = []
+        exclude: list[set[int]] = []  # per user, every row of the history: not recommended again
+        window = self.model.history_window
+        get = self.catalogue.get
         for user in users:
-            rows = []
-            for item_id in self.sequences.sequence(user):
-                entry = self.catalogue.get(item_id)
-                if entry is not None:
-                    rows.append(entry.row)
+            # Only the clicks the model reads are mapped to rows one by one; the rest only as the
+            # set of distinct items to leave out of the ranking. Mapping a whole history (up to
+            # the sequence cap, 2,048) cost 0.27 ms per user, and grew with every click.
+            sequence = self.sequences.sequence(user)
+            recent = sequence if window is None else sequence[-window:]
+            rows = [e.row for e in map(get, recent) if e is not None]
             histories.append(UserHistory(user, rows, self.sequences.total(user)))
+            exclude.append({e.row for e in map(get, set(sequence)) if e is not None})
         t1 = time.perf_counter()
         written = np.fromiter(sorted(self._written), dtype=np.int64, count=len(self._written))
         encoded = self.model.encode_users(histories, self._matrix, self.explain, written)
         self._written.clear()
         t2 = time.perf_counter()
-        exclude = [set(h.rows) for h in histories]
         scores, ids = self.index.search(encoded.vectors, self.top_k, exclude)
         merged = self.new_items.rank(encoded.vectors, scores, ids, self._matrix, exclude, self.top_k, self.clock())
         result.stage_seconds = {"state": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}

@@ -97,6 +97,10 @@ class ResearchServingModel:
     def dim(self) -> int:
         return self.model.cfg.encoder.dim
 
+    @property
+    def history_window(self) -> int:
+        return self.max_len  # the encoder window (`window_start`) never holds more
+
     # --- items -------------------------------------------------------------------------------
 
     def content_features(self, records: list[CatalogueRecord]) -> tuple[ItemFeatures, torch.Tensor]:

@@ -33,7 +33,8 @@ class UserEncoding:
 
 @dataclass(frozen=True)
 class UserHistory:
-    """A user's stored history as catalogue rows (oldest first) and how many clicks it ever had."""
+    """A user's stored history as catalogue rows (oldest first; only the latest `history_window`
+    clicks when the model names one) and how many clicks it ever had."""
 
     user_id: str
     rows: list[int]
@@ -65,6 +66,12 @@ class ServingModel(Protocol):
 
     def modality_weights(self, item_id: str) -> dict[str, float] | None:
         """How the item's representation weighs its modalities (None when the model has no gate)."""
+        ...
+
+    @property
+    def history_window(self) -> int | None:
+        """How many of a user's latest clicks `encode_users` reads (None: any of them). The caller
+        maps only those to catalogue rows, so a click's cost does not grow with the user's history."""
         ...
 
     @property
@@ -110,7 +117,7 @@ class BaselineServingModel:
         batch = np.zeros((len(histories), n, self.dim), dtype=np.float32)  # (B, L, D) right-aligned
         mask = np.zeros((len(histories), n), dtype=bool)  # (B, L)
         for b, h in enumerate(histories):
-            recent = [r for r in h.rows if np.any(item_matrix[r])][-n:]
+            recent = _latest_placed(h.rows, item_matrix, n)
             if recent:
                 batch[b, n - len(recent) :] = item_matrix[recent]
                 mask[b, n - len(recent) :] = True
@@ -122,6 +129,10 @@ class BaselineServingModel:
         return None
 
     @property
+    def history_window(self) -> int | None:
+        return None  # the latest `history` rows with a vector: how far back they reach is not known
+
+    @property
     def cold_start(self) -> ColdStartConfig:
         return ColdStartConfig(fit="none")  # every item is content alone here: nothing to calibrate
 
@@ -130,3 +141,15 @@ class BaselineServingModel:
 
     def close(self) -> None:
         """Nothing outside this process."""
+
+
+def _latest_placed(rows: list[int], item_matrix: np.ndarray, n: int) -> list[int]:
+    """The last n of `rows` whose vector is not all zero, oldest first; reads from the end and
+    stops at n, so the cost follows n, not the length of the history."""
+    found: list[int] = []
+    for r in reversed(rows):
+        if np.any(item_matrix[r]):
+            found.append(r)
+            if len(found) == n:
+                break
+    return found[::-1]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.serving.recommender import Recommender
-from streamrec.serving.serving_model import BaselineServingModel, UserHistory
+from streamrec.serving.serving_model import BaselineServingModel, UserEncoding, UserHistory
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import ExactItemIndex, FaissItemIndex
 from streamrec.state.sequence_store import InMemorySequenceStore, RocksSequenceStore
@@ -108,3 +111,52 @@ def test_user_vector_uses_only_the_latest_history(tmp_path: Path, n_hist: int) -
     tail = rec.model.encode_users([UserHistory("u", rows[-CFG.history :], n_hist)], rec._matrix, False).vectors
     assert full.shape == (1, CFG.dim)
     assert abs(float((full * tail).sum()) - 1.0) < 1e-5
+
+
+class WindowedModel(BaselineServingModel):
+    """The content baseline reading only its latest `window` clicks, recording what it was given."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__(ContentBaseline(CFG))
+        self.window = window
+        self.seen: list[UserHistory] = []
+
+    @property
+    def history_window(self) -> int:
+        return self.window
+
+    def encode_users(self, histories: list[UserHistory], *args: object, **kwargs: object) -> UserEncoding:
+        self.seen.extend(histories)
+        return super().encode_users(histories, *args, **kwargs)
+
+
+def test_the_model_gets_its_window_and_the_whole_history_stays_excluded(tmp_path: Path) -> None:
+    model = WindowedModel(window=3)
+    rec = Recommender(
+        RocksSequenceStore(tmp_path / "seq", max_len=50), CatalogueStore(tmp_path / "cat", CFG.dim),
+        ExactItemIndex(CFG.dim), model, 20,
+    )  # fmt: skip
+    rec.apply_catalogue(catalogue(30))
+    clicked = [f"i{k}" for k in (4, 9, 4, 17, 2, 25, 11, 9)]  # a repeat inside and outside the window
+    for n, item in enumerate(clicked):
+        result = rec.handle_clicks([click(n, "u", item)])
+    last = model.seen[-1]
+    assert last.rows == [rec.catalogue.get(i).row for i in clicked[-3:]] and last.total == len(clicked)
+    got = {s.item_id for s in result.recommendations[0].items}
+    assert len(got) == 20 and not got & set(clicked), "an item clicked before the window was recommended"
+    rec.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    placed=st.lists(st.booleans(), min_size=1, max_size=40),
+    picks=st.lists(st.integers(0, 39), max_size=80),
+    n=st.integers(1, 12),
+)
+def test_the_baseline_reads_the_latest_placed_rows_from_the_end(placed: list[bool], picks: list[int], n: int) -> None:
+    from streamrec.serving.serving_model import _latest_placed
+
+    matrix = np.zeros((len(placed), 4), dtype=np.float32)
+    matrix[np.array(placed)] = 1.0
+    rows = [p % len(placed) for p in picks]
+    assert _latest_placed(rows, matrix, n) == [r for r in rows if np.any(matrix[r])][-n:]
