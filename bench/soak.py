@@ -4,7 +4,9 @@ One worker (content baseline or `--checkpoint`) on a fresh local broker; the dat
 offered at `--rate` for `--minutes`, looping over the dataset with new event ids when it runs out.
 Reported per minute of arrival: answers, freshness p50 / p99 (arrival at a downstream consumer
 minus event time), and the resident memory of the worker (with its model process) and of the
-broker, sampled every 10 s. Flat freshness and flat memory after warm-up mean the worker keeps up;
+broker, sampled every 10 s, and the worker's own profile of the minute from its metrics (mean
+micro-batch, seconds per stage, event-loop lag p99, cores per thread), so a rise can be traced to
+a stage. Flat freshness and flat memory after warm-up mean the worker keeps up;
 growth means a backlog or a leak. Prints a table and writes JSON with the machine's load, the
 commit and the command.
 
@@ -23,6 +25,7 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import psutil
 from aiokafka import ConsumerRecord
 
 from streamrec.bench.machine import machine_load, save_record
-from streamrec.bench.pipeline import Drain
+from streamrec.bench.pipeline import LOOP_LAG, Drain, histogram_p99, thread_cores
 from streamrec.datasets import load_dataset
 from streamrec.local.broker import LocalBroker, free_port, free_ports
 from streamrec.local.processes import start_worker
@@ -41,6 +44,14 @@ from streamrec.stream.topics import ensure_topics_for
 
 # What the worker's log watch found (discontinuities) and how much it read back to find it.
 LOG_CHECKS = ("streamrec_stream_log_discontinuities_total", "streamrec_stream_log_check_records_total")
+# Worker metrics sampled with memory, for a per-minute profile: micro-batches, seconds per stage,
+# the event loop's lag, each thread's CPU.
+PROFILE = (
+    "streamrec_stream_batch_size_events_",
+    "streamrec_stream_stage_latency_seconds_sum",
+    LOOP_LAG + "_bucket",
+    "streamrec_worker_thread_cpu_seconds_total",
+)
 
 
 def rss_mb(procs: list[psutil.Process]) -> float:
@@ -80,7 +91,13 @@ class MemorySampler(threading.Thread):
     so a growing backlog can be told apart: the worker slowing, or the broker taking more of the
     two cores as its log grows."""
 
-    def __init__(self, worker_pid: int, broker_dir: Path, every_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        worker_pid: int,
+        broker_dir: Path,
+        every_s: float = 10.0,
+        scrape: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.worker = psutil.Process(worker_pid)
         self.broker = [
@@ -89,6 +106,8 @@ class MemorySampler(threading.Thread):
         self.bench = psutil.Process()
         self.every_s = every_s
         self.samples: list[Sample] = []
+        self.scrape = scrape
+        self.profile: list[tuple[float, dict[str, float]]] = []  # (at_s, the worker's PROFILE metrics)
         self.stop = threading.Event()
         self.started = time.monotonic()
 
@@ -108,6 +127,12 @@ class MemorySampler(threading.Thread):
                     cpu_s([self.bench]),
                 )
             )
+            if self.scrape is not None:
+                try:
+                    got = self.scrape()
+                except OSError:  # a scrape that fails (the worker restarting) leaves a gap, no more
+                    continue
+                self.profile.append((self.samples[-1].at_s, {k: v for k, v in got.items() if k.startswith(PROFILE)}))
 
 
 def _cpu_percent(before: Sample | None, after: Sample, field: str) -> float | None:
@@ -159,10 +184,39 @@ def repeats(got: list[Answer]) -> Repeats:
     return Repeats(kept, reread, reanswered)
 
 
-def per_minute(got: list[Answer], started: float, samples: list[Sample]) -> list[dict]:
+def minute_profile(profile: list[tuple[float, dict[str, float]]], minute: int) -> dict:
+    """The worker's own figures over one minute (0-based), from the metric samples around it: mean
+    micro-batch, seconds per stage, event-loop lag p99 (ms), cores per thread. Empty without samples."""
+    inside = [(t, m) for t, m in profile if minute * 60 <= t < (minute + 1) * 60]
+    earlier = [(t, m) for t, m in profile if t < minute * 60]
+    if not inside or (not earlier and len(inside) < 2):
+        return {}
+    (t0, before), (t1, after) = earlier[-1] if earlier else inside[0], inside[-1]
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    batches = delta.get("streamrec_stream_batch_size_events_count", 0.0)
+    lag = histogram_p99(delta, LOOP_LAG)
+    wall = t1 - t0
+    return {
+        "mean_batch": round(delta.get("streamrec_stream_batch_size_events_sum", 0.0) / batches, 1) if batches else None,
+        "stage_seconds_per_s": {
+            k.split('stage="')[1].split('"')[0]: round(v / wall, 3)
+            for k, v in delta.items()
+            if k.startswith("streamrec_stream_stage_latency_seconds_sum")
+        },
+        "loop_lag_p99_ms": None if lag is None else round(1000 * lag, 1),
+        "thread_cores": thread_cores(delta, wall),
+    }
+
+
+def per_minute(
+    got: list[Answer],
+    started: float,
+    samples: list[Sample],
+    profile: list[tuple[float, dict[str, float]]] | None = None,
+) -> list[dict]:
     """Per minute of arrival since `started` (unix s): answers, freshness p50/p99 (ms), the last
-    memory sample taken in that minute, and the CPU share (% of one core) of the worker, the broker
-    and this bench over the minute."""
+    memory sample taken in that minute, the CPU share (% of one core) of the worker, the broker
+    and this bench over the minute, and the worker's own profile of the minute (`minute_profile`)."""
     minutes: dict[int, list[float]] = {}
     for a in got:
         minutes.setdefault(int((a.arrival_s - started) // 60), []).append(a.arrival_s * 1000 - a.event_time_ms)
@@ -182,6 +236,7 @@ def per_minute(got: list[Answer], started: float, samples: list[Sample]) -> list
         }
         for who in ("worker", "broker", "bench"):
             row[f"{who}_cpu_percent"] = _cpu_percent(before, mem[-1], f"{who}_cpu_s") if mem else None
+        row.update(minute_profile(profile or [], m))
         rows.append(row)
     return rows
 
@@ -220,7 +275,7 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                     keep=read_answer,
                 )
                 drain.start()
-                sampler = MemorySampler(worker.proc.pid, workdir / "broker")
+                sampler = MemorySampler(worker.proc.pid, workdir / "broker", scrape=worker.metrics)
                 sampler.start()
                 started = time.time()
                 end = time.monotonic() + args.minutes * 60
@@ -236,7 +291,7 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                 seen = repeats(drain.result())
                 sampler.stop.set()
                 sampler.join()
-                rows = per_minute(seen.answers, started, sampler.samples)
+                rows = per_minute(seen.answers, started, sampler.samples, sampler.profile)
                 # What the worker's log checks (stream/log_watch.py) took for lost records and
                 # answered again, by topic, partition and kind.
                 checks = {k: v for k, v in worker.metrics().items() if k.startswith(LOG_CHECKS)}
@@ -246,14 +301,16 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
             broker.stop()
     print(
         f"{'minute':>6} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} {'worker MB':>10} {'broker MB':>10}"
-        f" {'worker %':>9} {'broker %':>9} {'bench %':>8}"
+        f" {'worker %':>9} {'broker %':>9} {'bench %':>8} {'batch':>6} {'lag p99':>8}  stage s/s"
     )
     for r in rows:
         keys = ("worker_rss_mb", "broker_rss_mb", "worker_cpu_percent", "broker_cpu_percent", "bench_cpu_percent")
         w, b, wc, bc, pc = ("-" if r[k] is None else f"{r[k]:.0f}" for k in keys)
+        batch, lag = ("-" if r.get(k) is None else f"{r[k]:.0f}" for k in ("mean_batch", "loop_lag_p99_ms"))
+        stages = " ".join(f"{k} {v:.2f}" for k, v in sorted(r.get("stage_seconds_per_s", {}).items()))
         print(
             f"{r['minute']:>6} {r['answers']:>8} {r['freshness_p50_ms']:>8.0f} {r['freshness_p99_ms']:>8.0f}"
-            f" {w:>10} {b:>10} {wc:>9} {bc:>9} {pc:>8}"
+            f" {w:>10} {b:>10} {wc:>9} {bc:>9} {pc:>8} {batch:>6} {lag:>8}  {stages}"
         )
     answered = len({a.event_id for a in seen.answers})
     print(

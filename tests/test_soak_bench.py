@@ -54,3 +54,32 @@ def test_repeats_drops_records_read_twice_and_counts_clicks_answered_twice() -> 
     seen = repeats(got)
     assert (seen.reread, seen.reanswered) == (2, 1)
     assert [(a.event_id, a.partition, a.offset) for a in seen.answers] == [("a", 0, 0), ("b", 1, 0), ("a", 0, 7)]
+
+
+def test_a_minutes_profile_is_the_worker_metrics_delta_over_that_minute() -> None:
+    from streamrec.bench.soak import minute_profile
+
+    def at(batches: float, clicks: float, encode_s: float, compute_cpu_s: float, lag_fast: float) -> dict[str, float]:
+        lag = "streamrec_worker_event_loop_lag_seconds_bucket"
+        return {
+            "streamrec_stream_batch_size_events_count": batches,
+            "streamrec_stream_batch_size_events_sum": clicks,
+            'streamrec_stream_stage_latency_seconds_sum{stage="encode"}': encode_s,
+            'streamrec_worker_thread_cpu_seconds_total{thread="compute"}': compute_cpu_s,
+            f'{lag}{{le="0.01"}}': lag_fast,
+            f'{lag}{{le="+Inf"}}': batches,  # one lag observation per batch here, for simplicity
+        }
+
+    # Samples at 50 s (before minute 2), 70 s and 110 s (inside it), 130 s (after it).
+    profile = [
+        (50.0, at(10, 200, 1.0, 2.0, 10)),
+        (70.0, at(30, 700, 3.0, 4.0, 30)),
+        (110.0, at(60, 1400, 9.0, 16.0, 60)),
+        (130.0, at(99, 9999, 99.0, 99.0, 99)),
+    ]
+    row = minute_profile(profile, 1)
+    assert row["mean_batch"] == (1400 - 200) / (60 - 10)
+    assert row["stage_seconds_per_s"] == {"encode": round(8.0 / 60, 3)}, "seconds of encode per second of the minute"
+    assert row["thread_cores"] == {"compute": round(14.0 / 60, 3)}
+    assert row["loop_lag_p99_ms"] <= 10.0, "every lag observation of the minute was under 10 ms"
+    assert minute_profile(profile, 5) == {}, "no sample in that minute"
