@@ -17,10 +17,11 @@ item gathers evidence: with n clicks seen since it joined, f = max(0, 1 - n / fu
 so an item with `full_evidence` clicks is scored like any other. Optionally (`id_map`) the new
 item's missing ID vector is first predicted from its content by a ridge map fitted on warm
 items. The fit is a grid search over
-(scale, offset) with the best cold validation NDCG@10 that keeps the warm targets' validation
-NDCG@10 at `warm_floor` of what it is when no new item competes; or the best warm validation
-NDCG@10 whose cold one is at least `cold_share` of it (`fit="cold_share"`); or the one that
-maximises NDCG@10 over all validation targets (`fit="pooled"`).
+(scale, offset), choosing by default the best warm validation NDCG@10 whose cold one is at least
+`cold_share` of it (`fit="cold_share"`, chosen by measurement: docs/models.md); or the best cold
+validation NDCG@10 that keeps the warm targets' validation NDCG@10 at `warm_floor` of what it is
+when no new item competes (`fit="warm_floor"`); or the one that maximises NDCG@10 over all
+validation targets (`fit="pooled"`).
 Offsets are tried between -2 and +2 times the median gap between a user's 10th-best warm score and
 best new-item score (a content-only score may as well be too high as too low).
 """
@@ -42,7 +43,7 @@ class ColdStartConfig:
     scale: float = 1.0  # multiplies a new item's content-only score u.v
     offset: float = 0.0  # added to it: the prior for new items that content cannot carry
     full_evidence: int = 20  # clicks after which an item is scored like any other
-    fit: str = "warm_floor"  # "warm_floor", "cold_share", "pooled" or "none": how scale and offset are chosen
+    fit: str = "cold_share"  # "cold_share", "warm_floor", "pooled" or "none": how scale and offset are chosen
     warm_floor: float = 0.97  # "warm_floor": keep warm validation NDCG@10 at this share of its level without new items
     # "cold_share": the best warm validation NDCG@10 among the points whose cold validation NDCG@10
     # is at least this share of their warm one (new items get a guaranteed share of quality).

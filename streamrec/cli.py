@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hygiene_args(b)
     b.add_argument(
         "--fit",
-        default="warm_floor",
+        default="cold_share",
         choices=["warm_floor", "cold_share", "pooled", "none"],  # models/cold_start.py FITS (torch-free here)
         help="how the new-item calibration is chosen on validation (docs/models.md, New items)",
     )
