@@ -184,14 +184,3 @@ def calibration_grid(warm: ScoreBatches, cold: ScoreBatches, new_rows: torch.Ten
     n_warm = sum(len(t) for _, t in warm())
     n_cold = sum(len(t) for _, t in cold())
     return CalibrationGrid(grid, warm_alone, n_warm, n_cold)
-
-
-def fit_calibration(
-    warm: ScoreBatches, cold: ScoreBatches, new_rows: torch.Tensor, cfg: ColdStartConfig
-) -> tuple[ColdStartConfig, list[dict]]:
-    """Choose (scale, offset) on validation by `cfg.fit` (see `calibration_grid` for the inputs).
-    Returns the chosen config and every grid point tried."""
-    if cfg.fit == "none":
-        return cfg, []
-    grid = calibration_grid(warm, cold, new_rows)
-    return grid.choose(cfg), grid.points
