@@ -260,11 +260,7 @@ def worker_run(
         "model": settings.model_path or "content baseline",
     }
     batches = delta.get("streamrec_stream_batch_size_events_count", 0.0)
-    stages = {
-        k.split('stage="')[1].split('"')[0]: round(v, 3)
-        for k, v in delta.items()
-        if k.startswith("streamrec_stream_stage_latency_seconds_sum")
-    }
+    stages = stage_seconds(delta)
     return RunResult(
         name,
         len(events),
@@ -283,6 +279,12 @@ def worker_run(
         thread_cores=thread_cores(delta, wall) if rate else None,
         loop_lag_p99_ms=None if (lag := histogram_p99(delta, LOOP_LAG)) is None else round(1000 * lag, 1),
     )
+
+
+def stage_seconds(delta: dict[str, float], wall_s: float = 1.0) -> dict[str, float]:
+    """Seconds each worker stage took over a run (metric deltas), divided by `wall_s`."""
+    prefix = 'streamrec_stream_stage_latency_seconds_sum{stage="'
+    return {k[len(prefix) : -2]: round(v / wall_s, 3) for k, v in delta.items() if k.startswith(prefix)}
 
 
 def thread_cores(delta: dict[str, float], wall_s: float) -> dict[str, float]:

@@ -33,7 +33,7 @@ import psutil
 from aiokafka import ConsumerRecord
 
 from streamrec.bench.machine import machine_load, save_record
-from streamrec.bench.pipeline import LOOP_LAG, Drain, histogram_p99, thread_cores
+from streamrec.bench.pipeline import LOOP_LAG, Drain, histogram_p99, stage_seconds, thread_cores
 from streamrec.datasets import load_dataset
 from streamrec.local.broker import LocalBroker, free_port, free_ports
 from streamrec.local.processes import start_worker
@@ -198,11 +198,7 @@ def minute_profile(profile: list[tuple[float, dict[str, float]]], minute: int) -
     wall = t1 - t0
     return {
         "mean_batch": round(delta.get("streamrec_stream_batch_size_events_sum", 0.0) / batches, 1) if batches else None,
-        "stage_seconds_per_s": {
-            k.split('stage="')[1].split('"')[0]: round(v / wall, 3)
-            for k, v in delta.items()
-            if k.startswith("streamrec_stream_stage_latency_seconds_sum")
-        },
+        "stage_seconds_per_s": stage_seconds(delta, wall),
         "loop_lag_p99_ms": None if lag is None else round(1000 * lag, 1),
         "thread_cores": thread_cores(delta, wall),
     }
