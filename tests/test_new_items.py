@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamrec.models.cold_start import ColdStartConfig, calibrated_scores, evidence_fade
+from streamrec.models.cold_start import CalibrationGrid, ColdStartConfig, calibrated_scores, evidence_fade
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.models.seqrec import SeqRec
 from streamrec.serving.new_items import ExploreConfig, NewItems
@@ -265,6 +265,13 @@ def test_fast_calibration_ranks_equal_the_reference(seed: int, scale: float, n_n
     )
 
 
+def grid_of(points: list[tuple[float, float]]) -> CalibrationGrid:
+    """A grid of (warm, cold) validation NDCG@10 points, offset = index; warm alone 0.1, 90 warm
+    and 10 cold validation pairs."""
+    rows = [{"scale": 1.0, "offset": float(i), "warm_ndcg10": w, "cold_ndcg10": c} for i, (w, c) in enumerate(points)]
+    return CalibrationGrid(rows, warm_alone=0.1, n_warm=90, n_cold=10)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     points=st.lists(
@@ -277,14 +284,7 @@ def test_fast_calibration_ranks_equal_the_reference(seed: int, scale: float, n_n
 def test_a_lower_warm_floor_never_buys_fewer_cold_hits_and_every_choice_keeps_its_floor(
     points: list[tuple[float, float]], floors: list[float]
 ) -> None:
-    from streamrec.models.cold_start import CalibrationGrid
-
-    grid = CalibrationGrid(
-        [{"scale": 1.0, "offset": float(i), "warm_ndcg10": w, "cold_ndcg10": c} for i, (w, c) in enumerate(points)],
-        warm_alone=0.1,
-        n_warm=90,
-        n_cold=10,
-    )
+    grid = grid_of(points)
     by_offset = {p["offset"]: p for p in grid.points}
     chosen = {}
     for floor in sorted(floors, reverse=True):
@@ -307,14 +307,7 @@ def test_a_lower_warm_floor_never_buys_fewer_cold_hits_and_every_choice_keeps_it
 def test_the_cold_share_fit_keeps_the_most_warm_quality_among_points_giving_new_items_their_share(
     points: list[tuple[float, float]], share: float
 ) -> None:
-    from streamrec.models.cold_start import CalibrationGrid
-
-    grid = CalibrationGrid(
-        [{"scale": 1.0, "offset": float(i), "warm_ndcg10": w, "cold_ndcg10": c} for i, (w, c) in enumerate(points)],
-        warm_alone=0.1,
-        n_warm=90,
-        n_cold=10,
-    )
+    grid = grid_of(points)
     pick = grid.points[int(grid.choose(ColdStartConfig(fit="cold_share", cold_share=share)).offset)]
     meeting = [p for p in grid.points if p["cold_ndcg10"] >= share * p["warm_ndcg10"]]
     if meeting:
