@@ -4,7 +4,10 @@ Items that joined the catalogue after a model was trained get new ID-embedding r
 at zero: before any fine-tuning a new item is placed by its content alone, exactly where live
 serving puts unseen items (ID row 0; see docs/models.md, "Live serving"). Fine-tuning then learns
 their ID rows from the clicks they received. Every other parameter is copied unchanged, so the
-grown model scores the old items exactly as the original did.
+grown model scores the old items exactly as the original did. Until an item has a click to learn
+from, it is not a negative of the fine-tuning softmax either (`unclicked_new_rows`): its ID row
+stays zero, so serving keeps placing it by content through the calibration fitted for exactly
+that case (models/cold_start.py).
 """
 
 from __future__ import annotations
@@ -35,3 +38,18 @@ def grow_items(model: SeqRec, features: ItemFeatures) -> SeqRec:
         state["item_clicks"] = clicks
     grown.load_state_dict(state)
     return grown.to(device)
+
+
+def unclicked_new_rows(model: SeqRec, clicks: torch.Tensor) -> torch.Tensor:
+    """Rows (K,) whose ID vector was never trained (all zero: grown here, or held out of the
+    model's training) and that have no click in `clicks` (N+1,), the round's clicks per row.
+
+    Fine-tuning leaves them out of the softmax (`SeqRec.excluded_rows`). As negatives they would be
+    pushed down by every step while never a target, and their content-only scores would drift
+    from the ones the new-item calibration was fitted on (the live bench showed the new items' hit
+    rate falling from one promoted version to the next)."""
+    ids = model.id_emb.weight.detach()  # (N+1, D)
+    assert clicks.shape == (ids.shape[0],), f"clicks must have one count per row ({ids.shape[0]})"
+    zero = (ids == 0).all(dim=1)
+    zero[0] = False  # the padding row is never a candidate anyway
+    return torch.nonzero(zero & (clicks.to(ids.device) == 0)).flatten()

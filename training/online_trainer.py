@@ -30,7 +30,7 @@ import torch
 
 from streamrec.model_bundle import ModelBundle, grown_catalog
 from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
-from streamrec.models.growth import grow_items
+from streamrec.models.growth import grow_items, unclicked_new_rows
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import item_clicks, leave_one_out
 from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
@@ -157,11 +157,13 @@ class OnlineTrainer:
         before = grow_items(serving.model, catalog.features).to(self.device)
         serving_metrics = evaluate(before, split.test, 512, self.device)["excl_history"]
         candidate = grow_items(serving.model, catalog.features).to(self.device)
+        window = item_clicks(split.train, split.n_items)  # (N+1,) clicks this round trains on
         if candidate.item_clicks is not None:
             # `id_evidence`: the clicks the window trains each item on count as evidence, so a new
             # item's ID vector is weighted in as its clicks arrive; old items keep at least theirs.
-            window = item_clicks(split.train, split.n_items).to(candidate.item_clicks)
-            candidate.set_item_clicks(torch.maximum(candidate.item_clicks, window))
+            candidate.set_item_clicks(torch.maximum(candidate.item_clicks, window.to(candidate.item_clicks)))
+        # New items nobody clicked yet stay placed by content alone: not negatives of this round.
+        candidate.excluded_rows = unclicked_new_rows(candidate, window)
         tcfg = TrainConfig(
             epochs=self.cfg.epochs,
             batch_size=self.cfg.batch_size,
@@ -172,6 +174,7 @@ class OnlineTrainer:
         )
         started = time.perf_counter()
         trained = train(candidate, split, tcfg, self.device, progress=False)
+        candidate.excluded_rows = None
         result.fine_tune_seconds = time.perf_counter() - started
         result.train_sequences = len(split.train)
         result.sequences_per_s = len(split.train) * trained.epochs_run / max(result.fine_tune_seconds, 1e-9)
