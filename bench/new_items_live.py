@@ -43,6 +43,8 @@ from streamrec.stream.schemas import RecommendationRecord, encode, now_ms
 from streamrec.stream.topics import ensure_topics_for
 from streamrec.training.online_trainer import import_checkpoint
 
+DEAD_LETTERS = "streamrec_stream_dead_letters_total"
+
 
 @dataclass(frozen=True)
 class Step:
@@ -72,9 +74,13 @@ def interleave(clicks: list[Event], new_items: dict[str, Item], lead: int) -> li
 def live_figures(clicks: Iterable[Event], answers: dict[str, RecommendationRecord], new_items: set[str]) -> dict:
     """Hit rates against each user's previous list and the shares of new items in the lists."""
     slots = new_slots = flagged_new = flagged_explore = 0
+    version_slots: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # version -> [new slots, slots]
     for rec in answers.values():
         slots += len(rec.items)
-        new_slots += sum(i.item_id in new_items for i in rec.items)
+        new_here = sum(i.item_id in new_items for i in rec.items)
+        new_slots += new_here
+        version_slots[rec.model_version][0] += new_here
+        version_slots[rec.model_version][1] += len(rec.items)
         flagged_new += sum(i.new for i in rec.items)
         flagged_explore += sum(i.explore for i in rec.items)
     previous: dict[str, RecommendationRecord] = {}
@@ -97,6 +103,9 @@ def live_figures(clicks: Iterable[Event], answers: dict[str, RecommendationRecor
         "share_new_items": new_slots / slots if slots else 0.0,
         "share_flagged_new": flagged_new / slots if slots else 0.0,
         "share_flagged_explore": flagged_explore / slots if slots else 0.0,
+        # How much room each version gives new items: with the hit rates, whether a promoted
+        # version places them less often or less well.
+        "share_new_items_by_version": {v: n / max(1, k) for v, (n, k) in sorted(version_slots.items())},
         "live_hit_rate": dict(by_version),
     }
 
@@ -150,9 +159,14 @@ def run_live(settings: Settings, args: argparse.Namespace, checkpoint: Path, wor
         feeder = threading.Thread(target=_publish, args=(settings, steps, args.rate))
         feeder.start()
         deadline = time.monotonic() + len(clicks) / args.rate + args.timeout
-        while len(answers) < len(clicks) and time.monotonic() < deadline:
+        dead, checked = 0.0, time.monotonic()
+        while len(answers) + dead < len(clicks) and time.monotonic() < deadline:
             for rec, _ in reader.poll(300):
                 answers[rec.event_id] = rec
+            if not feeder.is_alive() and time.monotonic() - checked > 5.0:
+                # A click that became a dead letter gets no answer: do not wait for it.
+                checked = time.monotonic()
+                dead = sum(v for k, v in worker.metrics().items() if k.startswith(DEAD_LETTERS))
         feeder.join()
         seconds = time.monotonic() - started
         reader.close()
@@ -177,7 +191,7 @@ def run_live(settings: Settings, args: argparse.Namespace, checkpoint: Path, wor
         "lead": args.lead,
         "explore_slots": args.explore_slots,
         "seconds": round(seconds, 1),
-        "dead_letters": {k: v for k, v in wm.items() if k.startswith("streamrec_stream_dead_letters_total")},
+        "dead_letters": {k: v for k, v in wm.items() if k.startswith(DEAD_LETTERS)},
         "trainer_gate": {k: v for k, v in tm.items() if k.startswith("streamrec_trainer_gate")},
         "model_swaps": wm.get("streamrec_model_swap_seconds_count", 0.0),
         "machine_load": {"before": load_before, "after": machine_load()},
@@ -200,11 +214,13 @@ def run_new_items_bench(settings: Settings, args: argparse.Namespace) -> int:
         f"new items in {out['share_new_items']:.1%} of slots (flagged new {out['share_flagged_new']:.1%}, "
         f"explore {out['share_flagged_explore']:.1%})"
     )
-    print(f"{'version':<44}{'kind':<6}{'clicks':>8}{'hits':>7}{'hit rate':>10}")
+    print(f"{'version':<44}{'kind':<6}{'clicks':>8}{'hits':>7}{'hit rate':>10}{'new slots':>11}")
+    shares = out["share_new_items_by_version"]
     for version, kinds in out["live_hit_rate"].items():
+        share = f"{shares[version]:.1%}" if version in shares else f"{out['share_new_items']:.1%}"
         for kind, f in kinds.items():
             rate = f"{f['hit_rate']:.4f}" if f["hit_rate"] is not None else "-"
-            print(f"{version[-43:]:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}")
+            print(f"{version[-43:]:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}{share:>11}")
     path = args.out or f"bench/results/newitems-{out['dataset']}.json"
     print(f"wrote {save_record(path, out, 'newitems')}")
     return 0

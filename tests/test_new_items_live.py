@@ -40,3 +40,4 @@ def test_a_hit_is_the_clicked_item_in_the_users_previous_list_counted_by_that_li
     assert out["live_hit_rate"]["v2"]["warm"]["hit_rate"] == 1.0
     assert out["recommended_slots"] == 7
     assert out["share_new_items"] == 2 / 7 and out["share_flagged_new"] == 1 / 7
+    assert out["share_new_items_by_version"] == {"v1": 1 / 4, "v2": 1 / 3}
