@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,8 +71,15 @@ def interleave(clicks: list[Event], new_items: dict[str, Item], lead: int) -> li
     return steps
 
 
-def live_figures(clicks: Iterable[Event], answers: dict[str, RecommendationRecord], new_items: set[str]) -> dict:
-    """Hit rates against each user's previous list and the shares of new items in the lists."""
+def live_figures(
+    clicks: Sequence[Event], answers: dict[str, RecommendationRecord], new_items: set[str], segments: int = 5
+) -> dict:
+    """Hit rates against each user's previous list and the shares of new items in the lists.
+
+    Versions serve successive stretches of the replay, and later stretches hold more new items
+    competing for the same slots; so the hit rates are also given per stretch of the replay
+    (`segments` equal parts by click order), which a run without promotions (`--every` above the
+    replay's clicks) measures for the imported model alone."""
     slots = new_slots = flagged_new = flagged_explore = 0
     version_slots: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # version -> [new slots, slots]
     for rec in answers.values():
@@ -85,19 +92,22 @@ def live_figures(clicks: Iterable[Event], answers: dict[str, RecommendationRecor
         flagged_explore += sum(i.explore for i in rec.items)
     previous: dict[str, RecommendationRecord] = {}
     hits: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (kind, version) -> [hits, clicks]
-    for e in clicks:
+    for n, e in enumerate(clicks):
         prev = previous.get(e.user_id)
         if prev is not None:
             kind = "new" if e.item_id in new_items else "warm"
-            for key in ((kind, "all"), (kind, prev.model_version)):
+            stretch = f"stretch {n * segments // len(clicks) + 1} of {segments}"
+            for key in ((kind, "all"), (kind, prev.model_version), (kind, stretch)):
                 hits[key][0] += any(i.item_id == e.item_id for i in prev.items)
                 hits[key][1] += 1
         rec = answers.get(e.event_id)
         if rec is not None:
             previous[e.user_id] = rec
     by_version: dict[str, dict[str, dict]] = defaultdict(dict)
-    for (kind, version), (h, n) in sorted(hits.items()):
-        by_version[version][kind] = {"clicks": n, "hits": h, "hit_rate": h / n if n else None}
+    by_stretch: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (kind, key), (h, n) in sorted(hits.items()):
+        into = by_stretch if key.startswith("stretch ") else by_version
+        into[key][kind] = {"clicks": n, "hits": h, "hit_rate": h / n if n else None}
     return {
         "recommended_slots": slots,
         "share_new_items": new_slots / slots if slots else 0.0,
@@ -107,6 +117,7 @@ def live_figures(clicks: Iterable[Event], answers: dict[str, RecommendationRecor
         # version places them less often or less well.
         "share_new_items_by_version": {v: n / max(1, k) for v, (n, k) in sorted(version_slots.items())},
         "live_hit_rate": dict(by_version),
+        "live_hit_rate_by_stretch": dict(by_stretch),
     }
 
 
@@ -221,6 +232,10 @@ def run_new_items_bench(settings: Settings, args: argparse.Namespace) -> int:
         for kind, f in kinds.items():
             rate = f"{f['hit_rate']:.4f}" if f["hit_rate"] is not None else "-"
             print(f"{version[-43:]:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}{share:>11}")
+    for stretch, kinds in out["live_hit_rate_by_stretch"].items():
+        for kind, f in kinds.items():
+            rate = f"{f['hit_rate']:.4f}" if f["hit_rate"] is not None else "-"
+            print(f"{stretch:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}")
     path = args.out or f"bench/results/newitems-{out['dataset']}.json"
     print(f"wrote {save_record(path, out, 'newitems')}")
     return 0

@@ -41,3 +41,11 @@ def test_a_hit_is_the_clicked_item_in_the_users_previous_list_counted_by_that_li
     assert out["recommended_slots"] == 7
     assert out["share_new_items"] == 2 / 7 and out["share_flagged_new"] == 1 / 7
     assert out["share_new_items_by_version"] == {"v1": 1 / 4, "v2": 1 / 3}
+    # By stretch of the replay (clicks e0-e4 in 5 stretches, one click each; e0 and e3 had no
+    # previous list): e1 a new hit, e2 a warm miss, e4 a warm hit.
+    by_stretch = live_figures(clicks, answers, {"n1", "n2"}, segments=5)["live_hit_rate_by_stretch"]
+    assert by_stretch == {
+        "stretch 2 of 5": {"new": {"clicks": 1, "hits": 1, "hit_rate": 1.0}},
+        "stretch 3 of 5": {"warm": {"clicks": 1, "hits": 0, "hit_rate": 0.0}},
+        "stretch 5 of 5": {"warm": {"clicks": 1, "hits": 1, "hit_rate": 1.0}},
+    }
