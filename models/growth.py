@@ -46,8 +46,7 @@ def unclicked_new_rows(model: SeqRec, clicks: torch.Tensor) -> torch.Tensor:
 
     Fine-tuning leaves them out of the softmax (`SeqRec.excluded_rows`). As negatives they would be
     pushed down by every step while never a target, and their content-only scores would drift
-    from the ones the new-item calibration was fitted on (the live bench showed the new items' hit
-    rate falling from one promoted version to the next)."""
+    from the ones the new-item calibration was fitted on."""
     ids = model.id_emb.weight.detach()  # (N+1, D)
     assert clicks.shape == (ids.shape[0],), f"clicks must have one count per row ({ids.shape[0]})"
     zero = (ids == 0).all(dim=1)
