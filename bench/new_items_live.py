@@ -225,17 +225,20 @@ def run_new_items_bench(settings: Settings, args: argparse.Namespace) -> int:
         f"new items in {out['share_new_items']:.1%} of slots (flagged new {out['share_flagged_new']:.1%}, "
         f"explore {out['share_flagged_explore']:.1%})"
     )
-    print(f"{'version':<44}{'kind':<6}{'clicks':>8}{'hits':>7}{'hit rate':>10}{'new slots':>11}")
-    shares = out["share_new_items_by_version"]
-    for version, kinds in out["live_hit_rate"].items():
-        share = f"{shares[version]:.1%}" if version in shares else f"{out['share_new_items']:.1%}"
-        for kind, f in kinds.items():
-            rate = f"{f['hit_rate']:.4f}" if f["hit_rate"] is not None else "-"
-            print(f"{version[-43:]:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}{share:>11}")
-    for stretch, kinds in out["live_hit_rate_by_stretch"].items():
-        for kind, f in kinds.items():
-            rate = f"{f['hit_rate']:.4f}" if f["hit_rate"] is not None else "-"
-            print(f"{stretch:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}")
+    print_hit_rates(out)
     path = args.out or f"bench/results/newitems-{out['dataset']}.json"
     print(f"wrote {save_record(path, out, 'newitems')}")
     return 0
+
+
+def print_hit_rates(out: dict) -> None:
+    """The hit-rate table of a record: by version (with its share of new slots), then by stretch."""
+    print(f"{'version':<44}{'kind':<6}{'clicks':>8}{'hits':>7}{'hit rate':>10}{'new slots':>11}")
+    shares = out["share_new_items_by_version"]
+    rows = [(v, kinds, shares.get(v, out["share_new_items"])) for v, kinds in out["live_hit_rate"].items()]
+    rows += [(stretch, kinds, None) for stretch, kinds in out["live_hit_rate_by_stretch"].items()]
+    for label, kinds, share in rows:
+        for kind, f in kinds.items():
+            rate = f"{f['hit_rate']:.4f}" if f["hit_rate"] is not None else "-"
+            slots = f"{share:.1%}" if share is not None else ""
+            print(f"{label[-43:]:<44}{kind:<6}{f['clicks']:>8}{f['hits']:>7}{rate:>10}{slots:>11}")

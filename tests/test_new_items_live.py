@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from streamrec.bench.new_items_live import interleave, live_figures
+import pytest
+
+from streamrec.bench.new_items_live import interleave, live_figures, print_hit_rates
 from streamrec.datasets.schema import Event, Item
 from streamrec.stream.schemas import RecommendationRecord, ScoredItem
 
@@ -49,3 +51,20 @@ def test_a_hit_is_the_clicked_item_in_the_users_previous_list_counted_by_that_li
         "stretch 3 of 5": {"warm": {"clicks": 1, "hits": 0, "hit_rate": 0.0}},
         "stretch 5 of 5": {"warm": {"clicks": 1, "hits": 1, "hit_rate": 1.0}},
     }
+
+
+def test_the_printed_table_has_a_row_per_version_and_stretch_and_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    clicks = [ev(0, "a", "w1"), ev(1, "a", "n1"), ev(2, "a", "w2")]
+    answers = {"e0": rec("e0", "a", ["n1", "w3"], "v1", new=("n1",)), "e1": rec("e1", "a", ["w3"], "v2")}
+    print_hit_rates(live_figures(clicks, answers, {"n1"}, segments=3))
+    lines = capsys.readouterr().out.splitlines()[1:]  # after the header
+    assert [line.split()[:3] for line in lines] == [
+        ["all", "new", "1"],
+        ["all", "warm", "1"],
+        ["v1", "new", "1"],
+        ["v2", "warm", "1"],
+        ["stretch", "2", "of"],
+        ["stretch", "3", "of"],
+    ]
+    assert lines[2].split()[-1] == "50.0%", "v1 gave one of its two slots to a new item"
+    assert lines[3].split()[-1] == "0.0%", "v2's list held no new item"
