@@ -91,23 +91,22 @@ def live_figures(
         flagged_new += sum(i.new for i in rec.items)
         flagged_explore += sum(i.explore for i in rec.items)
     previous: dict[str, RecommendationRecord] = {}
-    hits: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (kind, version) -> [hits, clicks]
+    # (table, kind, version or stretch) -> [hits, clicks]
+    hits: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for n, e in enumerate(clicks):
         prev = previous.get(e.user_id)
         if prev is not None:
             kind = "new" if e.item_id in new_items else "warm"
             stretch = f"stretch {n * segments // len(clicks) + 1} of {segments}"
-            for key in ((kind, "all"), (kind, prev.model_version), (kind, stretch)):
-                hits[key][0] += any(i.item_id == e.item_id for i in prev.items)
-                hits[key][1] += 1
+            for table, key in (("version", "all"), ("version", prev.model_version), ("stretch", stretch)):
+                hits[table, kind, key][0] += any(i.item_id == e.item_id for i in prev.items)
+                hits[table, kind, key][1] += 1
         rec = answers.get(e.event_id)
         if rec is not None:
             previous[e.user_id] = rec
-    by_version: dict[str, dict[str, dict]] = defaultdict(dict)
-    by_stretch: dict[str, dict[str, dict]] = defaultdict(dict)
-    for (kind, key), (h, n) in sorted(hits.items()):
-        into = by_stretch if key.startswith("stretch ") else by_version
-        into[key][kind] = {"clicks": n, "hits": h, "hit_rate": h / n if n else None}
+    tables: dict[str, dict[str, dict[str, dict]]] = {"version": defaultdict(dict), "stretch": defaultdict(dict)}
+    for (table, kind, key), (h, n) in sorted(hits.items()):
+        tables[table][key][kind] = {"clicks": n, "hits": h, "hit_rate": h / n if n else None}
     return {
         "recommended_slots": slots,
         "share_new_items": new_slots / slots if slots else 0.0,
@@ -116,8 +115,8 @@ def live_figures(
         # How much room each version gives new items: with the hit rates, whether a promoted
         # version places them less often or less well.
         "share_new_items_by_version": {v: n / max(1, k) for v, (n, k) in sorted(version_slots.items())},
-        "live_hit_rate": dict(by_version),
-        "live_hit_rate_by_stretch": dict(by_stretch),
+        "live_hit_rate": dict(tables["version"]),
+        "live_hit_rate_by_stretch": dict(tables["stretch"]),
     }
 
 
