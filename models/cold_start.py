@@ -14,7 +14,12 @@ item gathers evidence: with n clicks seen since it joined, f = max(0, 1 - n / fu
 
     score = u.v * (1 + (scale - 1) f) + offset * f,
 
-so an item with `full_evidence` clicks is scored like any other. Optionally (`id_map`) the new
+so an item with `full_evidence` clicks is scored like any other. In serving, the calibration can
+also fade by *impressions without clicks* (`impressions_per_click`, off by default): an item shown
+m times with n clicks keeps f times max(0, 1 - m / (impressions_per_click * (n + 1))). The prior
+is a guess fitted on held-out items in general; an item that many users were shown and did not
+click has shown that the guess was wrong for it, and the slots it kept taking starve the new items
+that came after it (docs/results.md, "Live with the `cold_share` model"). Optionally (`id_map`) the new
 item's missing ID vector is first predicted from its content by a ridge map fitted on warm
 items. The fit is a grid search over
 (scale, offset), choosing by default the best warm validation NDCG@10 whose cold one is at least
@@ -51,27 +56,47 @@ class ColdStartConfig:
     # An ID vector predicted from content for items without one (a ridge map fitted on warm items
     # after training, `fit_id_map`), instead of the zero row; MUFASA and content-SASRec only.
     id_map: bool = False
+    # Serving only: impressions a new item may take per click it has, plus one, before its
+    # calibration is gone (see the module docstring); 0 = off. Offline there are no impressions.
+    impressions_per_click: int = 0
 
     def __post_init__(self) -> None:
         assert self.fit in FITS, f"fit must be one of {FITS}"
         assert self.scale > 0, "scale must be positive (it must keep the content order of new items)"
         assert self.full_evidence >= 1, "full_evidence must be at least 1 click"
+        assert self.impressions_per_click >= 0, "impressions_per_click must be >= 0 (0 = off)"
 
     @property
     def active(self) -> bool:
         return self.scale != 1.0 or self.offset != 0.0
 
 
-def evidence_fade(clicks: torch.Tensor, cfg: ColdStartConfig) -> torch.Tensor:
+def evidence_fade(clicks: torch.Tensor, cfg: ColdStartConfig, impressions: torch.Tensor | None = None) -> torch.Tensor:
     """clicks (...,) seen since an item joined -> weight (...,) of the calibration: 1 at no
-    clicks, falling linearly to 0 at `full_evidence` clicks."""
-    return (1.0 - clicks.float() / cfg.full_evidence).clamp(0.0, 1.0)
+    clicks, falling linearly to 0 at `full_evidence` clicks; with `impressions` (...,) and
+    `impressions_per_click` on, also falling linearly to 0 at that many impressions per click + 1."""
+    f = (1.0 - clicks.float() / cfg.full_evidence).clamp(0.0, 1.0)
+    if impressions is not None and cfg.impressions_per_click > 0:
+        budget = cfg.impressions_per_click * (clicks.float() + 1.0)
+        f = f * (1.0 - impressions.float() / budget).clamp(0.0, 1.0)
+    return f
 
 
-def calibrated_scores(raw: torch.Tensor, clicks: torch.Tensor, cfg: ColdStartConfig) -> torch.Tensor:
-    """raw (B, M) inner products with M new items, clicks (M,) -> calibrated scores (B, M)."""
-    f = evidence_fade(clicks, cfg)  # (M,)
+def calibrated_scores(
+    raw: torch.Tensor, clicks: torch.Tensor, cfg: ColdStartConfig, impressions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """raw (B, M) inner products with M new items, clicks (M,) and optionally impressions (M,)
+    -> calibrated scores (B, M)."""
+    f = evidence_fade(clicks, cfg, impressions)  # (M,)
     return raw * (1.0 + (cfg.scale - 1.0) * f) + cfg.offset * f
+
+
+def calibration_spent(clicks: int, impressions: int, cfg: ColdStartConfig) -> bool:
+    """Whether an item's calibration has faded out entirely (enough clicks, or, with
+    `impressions_per_click` on, enough impressions for its clicks): it is then scored like any other."""
+    if clicks >= cfg.full_evidence:
+        return True
+    return cfg.impressions_per_click > 0 and impressions >= cfg.impressions_per_click * (clicks + 1)
 
 
 def fit_id_map(content: torch.Tensor, ids: torch.Tensor, ridge: float = 1.0) -> torch.Tensor:

@@ -2,14 +2,15 @@
 
 Two kinds of item are held here instead of the main index (issue 16, docs/models.md "New items"):
 
-- items the served model places by content alone (no trained ID row), while they have fewer clicks
-  than `ColdStartConfig.full_evidence`: their score goes through the model's new-item calibration
-  (`models/cold_start.py`), which fades as clicks arrive;
+- items the served model places by content alone (no trained ID row), while their calibration has
+  not faded out: their score goes through the model's new-item calibration (`models/cold_start.py`),
+  which fades as clicks arrive and, with `ColdStartConfig.impressions_per_click`, as the item is
+  shown without being clicked;
 - when the exploration quota is on, every item younger than `ExploreConfig.max_age_s`, so that up
   to `ExploreConfig.slots` of the K slots can be given to the best of them by content score.
 
 An item leaves when it has neither reason any more; the caller then puts it into the main index.
-Evidence (clicks per item) comes from the sequence store, so it survives restarts; the age counts
+Evidence (clicks and impressions per item) comes from the sequence store, so it survives restarts; the age counts
 from when this worker's catalogue first stored the item. Plain numpy and torch, no Kafka.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streamrec.models.cold_start import ColdStartConfig, calibrated_scores
+from streamrec.models.cold_start import ColdStartConfig, calibrated_scores, calibration_spent
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class _Fresh:
     by_content: bool  # placed by content alone under the served model
     first_seen_s: float
     clicks: int
+    impressions: int = 0
 
 
 @dataclass
@@ -66,13 +68,22 @@ class NewItems:
         return row in self._fresh
 
     def _wanted(self, f: _Fresh, now_s: float) -> bool:
-        calibrated = self.cold.active and f.by_content and f.clicks < self.cold.full_evidence
+        calibrated = self.cold.active and f.by_content and not calibration_spent(f.clicks, f.impressions, self.cold)
         young = self.explore.slots > 0 and now_s - f.first_seen_s < self.explore.max_age_s
         return calibrated or young
 
-    def offer(self, row: int, item_id: str, by_content: bool, first_seen_s: float, clicks: int, now_s: float) -> bool:
+    def offer(
+        self,
+        row: int,
+        item_id: str,
+        by_content: bool,
+        first_seen_s: float,
+        clicks: int,
+        now_s: float,
+        impressions: int = 0,
+    ) -> bool:
         """Hold the item if it is new in either sense; returns whether it is held."""
-        f = _Fresh(item_id, by_content, first_seen_s, clicks)
+        f = _Fresh(item_id, by_content, first_seen_s, clicks, impressions)
         if self._wanted(f, now_s):
             self._fresh[row] = f
             return True
@@ -86,8 +97,20 @@ class NewItems:
         if row in self._fresh:
             self._fresh[row].clicks = clicks
 
+    def add_impressions(self, ids: np.ndarray) -> dict[str, int]:
+        """ids (U, k) rows shown, one row of ids per emitted list: counts the impressions of held
+        items and returns them by item id (to be stored as evidence)."""
+        shown, n = np.unique(ids[ids >= 0], return_counts=True)
+        out: dict[str, int] = {}
+        for row, count in zip(shown.tolist(), n.tolist(), strict=True):
+            f = self._fresh.get(row)
+            if f is not None:
+                f.impressions += count
+                out[f.item_id] = count
+        return out
+
     def release(self, now_s: float) -> list[int]:
-        """Rows that no longer need holding (enough clicks, too old), removed; index them."""
+        """Rows that no longer need holding (calibration spent, too old), removed; index them."""
         done = [row for row, f in self._fresh.items() if not self._wanted(f, now_s)]
         for row in done:
             del self._fresh[row]
@@ -115,7 +138,8 @@ class NewItems:
         raw = torch.from_numpy(np.ascontiguousarray(users @ matrix[rows].T, dtype=np.float32))  # (U, P)
         by_content = np.array([f.by_content for f in fresh])
         clicks = torch.tensor([f.clicks if f.by_content else self.cold.full_evidence for f in fresh])
-        scored = calibrated_scores(raw, clicks, self.cold).numpy() if self.cold.active else raw.numpy().copy()
+        shown = torch.tensor([f.impressions for f in fresh])
+        scored = calibrated_scores(raw, clicks, self.cold, shown).numpy() if self.cold.active else raw.numpy().copy()
         young = np.array([now_s - f.first_seen_s < self.explore.max_age_s for f in fresh])
         position = {int(r): j for j, r in enumerate(rows)}
         for b in range(u):

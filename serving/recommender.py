@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -69,6 +69,7 @@ class Recommender:
         explain: bool = True,
         explore: ExploreConfig | None = None,
         clock: Callable[[], float] = time.time,
+        impressions_per_click: int = 0,
     ) -> None:
         assert index.dim == catalogue.dim == model.dim, "index, catalogue and model must share the vector size"
         self.sequences = sequences
@@ -78,6 +79,8 @@ class Recommender:
         self.top_k = top_k
         self.explain = explain
         self.explore = explore or ExploreConfig()
+        # Fades a new item's calibration by impressions without clicks (ColdStartConfig; 0 = off).
+        self.impressions_per_click = impressions_per_click
         self.clock = clock  # wall seconds: new items' ages (tests pass their own)
         self._matrix = np.zeros((1024, model.dim), dtype=np.float32)  # (rows, D): every catalogue row's vector
         self._written: set[int] = set()  # rows of the matrix set since the model last encoded users
@@ -100,7 +103,7 @@ class Recommender:
 
     def _new_items_for(self, model: ServingModel, entries: list[CatalogueEntry]) -> NewItems:
         """The items `model` scores apart from its index, with their evidence from the state."""
-        held = NewItems(model.cold_start, self.explore)
+        held = NewItems(replace(model.cold_start, impressions_per_click=self.impressions_per_click), self.explore)
         if entries:
             now = self.clock()
             by_content = model.placed_by_content([e.item_id for e in entries])
@@ -112,7 +115,8 @@ class Recommender:
         """Offer an entry to `held` with its evidence; an item that arrived unseen stays calibrated
         under any later model. Returns whether it is held."""
         clicks = self.sequences.item_clicks(e.item_id)
-        return held.offer(e.row, e.item_id, by_content or e.arrived_unseen, e.first_seen_ms / 1000, clicks, now)
+        shown = self.sequences.item_impressions(e.item_id)
+        return held.offer(e.row, e.item_id, by_content or e.arrived_unseen, e.first_seen_ms / 1000, clicks, now, shown)
 
     @property
     def model_version(self) -> str:
@@ -296,6 +300,8 @@ class Recommender:
         t2 = time.perf_counter()
         scores, ids = self.index.search(encoded.vectors, self.top_k, exclude)
         merged = self.new_items.rank(encoded.vectors, scores, ids, self._matrix, exclude, self.top_k, self.clock())
+        if len(self.new_items):
+            self._count_impressions(merged.ids, users, valid, applied)
         result.stage_seconds = {"state": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
         ranked: dict[str, list[ScoredItem]] = {}
         why: dict[str, Explanation | None] = {}
@@ -338,6 +344,24 @@ class Recommender:
             entry = self.catalogue.get(click.item_id) if new else None
             if entry is not None and entry.row in self.new_items:
                 self.new_items.set_clicks(entry.row, self.sequences.item_clicks(click.item_id))
+        self._release_spent()
+
+    def _count_impressions(
+        self, ids: np.ndarray, users: list[str], clicks: list[ClickRecord], applied: list[bool]
+    ) -> None:
+        """ids (U, k) each user's list: every list emitted for a click applied now (not for a
+        redelivery) counts as an impression of the held items in it; stored as their evidence."""
+        position = {user: u for u, user in enumerate(users)}
+        emitted = [position[c.user_id] for c, new in zip(clicks, applied, strict=True) if new]
+        if not emitted:
+            return
+        counts = self.new_items.add_impressions(ids[emitted])  # (E, k) rows shown
+        self.sequences.add_impressions(counts)
+        if self.impressions_per_click:
+            self._release_spent()
+
+    def _release_spent(self) -> None:
+        """Held items whose calibration is spent (or too old to explore) join the main index."""
         released = [r for r in self.new_items.release(self.clock()) if np.linalg.norm(self._matrix[r]) > 0]
         if released:
             rows = np.array(released, dtype=np.int64)

@@ -8,6 +8,7 @@ sequence):
     e<0>{user}<0>{event_id}   -> "{pos}"                  de-duplication of redelivered events
     o<0>{partition}           -> "{offset}"               last clicks-topic offset applied, per partition
     c<0>{item}                -> "{clicks}"               clicks ever applied on the item (its evidence)
+    i<0>{item}                -> "{impressions}"          times the item was recommended (new items only)
 
 A user's sequence is capped at `max_len`: appending past the cap deletes the oldest record and its
 event key in the same write batch. The store keeps the item ids of the most recently used users'
@@ -18,6 +19,9 @@ model's window and the items to exclude), and reading 2,048 records back from Ro
 its event id and appends nothing, which makes at-least-once delivery safe to apply. Item click
 counts (the evidence that fades a new item's calibration, models/cold_start.py) are written in the
 same batch as the clicks, so a restart or a redelivery neither loses nor double-counts them.
+Impressions are counted after a batch is ranked and written in a batch of their own: a crash
+between the two loses at most that batch's impressions, and the caller counts none for redelivered
+clicks, so they are never counted twice.
 """
 
 from __future__ import annotations
@@ -88,6 +92,14 @@ class SequenceStore(ABC):
         """Clicks ever applied on the item, by any user (duplicates excluded)."""
 
     @abstractmethod
+    def item_impressions(self, item_id: str) -> int:
+        """Impressions recorded for the item by `add_impressions`."""
+
+    @abstractmethod
+    def add_impressions(self, counts: Mapping[str, int]) -> None:
+        """Add impressions per item (the evidence that fades a new item's calibration)."""
+
+    @abstractmethod
     def users(self) -> Iterator[str]: ...
 
     @abstractmethod
@@ -114,12 +126,21 @@ class InMemorySequenceStore(SequenceStore):
         self._totals: dict[str, int] = {}
         self._offsets: dict[int, int] = {}
         self._item_clicks: dict[str, int] = {}
+        self._impressions: dict[str, int] = {}
 
     def applied_offset(self, partition: int) -> int:
         return self._offsets.get(partition, -1)
 
     def item_clicks(self, item_id: str) -> int:
         return self._item_clicks.get(item_id, 0)
+
+    def item_impressions(self, item_id: str) -> int:
+        return self._impressions.get(item_id, 0)
+
+    def add_impressions(self, counts: Mapping[str, int]) -> None:
+        for item, n in counts.items():
+            assert n >= 0, f"impressions of {item!r} must not be negative"
+            self._impressions[item] = self._impressions.get(item, 0) + n
 
     def append_many(self, clicks: Sequence[ClickToAppend], positions: Mapping[int, int] | None = None) -> list[bool]:
         for part, offset in (positions or {}).items():
@@ -179,6 +200,10 @@ def _item_key(item_id: str) -> bytes:
     return b"c" + SEP + item_id.encode()
 
 
+def _impressions_key(item_id: str) -> bytes:
+    return b"i" + SEP + item_id.encode()
+
+
 def _encode_click(c: ClickToAppend | StoredClick) -> bytes:
     return f"{c.item_id}{FIELD}{c.event_id}{FIELD}{c.event_time_ms}".encode()
 
@@ -206,6 +231,7 @@ class RocksSequenceStore(SequenceStore):
         self._db = Rdict(str(path), opts)
         self._n_users = sum(1 for _ in self._meta_keys())
         self._item_clicks: dict[str, int] = {}  # read-through cache of the c<0>{item} counts
+        self._impressions: dict[str, int] = {}  # read-through cache of the i<0>{item} counts
 
     def _meta_keys(self) -> Iterable[bytes]:
         prefix = b"m" + SEP
@@ -237,6 +263,25 @@ class RocksSequenceStore(SequenceStore):
             raw = self._db.get(_item_key(item_id))
             count = self._item_clicks[item_id] = int(raw) if raw is not None else 0
         return count
+
+    def item_impressions(self, item_id: str) -> int:
+        count = self._impressions.get(item_id)
+        if count is None:
+            raw = self._db.get(_impressions_key(item_id))
+            count = self._impressions[item_id] = int(raw) if raw is not None else 0
+        return count
+
+    def add_impressions(self, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        batch = WriteBatch(raw_mode=True)
+        totals = {}
+        for item, n in counts.items():
+            assert n >= 0, f"impressions of {item!r} must not be negative"
+            totals[item] = self.item_impressions(item) + n
+            batch.put(_impressions_key(item), str(totals[item]).encode())
+        self._db.write(batch)
+        self._impressions.update(totals)
 
     def append_many(self, clicks: Sequence[ClickToAppend], positions: Mapping[int, int] | None = None) -> list[bool]:
         batch = WriteBatch(raw_mode=True)

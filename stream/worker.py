@@ -109,7 +109,14 @@ def open_recommender(settings: Settings, on_death: Callable[[str], None] | None 
     index = FaissItemIndex(model.dim, settings.ann_threshold, settings.ann_nprobe, threads=settings.index_threads)
     explore = ExploreConfig(settings.explore_slots, settings.explore_max_age_s)
     return Recommender(
-        sequences, catalogue, index, model, top_k=settings.top_k, explain=settings.explain, explore=explore
+        sequences,
+        catalogue,
+        index,
+        model,
+        top_k=settings.top_k,
+        explain=settings.explain,
+        explore=explore,
+        impressions_per_click=settings.new_item_impressions,
     )
 
 

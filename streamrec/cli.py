@@ -445,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--every", type=int, default=10000, help="the trainer fine-tunes every N clicks")
     b.add_argument("--lead", type=int, default=300, help="a new item is published N clicks before its first click")
     b.add_argument("--explore-slots", type=int, default=0)
+    b.add_argument(
+        "--impressions-per-click",
+        type=int,
+        default=0,
+        help="fade new items' calibration by impressions without clicks (STREAMREC_NEW_ITEM_IMPRESSIONS; 0 = off)",
+    )
     b.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for answers after the replay")
     b.add_argument("--out", default="", help="default bench/results/newitems-<dataset>.json")
     b.set_defaults(func=_cmd_bench)

@@ -217,6 +217,12 @@ class Settings:
     explore_max_age_s: float = _setting(
         "STREAMREC_EXPLORE_MAX_AGE_S", 86400.0, "items younger than this (seconds in the catalogue) may explore", low=1
     )
+    new_item_impressions: int = _setting(
+        "STREAMREC_NEW_ITEM_IMPRESSIONS",
+        0,
+        "a new item's calibration fades out over this many impressions per click it has, plus one (0 = by clicks only)",
+        low=0,
+    )
     state_memory_mb: int = _setting(
         "STREAMREC_STATE_MEMORY_MB", 256, "bound on a worker's cached incremental user state (LRU)", low=1
     )

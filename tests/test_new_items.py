@@ -11,7 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamrec.models.cold_start import CalibrationGrid, ColdStartConfig, calibrated_scores, evidence_fade
+from streamrec.models.cold_start import (
+    CalibrationGrid,
+    ColdStartConfig,
+    calibrated_scores,
+    calibration_spent,
+    evidence_fade,
+)
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.models.seqrec import SeqRec
 from streamrec.serving.new_items import ExploreConfig, NewItems
@@ -47,7 +53,9 @@ def new_item(name: str = "new-lipstick") -> CatalogueRecord:
     return CatalogueRecord(name, "upsert", T0, "lipstick shade 3", ("Makeup",), "Acme")
 
 
-def make(tmp_path: Path, explore: ExploreConfig | None = None, clock: list[float] | None = None) -> Recommender:
+def make(
+    tmp_path: Path, explore: ExploreConfig | None = None, clock: list[float] | None = None, impressions: int = 0
+) -> Recommender:
     now = clock if clock is not None else [1000.0]
     return Recommender(
         RocksSequenceStore(tmp_path / "seq", max_len=50),
@@ -57,6 +65,7 @@ def make(tmp_path: Path, explore: ExploreConfig | None = None, clock: list[float
         5,
         explore=explore,
         clock=lambda: now[0],
+        impressions_per_click=impressions,
     )
 
 
@@ -133,6 +142,59 @@ def test_the_fade_runs_from_one_to_zero_over_full_evidence() -> None:
     assert fade.tolist() == [1.0, 0.75, 0.5, 0.0, 0.0]
     raw = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.5]])
     assert calibrated_scores(raw, torch.tensor([0, 1, 2, 4, 9]), cfg).tolist() == [[2.0, 1.625, 1.25, 0.5, 0.5]]
+
+
+def test_impressions_without_clicks_fade_the_calibration_and_clicks_buy_more() -> None:
+    cfg = ColdStartConfig(scale=1.0, offset=1.0, full_evidence=4, impressions_per_click=10)
+    clicks = torch.tensor([0, 0, 0, 1, 1, 2])
+    shown = torch.tensor([0, 5, 10, 10, 20, 15])
+    # (1 - clicks/4) * (1 - shown / (10 (clicks + 1)))
+    assert evidence_fade(clicks, cfg, shown).tolist() == [1.0, 0.5, 0.0, 0.375, 0.0, 0.25]
+    off = ColdStartConfig(scale=1.0, offset=1.0, full_evidence=4)
+    assert evidence_fade(clicks, off, shown).tolist() == evidence_fade(clicks, off).tolist(), "0 = by clicks only"
+    assert [calibration_spent(int(n), int(m), cfg) for n, m in zip(clicks, shown, strict=True)] == [
+        False,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert calibration_spent(4, 0, cfg) and not calibration_spent(3, 1000, off)
+
+
+def test_a_new_item_shown_without_clicks_leaves_the_pool_and_a_restart_keeps_its_impressions(tmp_path: Path) -> None:
+    rec = make(tmp_path, impressions=3)  # budget: 3 impressions per click + 1
+    rec.apply_catalogue([*items(20), new_item()])
+    scores = []
+    for n in range(2):
+        got = top_of(rec, n, f"u{n}", "i3")
+        scores.append(next(s.score for s in got if s.item_id == "new-lipstick"))
+    assert scores[1] < scores[0], "each impression without a click takes a third of the offset"
+    assert rec.sequences.item_impressions("new-lipstick") == 2
+    rec.handle_clicks([click(0, "u0", "i3")])  # a redelivery: its list is not a new impression
+    assert rec.sequences.item_impressions("new-lipstick") == 2
+    rec.close()
+    again = make(tmp_path, impressions=3)
+    assert again.catalogue.get("new-lipstick").row in again.new_items, "two of three impressions: still held"
+    top_of(again, 7, "u7", "i3")
+    assert len(again.new_items) == 0 and len(again.index) == 21, "the third impression spent the calibration"
+    assert not any(s.new for s in top_of(again, 8, "u8", "i3"))
+    again.close()
+
+
+def test_a_click_buys_a_new_item_more_impressions(tmp_path: Path) -> None:
+    rec = make(tmp_path, impressions=2)
+    rec.apply_catalogue([*items(20), new_item()])
+    top_of(rec, 1, "u1", "i3")
+    rec.handle_clicks([click(2, "u2", "new-lipstick")])  # u2's own list excludes the item it clicked
+    top_of(rec, 3, "u3", "i3")
+    assert rec.sequences.item_impressions("new-lipstick") == 2
+    assert rec.catalogue.get("new-lipstick").row in rec.new_items, "one click: a budget of 2 x 2 impressions"
+    top_of(rec, 4, "u4", "i3")
+    top_of(rec, 5, "u5", "i3")
+    assert len(rec.new_items) == 0, "four impressions and one click: spent"
+    rec.close()
 
 
 @settings(max_examples=60, deadline=None)

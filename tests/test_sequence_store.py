@@ -125,12 +125,27 @@ def test_item_clicks_count_each_applied_click_once(make_store: Factory) -> None:
     store.close()
 
 
+def test_item_impressions_add_up_per_item(make_store: Factory) -> None:
+    store = make_store(3)
+    assert store.item_impressions("new") == 0
+    store.add_impressions({"new": 2, "other": 1})
+    store.add_impressions({"new": 3})
+    store.add_impressions({})
+    assert (store.item_impressions("new"), store.item_impressions("other")) == (5, 1)
+    assert store.item_clicks("new") == 0, "impressions are not clicks"
+    store.close()
+
+
 def test_item_evidence_survives_a_restart(tmp_path: Path) -> None:
     store = RocksSequenceStore(tmp_path / "seq", max_len=5)
     store.append_many([c(f"u{n}", "new", n) for n in range(4)])
     store.close()
     reopened = RocksSequenceStore(tmp_path / "seq", max_len=5)
     assert reopened.item_clicks("new") == 4
+    reopened.add_impressions({"new": 7})
+    reopened.close()
+    reopened = RocksSequenceStore(tmp_path / "seq", max_len=5)
+    assert (reopened.item_clicks("new"), reopened.item_impressions("new")) == (4, 7)
     reopened.append_many([c("u0", "new", 0), c("u9", "new", 9)])  # a redelivery and a new click
     assert reopened.item_clicks("new") == 5
     reopened.close()
