@@ -145,7 +145,12 @@ def run_live(settings: Settings, args: argparse.Namespace, checkpoint: Path, wor
         )
     ds = load_dataset(args.dataset, settings.data_dir)
     base = worker_and_trainer_settings(settings, workdir, "newitems-", args.every)
-    settings = replace(base, explore_slots=args.explore_slots, new_item_impressions=args.impressions_per_click)
+    settings = replace(
+        base,
+        explore_slots=args.explore_slots,
+        new_item_fade=args.fade_by,
+        new_item_impressions=args.impressions_per_click,
+    )
     first = import_checkpoint(ModelStore(settings.model_store_dir), checkpoint)
     clicks = ds.events[-args.clicks :]
     new_items = {it.item_id: it for it in ds.items if it.item_id in held}
@@ -200,6 +205,7 @@ def run_live(settings: Settings, args: argparse.Namespace, checkpoint: Path, wor
         "every": args.every,
         "lead": args.lead,
         "explore_slots": args.explore_slots,
+        "fade_by": args.fade_by,
         "impressions_per_click": args.impressions_per_click,
         "seconds": round(seconds, 1),
         "dead_letters": {k: v for k, v in wm.items() if k.startswith(DEAD_LETTERS)},

@@ -14,7 +14,11 @@ item gathers evidence: with n clicks seen since it joined, f = max(0, 1 - n / fu
 
     score = u.v * (1 + (scale - 1) f) + offset * f,
 
-so an item with `full_evidence` clicks is scored like any other. In serving, the calibration can
+so an item with `full_evidence` clicks is scored like any other. Which clicks count is
+`fade_by`: "clicks", every click seen since the item joined, or "trained", the clicks the served
+model's ID row for the item was trained on (the online trainer records them, a frozen model has
+none): the calibration stands in for a missing ID row, so it can leave exactly as that row is
+learned. In serving, the calibration can
 also fade by *impressions without clicks* (`impressions_per_click`, off by default): an item shown
 m times with n clicks keeps f times max(0, 1 - m / (impressions_per_click * (n + 1))). The prior
 is a guess fitted on held-out items in general; an item that many users were shown and did not
@@ -41,6 +45,7 @@ import torch
 from streamrec.models.ranking_metrics import target_rank
 
 FITS = ("warm_floor", "cold_share", "pooled", "none")
+FADES = ("clicks", "trained")
 
 
 @dataclass(frozen=True)
@@ -59,44 +64,60 @@ class ColdStartConfig:
     # Serving only: impressions a new item may take per click it has, plus one, before its
     # calibration is gone (see the module docstring); 0 = off. Offline there are no impressions.
     impressions_per_click: int = 0
+    # Serving only: which clicks fade the calibration, "clicks" (seen) or "trained" (learned by the
+    # served model's ID row); see the module docstring. Offline every new item has none of either.
+    fade_by: str = "clicks"
 
     def __post_init__(self) -> None:
         assert self.fit in FITS, f"fit must be one of {FITS}"
         assert self.scale > 0, "scale must be positive (it must keep the content order of new items)"
         assert self.full_evidence >= 1, "full_evidence must be at least 1 click"
         assert self.impressions_per_click >= 0, "impressions_per_click must be >= 0 (0 = off)"
+        assert self.fade_by in FADES, f"fade_by must be one of {FADES}"
 
     @property
     def active(self) -> bool:
         return self.scale != 1.0 or self.offset != 0.0
 
 
-def evidence_fade(clicks: torch.Tensor, cfg: ColdStartConfig, impressions: torch.Tensor | None = None) -> torch.Tensor:
-    """clicks (...,) seen since an item joined -> weight (...,) of the calibration: 1 at no
-    clicks, falling linearly to 0 at `full_evidence` clicks; with `impressions` (...,) and
-    `impressions_per_click` on, also falling linearly to 0 at that many impressions per click + 1."""
-    f = (1.0 - clicks.float() / cfg.full_evidence).clamp(0.0, 1.0)
+def evidence_fade(
+    evidence: torch.Tensor,
+    cfg: ColdStartConfig,
+    impressions: torch.Tensor | None = None,
+    clicks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """evidence (...,) the clicks that count under `fade_by` -> weight (...,) of the calibration: 1
+    at none, falling linearly to 0 at `full_evidence`; with `impressions` (...,) and
+    `impressions_per_click` on, also falling linearly to 0 at that many impressions per click seen
+    plus one (`clicks` (...,), the clicks seen; the evidence when not given)."""
+    f = (1.0 - evidence.float() / cfg.full_evidence).clamp(0.0, 1.0)
     if impressions is not None and cfg.impressions_per_click > 0:
-        budget = cfg.impressions_per_click * (clicks.float() + 1.0)
+        seen = evidence if clicks is None else clicks
+        budget = cfg.impressions_per_click * (seen.float() + 1.0)
         f = f * (1.0 - impressions.float() / budget).clamp(0.0, 1.0)
     return f
 
 
 def calibrated_scores(
-    raw: torch.Tensor, clicks: torch.Tensor, cfg: ColdStartConfig, impressions: torch.Tensor | None = None
+    raw: torch.Tensor,
+    evidence: torch.Tensor,
+    cfg: ColdStartConfig,
+    impressions: torch.Tensor | None = None,
+    clicks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """raw (B, M) inner products with M new items, clicks (M,) and optionally impressions (M,)
-    -> calibrated scores (B, M)."""
-    f = evidence_fade(clicks, cfg, impressions)  # (M,)
+    """raw (B, M) inner products with M new items, evidence (M,) and optionally impressions and
+    clicks seen (M,) as in `evidence_fade` -> calibrated scores (B, M)."""
+    f = evidence_fade(evidence, cfg, impressions, clicks)  # (M,)
     return raw * (1.0 + (cfg.scale - 1.0) * f) + cfg.offset * f
 
 
-def calibration_spent(clicks: int, impressions: int, cfg: ColdStartConfig) -> bool:
-    """Whether an item's calibration has faded out entirely (enough clicks, or, with
-    `impressions_per_click` on, enough impressions for its clicks): it is then scored like any other."""
-    if clicks >= cfg.full_evidence:
+def calibration_spent(evidence: int, impressions: int, cfg: ColdStartConfig, clicks: int | None = None) -> bool:
+    """Whether an item's calibration has faded out entirely (`evidence_fade` at 0): it is then
+    scored like any other."""
+    if evidence >= cfg.full_evidence:
         return True
-    return cfg.impressions_per_click > 0 and impressions >= cfg.impressions_per_click * (clicks + 1)
+    seen = evidence if clicks is None else clicks
+    return cfg.impressions_per_click > 0 and impressions >= cfg.impressions_per_click * (seen + 1)
 
 
 def fit_id_map(content: torch.Tensor, ids: torch.Tensor, ridge: float = 1.0) -> torch.Tensor:

@@ -52,3 +52,23 @@ def unclicked_new_rows(model: SeqRec, clicks: torch.Tensor) -> torch.Tensor:
     zero = (ids == 0).all(dim=1)
     zero[0] = False  # the padding row is never a candidate anyway
     return torch.nonzero(zero & (clicks.to(ids.device) == 0)).flatten()
+
+
+def new_item_clicks(
+    before: dict[str, int], model: SeqRec, row_of: dict[str, int], clicks: torch.Tensor
+) -> dict[str, int]:
+    """The clicks each new item's ID row has been trained on, after a round that trains on
+    `clicks` (N+1,) per row: items already counted in `before`, and items whose ID row is still
+    all zero in `model` (grown, or held out of its training) and clicked in the round. A count is
+    the most clicks any round's window held for the item (windows overlap, so they do not add up).
+    Serving fades a new item's calibration by it (`ColdStartConfig.fade_by="trained"`)."""
+    ids = model.id_emb.weight.detach()  # (N+1, D)
+    assert clicks.shape == (ids.shape[0],), f"clicks must have one count per row ({ids.shape[0]})"
+    zero = (ids == 0).all(dim=1).tolist()
+    counts = clicks.tolist()
+    out = dict(before)
+    for item, row in row_of.items():
+        n = int(counts[row])
+        if item in before or (zero[row] and n > 0):
+            out[item] = max(before.get(item, 0), n)
+    return out

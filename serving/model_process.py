@@ -96,6 +96,9 @@ class ProcessServingModel:
     def placed_by_content(self, item_ids: list[str]) -> list[bool]:
         return list(self._call("placed_by_content", item_ids))
 
+    def trained_clicks(self, item_ids: list[str]) -> list[int]:
+        return list(self._call("trained_clicks", item_ids))
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid
@@ -229,6 +232,8 @@ def serve(conn: Connection, spec: ModelProcessSpec) -> None:
                 result = (encoding.vectors, encoding.because_rows)
             elif method == "placed_by_content":
                 result = model.placed_by_content(*args)
+            elif method == "trained_clicks":
+                result = model.trained_clicks(*args)
             elif method == "state_bytes_per_user":
                 result = model.state_bytes_per_user(*args)
             else:

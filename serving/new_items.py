@@ -4,8 +4,8 @@ Two kinds of item are held here instead of the main index (issue 16, docs/models
 
 - items the served model places by content alone (no trained ID row), while their calibration has
   not faded out: their score goes through the model's new-item calibration (`models/cold_start.py`),
-  which fades as clicks arrive and, with `ColdStartConfig.impressions_per_click`, as the item is
-  shown without being clicked;
+  which fades as clicks arrive (seen, or learned by the served model's ID row: `ColdStartConfig.fade_by`)
+  and, with `ColdStartConfig.impressions_per_click`, as the item is shown without being clicked;
 - when the exploration quota is on, every item younger than `ExploreConfig.max_age_s`, so that up
   to `ExploreConfig.slots` of the K slots can be given to the best of them by content score.
 
@@ -16,7 +16,7 @@ from when this worker's catalogue first stored the item. Plain numpy and torch, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,6 +34,18 @@ class ExploreConfig:
         assert self.max_age_s > 0, "explore max age must be positive"
 
 
+@dataclass(frozen=True)
+class FadeConfig:
+    """The deployment's part of the new-item calibration (settings `STREAMREC_NEW_ITEM_*`): it
+    overrides the serving-only fields of the model's `ColdStartConfig`."""
+
+    fade_by: str = "clicks"  # "clicks" seen, or "trained": clicks the served model's ID row learned
+    impressions_per_click: int = 0  # 0 = no fade by impressions
+
+    def apply(self, cold: ColdStartConfig) -> ColdStartConfig:
+        return replace(cold, fade_by=self.fade_by, impressions_per_click=self.impressions_per_click)
+
+
 @dataclass
 class _Fresh:
     item_id: str
@@ -41,6 +53,10 @@ class _Fresh:
     first_seen_s: float
     clicks: int
     impressions: int = 0
+    trained: int = 0  # clicks the served model's ID row for the item was trained on
+
+    def evidence(self, cold: ColdStartConfig) -> int:
+        return self.trained if cold.fade_by == "trained" else self.clicks
 
 
 @dataclass
@@ -68,7 +84,11 @@ class NewItems:
         return row in self._fresh
 
     def _wanted(self, f: _Fresh, now_s: float) -> bool:
-        calibrated = self.cold.active and f.by_content and not calibration_spent(f.clicks, f.impressions, self.cold)
+        calibrated = (
+            self.cold.active
+            and f.by_content
+            and not calibration_spent(f.evidence(self.cold), f.impressions, self.cold, f.clicks)
+        )
         young = self.explore.slots > 0 and now_s - f.first_seen_s < self.explore.max_age_s
         return calibrated or young
 
@@ -81,9 +101,10 @@ class NewItems:
         clicks: int,
         now_s: float,
         impressions: int = 0,
+        trained: int = 0,
     ) -> bool:
         """Hold the item if it is new in either sense; returns whether it is held."""
-        f = _Fresh(item_id, by_content, first_seen_s, clicks, impressions)
+        f = _Fresh(item_id, by_content, first_seen_s, clicks, impressions, trained)
         if self._wanted(f, now_s):
             self._fresh[row] = f
             return True
@@ -137,9 +158,14 @@ class NewItems:
         fresh = [self._fresh[int(r)] for r in rows]
         raw = torch.from_numpy(np.ascontiguousarray(users @ matrix[rows].T, dtype=np.float32))  # (U, P)
         by_content = np.array([f.by_content for f in fresh])
-        clicks = torch.tensor([f.clicks if f.by_content else self.cold.full_evidence for f in fresh])
+        full = self.cold.full_evidence  # items held only to explore are not calibrated
+        evidence = torch.tensor([f.evidence(self.cold) if f.by_content else full for f in fresh])
+        clicks = torch.tensor([f.clicks for f in fresh])
         shown = torch.tensor([f.impressions for f in fresh])
-        scored = calibrated_scores(raw, clicks, self.cold, shown).numpy() if self.cold.active else raw.numpy().copy()
+        if self.cold.active:
+            scored = calibrated_scores(raw, evidence, self.cold, shown, clicks).numpy()
+        else:
+            scored = raw.numpy().copy()
         young = np.array([now_s - f.first_seen_s < self.explore.max_age_s for f in fresh])
         position = {int(r): j for j, r in enumerate(rows)}
         for b in range(u):

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamrec.serving.new_items import ExploreConfig, NewItems
+from streamrec.serving.new_items import ExploreConfig, FadeConfig, NewItems
 from streamrec.serving.serving_model import ServingModel, UserHistory
 from streamrec.state.catalogue_store import CatalogueEntry, CatalogueStore
 from streamrec.state.item_index import ItemIndex
@@ -69,7 +69,7 @@ class Recommender:
         explain: bool = True,
         explore: ExploreConfig | None = None,
         clock: Callable[[], float] = time.time,
-        impressions_per_click: int = 0,
+        fade: FadeConfig | None = None,
     ) -> None:
         assert index.dim == catalogue.dim == model.dim, "index, catalogue and model must share the vector size"
         self.sequences = sequences
@@ -79,8 +79,7 @@ class Recommender:
         self.top_k = top_k
         self.explain = explain
         self.explore = explore or ExploreConfig()
-        # Fades a new item's calibration by impressions without clicks (ColdStartConfig; 0 = off).
-        self.impressions_per_click = impressions_per_click
+        self.fade = fade or FadeConfig()  # how new items' calibration fades (ColdStartConfig)
         self.clock = clock  # wall seconds: new items' ages (tests pass their own)
         self._matrix = np.zeros((1024, model.dim), dtype=np.float32)  # (rows, D): every catalogue row's vector
         self._written: set[int] = set()  # rows of the matrix set since the model last encoded users
@@ -103,20 +102,23 @@ class Recommender:
 
     def _new_items_for(self, model: ServingModel, entries: list[CatalogueEntry]) -> NewItems:
         """The items `model` scores apart from its index, with their evidence from the state."""
-        held = NewItems(replace(model.cold_start, impressions_per_click=self.impressions_per_click), self.explore)
+        held = NewItems(self.fade.apply(model.cold_start), self.explore)
         if entries:
             now = self.clock()
-            by_content = model.placed_by_content([e.item_id for e in entries])
-            for e, content in zip(entries, by_content, strict=True):
-                self._offer(held, e, content, now)
+            ids = [e.item_id for e in entries]
+            by_content = model.placed_by_content(ids)
+            trained = model.trained_clicks(ids)
+            for e, content, n in zip(entries, by_content, trained, strict=True):
+                self._offer(held, e, content, now, n)
         return held
 
-    def _offer(self, held: NewItems, e: CatalogueEntry, by_content: bool, now: float) -> bool:
+    def _offer(self, held: NewItems, e: CatalogueEntry, by_content: bool, now: float, trained: int) -> bool:
         """Offer an entry to `held` with its evidence; an item that arrived unseen stays calibrated
         under any later model. Returns whether it is held."""
         clicks = self.sequences.item_clicks(e.item_id)
         shown = self.sequences.item_impressions(e.item_id)
-        return held.offer(e.row, e.item_id, by_content or e.arrived_unseen, e.first_seen_ms / 1000, clicks, now, shown)
+        first_seen = e.first_seen_ms / 1000
+        return held.offer(e.row, e.item_id, by_content or e.arrived_unseen, first_seen, clicks, now, shown, trained)
 
     @property
     def model_version(self) -> str:
@@ -169,11 +171,12 @@ class Recommender:
             records = [_record_of(e) for e in redo]
             vecs = model.encode_items(records)
             by_content = model.placed_by_content([e.item_id for e in redo])
+            trained = model.trained_clicks([e.item_id for e in redo])
             now = self.clock()
-            for e, v, content in zip(redo, vecs, by_content, strict=True):
+            for e, v, content, n in zip(redo, vecs, by_content, trained, strict=True):
                 matrix = _set_row(matrix, e.row, v)
                 rows = np.array([e.row], dtype=np.int64)
-                if e.active and self._offer(held, e, content, now):
+                if e.active and self._offer(held, e, content, now, n):
                     index.remove(rows)
                 elif e.active and np.linalg.norm(v) > 0:
                     index.upsert(rows, v[None])
@@ -211,6 +214,7 @@ class Recommender:
             now = self.clock()
             vecs = self._encode(upserts)  # (N, D)
             unseen = self.model.placed_by_content([r.item_id for r in upserts])
+            trained = self.model.trained_clicks([r.item_id for r in upserts])
             entries = [
                 CatalogueEntry(
                     r.item_id,
@@ -232,8 +236,8 @@ class Recommender:
             # zero vector: such items are kept in the catalogue but are not searchable.
             placed = np.linalg.norm(vecs, axis=1) > 0
             # New items (short of evidence, or young enough to explore) are scored apart.
-            for i, (e, content) in enumerate(zip(entries, unseen, strict=True)):
-                if placed[i] and self._offer(self.new_items, e, content, now):
+            for i, (e, content, n) in enumerate(zip(entries, unseen, trained, strict=True)):
+                if placed[i] and self._offer(self.new_items, e, content, now, n):
                     placed[i] = False
             if placed.any():
                 self.index.upsert(rows[placed], vecs[placed])
@@ -357,7 +361,7 @@ class Recommender:
             return
         counts = self.new_items.add_impressions(ids[emitted])  # (E, k) rows shown
         self.sequences.add_impressions(counts)
-        if self.impressions_per_click:
+        if self.fade.impressions_per_click:
             self._release_spent()
 
     def _release_spent(self) -> None:

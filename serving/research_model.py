@@ -86,6 +86,8 @@ class ResearchServingModel:
         # item the checkpoint never saw) are placed by content alone.
         trained = model.id_emb.weight.detach().abs().sum(1) > 0  # (N+1,)
         self._trained_ids = {item for item, row in self.catalog.row_of.items() if bool(trained[row])}
+        # Clicks the online trainer learned new items' ID rows from (training/online_trainer.py).
+        self._trained_clicks = bundle.trained_clicks
         names = self.catalog.features.modality_names
         self.modality_names = ["id", *names] if model.cfg.item_encoder == "cammsr" else names
 
@@ -123,6 +125,9 @@ class ResearchServingModel:
 
     def placed_by_content(self, item_ids: list[str]) -> list[bool]:
         return [item not in self._trained_ids for item in item_ids]
+
+    def trained_clicks(self, item_ids: list[str]) -> list[int]:
+        return [self._trained_clicks.get(item, 0) for item in item_ids]
 
     def modality_weights(self, item_id: str) -> dict[str, float] | None:
         w = self._weights.get(item_id)

@@ -83,6 +83,11 @@ class ServingModel(Protocol):
         """Per item: whether the model has no trained ID row for it (its vector is content alone)."""
         ...
 
+    def trained_clicks(self, item_ids: list[str]) -> list[int]:
+        """Per item: the clicks the model's ID row for it was trained on, for items the model
+        learned after they arrived (0 for all others); the evidence `fade_by="trained"` counts."""
+        ...
+
     def close(self) -> None:
         """Release what the model holds outside this process (its own process, when it has one)."""
         ...
@@ -138,6 +143,9 @@ class BaselineServingModel:
 
     def placed_by_content(self, item_ids: list[str]) -> list[bool]:
         return [False] * len(item_ids)
+
+    def trained_clicks(self, item_ids: list[str]) -> list[int]:
+        return [0] * len(item_ids)
 
     def close(self) -> None:
         """Nothing outside this process."""

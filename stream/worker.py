@@ -24,7 +24,7 @@ from streamrec.ops.log_limit import limit_handlers
 from streamrec.ops.lookup import LatestRecommendations
 from streamrec.ops.metrics import create_metrics, serve_metrics
 from streamrec.serving.model_process import ModelProcessError
-from streamrec.serving.new_items import ExploreConfig
+from streamrec.serving.new_items import ExploreConfig, FadeConfig
 from streamrec.serving.recommender import Recommender
 from streamrec.serving.serving_model import BaselineServingModel, ServingModel
 from streamrec.settings import Settings
@@ -116,7 +116,7 @@ def open_recommender(settings: Settings, on_death: Callable[[str], None] | None 
         top_k=settings.top_k,
         explain=settings.explain,
         explore=explore,
-        impressions_per_click=settings.new_item_impressions,
+        fade=FadeConfig(settings.new_item_fade, settings.new_item_impressions),
     )
 
 

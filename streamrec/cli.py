@@ -451,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="fade new items' calibration by impressions without clicks (STREAMREC_NEW_ITEM_IMPRESSIONS; 0 = off)",
     )
+    b.add_argument(
+        "--fade-by",
+        default="clicks",
+        choices=["clicks", "trained"],
+        help="what fades new items' calibration (STREAMREC_NEW_ITEM_FADE)",
+    )
     b.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for answers after the replay")
     b.add_argument("--out", default="", help="default bench/results/newitems-<dataset>.json")
     b.set_defaults(func=_cmd_bench)

@@ -54,6 +54,12 @@ class ModelBundle:
     def grown_items(self) -> list[dict]:
         return list(self.meta.get("grown_items", []))
 
+    @property
+    def trained_clicks(self) -> dict[str, int]:
+        """Clicks the online trainer learned each new item's ID row from: items whose row was zero
+        when a round began (grown, or held out of training); absent items have none."""
+        return dict(self.meta.get("trained_clicks", {}))
+
 
 def content_features(
     catalog: ItemCatalog, titles: dict[str, str], text: str, items: Sequence[ItemContent]

@@ -217,6 +217,12 @@ class Settings:
     explore_max_age_s: float = _setting(
         "STREAMREC_EXPLORE_MAX_AGE_S", 86400.0, "items younger than this (seconds in the catalogue) may explore", low=1
     )
+    new_item_fade: str = _setting(
+        "STREAMREC_NEW_ITEM_FADE",
+        "clicks",
+        "what fades a new item's calibration: clicks seen, or clicks its ID row was trained on (trained)",
+        choices=("clicks", "trained"),
+    )
     new_item_impressions: int = _setting(
         "STREAMREC_NEW_ITEM_IMPRESSIONS",
         0,

@@ -20,7 +20,7 @@ from streamrec.models.cold_start import (
 )
 from streamrec.models.content_baseline import ContentBaseline, ContentBaselineConfig
 from streamrec.models.seqrec import SeqRec
-from streamrec.serving.new_items import ExploreConfig, NewItems
+from streamrec.serving.new_items import ExploreConfig, FadeConfig, NewItems
 from streamrec.serving.recommender import Recommender
 from streamrec.serving.serving_model import BaselineServingModel
 from streamrec.state.catalogue_store import CatalogueStore
@@ -54,18 +54,22 @@ def new_item(name: str = "new-lipstick") -> CatalogueRecord:
 
 
 def make(
-    tmp_path: Path, explore: ExploreConfig | None = None, clock: list[float] | None = None, impressions: int = 0
+    tmp_path: Path,
+    explore: ExploreConfig | None = None,
+    clock: list[float] | None = None,
+    fade: FadeConfig | None = None,
+    model: BaselineServingModel | None = None,
 ) -> Recommender:
     now = clock if clock is not None else [1000.0]
     return Recommender(
         RocksSequenceStore(tmp_path / "seq", max_len=50),
         CatalogueStore(tmp_path / "cat", CFG.dim),
         FaissItemIndex(CFG.dim),
-        CalibratedModel(ContentBaseline(CFG)),
+        model or CalibratedModel(ContentBaseline(CFG)),
         5,
         explore=explore,
         clock=lambda: now[0],
-        impressions_per_click=impressions,
+        fade=fade,
     )
 
 
@@ -164,7 +168,7 @@ def test_impressions_without_clicks_fade_the_calibration_and_clicks_buy_more() -
 
 
 def test_a_new_item_shown_without_clicks_leaves_the_pool_and_a_restart_keeps_its_impressions(tmp_path: Path) -> None:
-    rec = make(tmp_path, impressions=3)  # budget: 3 impressions per click + 1
+    rec = make(tmp_path, fade=FadeConfig(impressions_per_click=3))  # 3 impressions per click + 1
     rec.apply_catalogue([*items(20), new_item()])
     scores = []
     for n in range(2):
@@ -175,7 +179,7 @@ def test_a_new_item_shown_without_clicks_leaves_the_pool_and_a_restart_keeps_its
     rec.handle_clicks([click(0, "u0", "i3")])  # a redelivery: its list is not a new impression
     assert rec.sequences.item_impressions("new-lipstick") == 2
     rec.close()
-    again = make(tmp_path, impressions=3)
+    again = make(tmp_path, fade=FadeConfig(impressions_per_click=3))
     assert again.catalogue.get("new-lipstick").row in again.new_items, "two of three impressions: still held"
     top_of(again, 7, "u7", "i3")
     assert len(again.new_items) == 0 and len(again.index) == 21, "the third impression spent the calibration"
@@ -184,7 +188,7 @@ def test_a_new_item_shown_without_clicks_leaves_the_pool_and_a_restart_keeps_its
 
 
 def test_a_click_buys_a_new_item_more_impressions(tmp_path: Path) -> None:
-    rec = make(tmp_path, impressions=2)
+    rec = make(tmp_path, fade=FadeConfig(impressions_per_click=2))
     rec.apply_catalogue([*items(20), new_item()])
     top_of(rec, 1, "u1", "i3")
     rec.handle_clicks([click(2, "u2", "new-lipstick")])  # u2's own list excludes the item it clicked
@@ -195,6 +199,39 @@ def test_a_click_buys_a_new_item_more_impressions(tmp_path: Path) -> None:
     top_of(rec, 5, "u5", "i3")
     assert len(rec.new_items) == 0, "four impressions and one click: spent"
     rec.close()
+
+
+class LearnedModel(CalibratedModel):
+    """As CalibratedModel, with the clicks its ID rows were trained on for some new items."""
+
+    def __init__(self, trained: dict[str, int]) -> None:
+        super().__init__(ContentBaseline(CFG))
+        self.trained = trained
+
+    def trained_clicks(self, item_ids: list[str]) -> list[int]:
+        return [self.trained.get(i, 0) for i in item_ids]
+
+
+def test_fading_by_trained_clicks_keeps_the_calibration_until_the_model_learns_the_item(tmp_path: Path) -> None:
+    """fade_by="trained": clicks seen do not fade a new item under a model that never learned it
+    (a frozen model); a version trained on its clicks does."""
+    rec = make(tmp_path, fade=FadeConfig(fade_by="trained"), model=LearnedModel({}))
+    rec.apply_catalogue([*items(20), new_item()])
+    first = top_of(rec, 1, "u1", "i3")[0]
+    rec.handle_clicks([click(n, f"v{n}", "new-lipstick") for n in range(2, 6)])  # 4 clicks, full_evidence 3
+    again = next(s for s in top_of(rec, 9, "u1", "i4") if s.item_id == "new-lipstick")
+    assert again.new and again.score == pytest.approx(first.score, abs=0.2), "no fade: the model has not learned it"
+    rec.swap_model(rec.prepare_model(LearnedModel({"new-lipstick": 3})))
+    assert len(rec.new_items) == 0 and len(rec.index) == 21, "learned from 3 clicks: scored like any other"
+    rec.close()
+
+
+def test_the_fade_counts_evidence_and_budgets_impressions_by_clicks_seen() -> None:
+    cfg = ColdStartConfig(scale=1.0, offset=1.0, full_evidence=4, impressions_per_click=10, fade_by="trained")
+    trained, seen, shown = torch.tensor([0, 2, 0]), torch.tensor([3, 2, 0]), torch.tensor([20, 15, 5])
+    # (1 - trained/4) * (1 - shown / (10 (seen + 1)))
+    assert evidence_fade(trained, cfg, shown, seen).tolist() == [0.5, 0.25, 0.5]
+    assert not calibration_spent(0, 39, cfg, clicks=3) and calibration_spent(0, 40, cfg, clicks=3)
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,6 +12,7 @@ from streamrec.datasets import load_dataset
 from streamrec.features import build_catalog
 from streamrec.model_bundle import load_bundle
 from streamrec.models.checkpoint import save_checkpoint
+from streamrec.models.growth import new_item_clicks
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
 from streamrec.serving.research_model import ResearchServingConfig, load_research_model
@@ -19,6 +20,7 @@ from streamrec.settings import Settings
 from streamrec.state.model_store import ModelStore
 from streamrec.stream.schemas import CatalogueRecord
 from streamrec.training.online_trainer import OnlineTrainer, OnlineTrainerConfig, RecentWindow, import_checkpoint
+from tests.test_models import features, tiny
 
 MAX_LEN = 16
 
@@ -89,7 +91,25 @@ def test_a_round_fine_tunes_grows_new_items_passes_the_gate_and_promotes(checkpo
     # make_trainer never clicks new-film-2: it was no negative either, so it is still placed by
     # content alone, where the new-item calibration was fitted.
     assert served.model.id_emb.weight[n].abs().sum() == 0, "an unclicked new item keeps a zero ID row"
+    # The clicks the new item's ID row learned from travel with the version, for serving's fade.
+    film1, film2, old = served.trained_clicks(["new-film-1", "new-film-2", served.catalog.item_ids[0]])
+    assert 0 < film1 <= 120 and film2 == 0 and old == 0, "make_trainer clicks new-film-1 120 times"
     assert trainer.current.version == result.candidate_version, "later rounds start from the promoted model"
+
+
+def test_trained_clicks_count_zero_rows_clicked_and_keep_the_largest_window() -> None:
+    torch.manual_seed(0)
+    f = features()
+    model = SeqRec(tiny("mufasa"), f)
+    with torch.no_grad():
+        model.id_emb.weight[3:5] = 0.0  # rows 3 and 4: new items, never trained
+    row_of = {"warm": 1, "old-new": 2, "new-a": 3, "new-b": 4}
+    clicks = torch.zeros(model.id_emb.weight.shape[0])
+    clicks[[1, 2, 3]] = torch.tensor([7.0, 2.0, 5.0])  # new-b not clicked in this round
+    got = new_item_clicks({"old-new": 6}, model, row_of, clicks)
+    # warm has a trained row; old-new was counted before (its row is learned now): its largest
+    # window stays; new-a is a zero row clicked 5 times; new-b has no click yet.
+    assert got == {"old-new": 6, "new-a": 5}
 
 
 def test_new_items_gain_id_evidence_from_the_clicks_of_the_window(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import torch
 
 from streamrec.model_bundle import ModelBundle, grown_catalog
 from streamrec.models.checkpoint import load_checkpoint, save_checkpoint
-from streamrec.models.growth import grow_items, unclicked_new_rows
+from streamrec.models.growth import grow_items, new_item_clicks, unclicked_new_rows
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import item_clicks, leave_one_out
 from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
@@ -164,6 +164,7 @@ class OnlineTrainer:
             candidate.set_item_clicks(torch.maximum(candidate.item_clicks, window.to(candidate.item_clicks)))
         # New items nobody clicked yet stay placed by content alone: not negatives of this round.
         candidate.excluded_rows = unclicked_new_rows(candidate, window)
+        trained_clicks = new_item_clicks(serving.trained_clicks, candidate, row_of, window)
         tcfg = TrainConfig(
             epochs=self.cfg.epochs,
             batch_size=self.cfg.batch_size,
@@ -198,6 +199,7 @@ class OnlineTrainer:
             **serving.meta,
             "parent": serving.version,
             "grown_items": all_grown,
+            "trained_clicks": trained_clicks,
             "gate": {
                 "serving_ndcg10": result.serving_ndcg10,
                 "candidate_ndcg10": result.candidate_ndcg10,
