@@ -69,6 +69,9 @@ def test_the_process_model_answers_what_the_in_process_model_answers(checkpoint:
                 np.testing.assert_allclose([i.score for i in x.items], [i.score for i in y.items], rtol=1e-5, atol=1e-6)
                 assert x.explanation == y.explanation, "history items named and modality weights agree"
         assert remote_model.state_bytes_per_user(2048) == local.model.state_bytes_per_user(2048)
+        asked = ["new-1", events[0].item_id]
+        assert remote_model.trained_clicks(asked) == local.model.trained_clicks(asked) == [0, 0]
+        assert remote_model.placed_by_content(asked) == local.model.placed_by_content(asked) == [True, False]
     finally:
         local.close()
         remote.close()
