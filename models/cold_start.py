@@ -14,25 +14,28 @@ item gathers evidence: with n clicks seen since it joined, f = max(0, 1 - n / fu
 
     score = u.v * (1 + (scale - 1) f) + offset * f,
 
-so an item with `full_evidence` clicks is scored like any other. Which clicks count is
-`fade_by`: "clicks", every click seen since the item joined, or "trained", the clicks the served
-model's ID row for the item was trained on (the online trainer records them, a frozen model has
-none): the calibration stands in for a missing ID row, so it can leave exactly as that row is
-learned. In serving, the calibration can
-also fade by *impressions without clicks* (`impressions_per_click`, off by default): an item shown
-m times with n clicks keeps f times max(0, 1 - m / (impressions_per_click * (n + 1))). The prior
-is a guess fitted on held-out items in general; an item that many users were shown and did not
-click has shown that the guess was wrong for it, and the slots it kept taking starve the new items
-that came after it (docs/results.md, "Live with the `cold_share` model"). Optionally (`id_map`) the new
-item's missing ID vector is first predicted from its content by a ridge map fitted on warm
-items. The fit is a grid search over
-(scale, offset), choosing by default the best warm validation NDCG@10 whose cold one is at least
-`cold_share` of it (`fit="cold_share"`, chosen by measurement: docs/models.md); or the best cold
-validation NDCG@10 that keeps the warm targets' validation NDCG@10 at `warm_floor` of what it is
-when no new item competes (`fit="warm_floor"`); or the one that maximises NDCG@10 over all
-validation targets (`fit="pooled"`).
-Offsets are tried between -2 and +2 times the median gap between a user's 10th-best warm score and
-best new-item score (a content-only score may as well be too high as too low).
+so an item with `full_evidence` clicks is scored like any other. Optionally (`id_map`) the new
+item's missing ID vector is first predicted from its content by a ridge map fitted on warm items.
+The fit is a grid search over (scale, offset), choosing by default the best warm validation
+NDCG@10 whose cold one is at least `cold_share` of it (`fit="cold_share"`, chosen by measurement:
+docs/models.md); or the best cold validation NDCG@10 that keeps the warm targets' validation
+NDCG@10 at `warm_floor` of what it is when no new item competes (`fit="warm_floor"`); or the one
+that maximises NDCG@10 over all validation targets (`fit="pooled"`). Offsets are tried between -2
+and +2 times the median gap between a user's 10th-best warm score and best new-item score (a
+content-only score may as well be too high as too low).
+
+Serving only (offline every new item has no clicks and no impressions):
+
+- which clicks fade the calibration is `fade_by`: "clicks", every click seen since the item
+  joined, or "trained", the clicks the served model's ID row for the item was trained on (the
+  online trainer records them; a frozen model has none). The calibration stands in for a missing
+  ID row, so under "trained" it leaves exactly as that row is learned;
+- it can also fade by *impressions without clicks* (`impressions_per_click`, off by default): an
+  item shown m times with n clicks keeps f times max(0, 1 - m / (impressions_per_click (n + 1))),
+  since an item many users were shown and did not click has shown that the prior was wrong for it.
+
+Both were measured live (docs/results.md, "Live: what fades the calibration"); the defaults are
+"clicks" and off.
 """
 
 from __future__ import annotations
