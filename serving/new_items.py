@@ -10,8 +10,9 @@ Two kinds of item are held here instead of the main index (issue 16, docs/models
   to `ExploreConfig.slots` of the K slots can be given to the best of them by content score.
 
 An item leaves when it has neither reason any more; the caller then puts it into the main index.
-Evidence (clicks and impressions per item) comes from the sequence store, so it survives restarts; the age counts
-from when this worker's catalogue first stored the item. Plain numpy and torch, no Kafka.
+Evidence survives restarts: clicks and impressions per item come from the sequence store, the
+clicks a version's ID row was trained on from that version's metadata. The age counts from when
+this worker's catalogue first stored the item. Plain numpy and torch, no Kafka.
 """
 
 from __future__ import annotations
