@@ -40,6 +40,12 @@ def grow_items(model: SeqRec, features: ItemFeatures) -> SeqRec:
     return grown.to(device)
 
 
+def untrained_id_rows(model: SeqRec) -> torch.Tensor:
+    """(N+1,) bool: rows whose ID vector was never trained (all zero: grown here, or held out of
+    the model's training); such items are placed by content alone."""
+    return (model.id_emb.weight.detach() == 0).all(dim=1)
+
+
 def unclicked_new_rows(model: SeqRec, clicks: torch.Tensor) -> torch.Tensor:
     """Rows (K,) whose ID vector was never trained (all zero: grown here, or held out of the
     model's training) and that have no click in `clicks` (N+1,), the round's clicks per row.
@@ -47,11 +53,10 @@ def unclicked_new_rows(model: SeqRec, clicks: torch.Tensor) -> torch.Tensor:
     Fine-tuning leaves them out of the softmax (`SeqRec.excluded_rows`). As negatives they would be
     pushed down by every step while never a target, and their content-only scores would drift
     from the ones the new-item calibration was fitted on."""
-    ids = model.id_emb.weight.detach()  # (N+1, D)
-    assert clicks.shape == (ids.shape[0],), f"clicks must have one count per row ({ids.shape[0]})"
-    zero = (ids == 0).all(dim=1)
+    zero = untrained_id_rows(model)  # (N+1,)
+    assert clicks.shape == zero.shape, f"clicks must have one count per row ({len(zero)})"
     zero[0] = False  # the padding row is never a candidate anyway
-    return torch.nonzero(zero & (clicks.to(ids.device) == 0)).flatten()
+    return torch.nonzero(zero & (clicks.to(zero.device) == 0)).flatten()
 
 
 def new_item_clicks(
@@ -62,9 +67,9 @@ def new_item_clicks(
     all zero in `model` (grown, or held out of its training) and clicked in the round. A count is
     the most clicks any round's window held for the item (windows overlap, so they do not add up).
     Serving fades a new item's calibration by it (`ColdStartConfig.fade_by="trained"`)."""
-    ids = model.id_emb.weight.detach()  # (N+1, D)
-    assert clicks.shape == (ids.shape[0],), f"clicks must have one count per row ({ids.shape[0]})"
-    zero = (ids == 0).all(dim=1).tolist()
+    untrained = untrained_id_rows(model)  # (N+1,)
+    assert clicks.shape == untrained.shape, f"clicks must have one count per row ({len(untrained)})"
+    zero = untrained.tolist()
     counts = clicks.tolist()
     out = dict(before)
     for item, row in row_of.items():

@@ -19,6 +19,7 @@ import torch
 
 from streamrec.model_bundle import ModelBundle, content_features, load_bundle
 from streamrec.models.cold_start import ColdStartConfig
+from streamrec.models.growth import untrained_id_rows
 from streamrec.models.item_features import ItemFeatures
 from streamrec.models.live_encoder import LiveEncoder, LiveEncoderConfig, window_start
 from streamrec.models.sequence_encoder import SequenceEncoder
@@ -84,8 +85,8 @@ class ResearchServingModel:
             encode_texts(["warm-up"])
         # Training-catalogue rows with a trained ID row; others (a row zeroed as held out, or an
         # item the checkpoint never saw) are placed by content alone.
-        trained = model.id_emb.weight.detach().abs().sum(1) > 0  # (N+1,)
-        self._trained_ids = {item for item, row in self.catalog.row_of.items() if bool(trained[row])}
+        untrained = untrained_id_rows(model).tolist()  # (N+1,)
+        self._trained_ids = {item for item, row in self.catalog.row_of.items() if not untrained[row]}
         # Clicks the online trainer learned new items' ID rows from (training/online_trainer.py).
         self._trained_clicks = bundle.trained_clicks
         names = self.catalog.features.modality_names

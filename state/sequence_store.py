@@ -257,19 +257,19 @@ class RocksSequenceStore(SequenceStore):
         raw = self._db.get(_offset_key(partition))
         return int(raw) if raw is not None else -1
 
-    def item_clicks(self, item_id: str) -> int:
-        count = self._item_clicks.get(item_id)
+    def _count(self, cache: dict[str, int], key: bytes, item_id: str) -> int:
+        """A per-item count read through `cache` (0 when the database holds none)."""
+        count = cache.get(item_id)
         if count is None:
-            raw = self._db.get(_item_key(item_id))
-            count = self._item_clicks[item_id] = int(raw) if raw is not None else 0
+            raw = self._db.get(key)
+            count = cache[item_id] = int(raw) if raw is not None else 0
         return count
 
+    def item_clicks(self, item_id: str) -> int:
+        return self._count(self._item_clicks, _item_key(item_id), item_id)
+
     def item_impressions(self, item_id: str) -> int:
-        count = self._impressions.get(item_id)
-        if count is None:
-            raw = self._db.get(_impressions_key(item_id))
-            count = self._impressions[item_id] = int(raw) if raw is not None else 0
-        return count
+        return self._count(self._impressions, _impressions_key(item_id), item_id)
 
     def add_impressions(self, counts: Mapping[str, int]) -> None:
         if not counts:
