@@ -304,7 +304,7 @@ class Recommender:
         t2 = time.perf_counter()
         scores, ids = self.index.search(encoded.vectors, self.top_k, exclude)
         merged = self.new_items.rank(encoded.vectors, scores, ids, self._matrix, exclude, self.top_k, self.clock())
-        if len(self.new_items):
+        if self.fade.impressions_per_click and len(self.new_items):
             self._count_impressions(merged.ids, users, valid, applied)
         result.stage_seconds = {"state": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
         ranked: dict[str, list[ScoredItem]] = {}
@@ -361,8 +361,7 @@ class Recommender:
             return
         counts = self.new_items.add_impressions(ids[emitted])  # (E, k) rows shown
         self.sequences.add_impressions(counts)
-        if self.fade.impressions_per_click:
-            self._release_spent()
+        self._release_spent()
 
     def _release_spent(self) -> None:
         """Held items whose calibration is spent (or too old to explore) join the main index."""
