@@ -13,7 +13,8 @@ three calls, each one pass of `SequenceEncoder.forward` with a cache:
     extend(slots, items, counts)    several new items per slot in one pass, O(P T) per user
 
 `reset(slots)` empties slots so that one `extend` can refill some users' windows while it
-advances others': serving makes at most two calls per micro-batch, whatever its mix of users.
+advances others': serving makes at most two calls per micro-batch, whatever its mix of users
+(a caller may put one-click users into the extend with a count of 1: one call).
 Each call returns what `SequenceEncoder.forward` returns at the user's last position (tests check it,
 with ragged lengths and the edge lengths around block boundaries). Everything is plain torch on
 whichever device the encoder lives on (CUDA when present, CPU otherwise).

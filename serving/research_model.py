@@ -43,6 +43,15 @@ class ResearchServingConfig:
     state_budget_bytes: int = 64 * 1024
     # Linear layers of the user encoder: "float32", or "int8" (dynamic quantization, CPU only).
     linear_dtype: str = "float32"
+    # A micro-batch mixing users with one new click and users with several is encoded in one
+    # batched extend (the former with a count of 1, padded to the longest run of new clicks) when
+    # that padding costs at most this many positions, else in two calls: the fused one-click step
+    # for the former, an extend for the latter. 0 = always two calls. A second call costs about
+    # 2 ms on this CPU; a padded position far less (docs/operations.md, "Hot path").
+    one_call_padding: int = 256
+
+    def __post_init__(self) -> None:
+        assert self.one_call_padding >= 0, "one_call_padding counts positions: 0 or more"
 
 
 @dataclass
@@ -180,17 +189,23 @@ class ResearchServingModel:
         matrix = torch.from_numpy(item_matrix).to(self.device)
         # Users with one new click take one batched step; all others (several new clicks, or a
         # window encoded again after a restart or an eviction) one batched extend from wherever
-        # their slot stands: at most two calls per micro-batch, whatever the mix. Each call costs
-        # about as much again in fixed overhead as in per-user work at serving batch sizes.
+        # their slot stands. Each call costs about as much again in fixed overhead as in per-user
+        # work at serving batch sizes, so a mixed batch is one extend when
+        # its padding is small (`one_call_padding`).
         because: dict[str, list[int]] = {}
         top = self.cfg.explain_top if explain else 0
         single = [u for u, rows in pending.items() if len(rows) == 1]
         multi = [u for u, rows in pending.items() if len(rows) > 1]
-        for users in (single, multi):
+        longest = max((len(pending[u]) for u in multi), default=0)
+        if multi and len(single) * (longest - 1) <= self.cfg.one_call_padding:
+            calls = [(False, single + multi)]
+        else:
+            calls = [(True, single), (False, multi)]
+        for is_step, users in calls:
             if not users:
                 continue
             slots = torch.tensor([self._users[u].slot for u in users], device=self.device)
-            if users is single:
+            if is_step:
                 items = matrix[torch.tensor([pending[u][0] for u in users], device=self.device)]  # (B, D)
                 vecs, why = self.live.step(slots, items, explain_top=top)
             else:

@@ -78,6 +78,7 @@ def research_serving_config(settings: Settings) -> ResearchServingConfig:
         state_memory_mb=settings.state_memory_mb,
         state_dtype=settings.state_dtype,
         state_budget_bytes=settings.state_budget_kb * 1024,
+        one_call_padding=settings.one_call_padding,
     )
 
 

@@ -242,6 +242,13 @@ class Settings:
     state_budget_kb: int = _setting(
         "STREAMREC_STATE_BUDGET_KB", 64, "encoder state per user that `auto` keeps float32 within", low=1
     )
+    one_call_padding: int = _setting(
+        "STREAMREC_ONE_CALL_PADDING",
+        256,
+        "a micro-batch mixing users with one new click and users with several is encoded in one call when "
+        "that pads at most this many positions, else in two (0 = always two)",
+        low=0,
+    )
     empty_fetch_wait_ms: float = _setting(
         "STREAMREC_EMPTY_FETCH_WAIT_MS",
         5.0,

@@ -7,6 +7,7 @@ window (16) is short so that long users exercise the hopping window and state re
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def open_model(checkpoint: Path, tmp_path: Path, memory_mb: int = 64) -> ResearchServingModel:
+def open_model(
+    checkpoint: Path, tmp_path: Path, memory_mb: int = 64, one_call_padding: int = 256
+) -> ResearchServingModel:
     settings = Settings.from_env()
-    return load_research_model(checkpoint, settings.data_dir, tmp_path / "features", ResearchServingConfig(memory_mb))
+    cfg = ResearchServingConfig(memory_mb, one_call_padding=one_call_padding)
+    return load_research_model(checkpoint, settings.data_dir, tmp_path / "features", cfg)
 
 
 def records(ds) -> list[CatalogueRecord]:  # noqa: ANN001 - a Dataset
@@ -78,15 +82,22 @@ def offline_top(model: ResearchServingModel, history: list[str], k: int) -> tupl
     return [cat.item_ids[r - 1] for r in top.indices.tolist()], top.values.numpy()
 
 
-# Batches of 200 clicks (users with several clicks: extend) and of 7 (mostly one click: step).
+# Batches of 200 clicks (users with several clicks: extend) and of 7 (mostly one click: step), with
+# a mixed batch encoded in one call whatever its padding, by the default rule, or always in two.
+@pytest.mark.parametrize("one_call_padding", [10**6, 256, 0])
 @pytest.mark.parametrize("batch", [200, 7])
-def test_live_top_k_equals_the_offline_model_for_the_same_history(checkpoint: Path, tmp_path: Path, batch: int) -> None:
-    model = open_model(checkpoint, tmp_path)
+def test_live_top_k_equals_the_offline_model_for_the_same_history(
+    checkpoint: Path, tmp_path: Path, batch: int, one_call_padding: int
+) -> None:
+    model = open_model(checkpoint, tmp_path, one_call_padding=one_call_padding)
     ds = load_dataset("ml-100k", Settings.from_env().data_dir)
     rec = make(tmp_path, model)
     rec.apply_catalogue(records(ds))
     assert rec.model_version == "test-mufasa-v1"
     events = ds.events[:3000]  # sorted by time: many users interleaved, some past the window
+    per_batch = [Counter(e.user_id for e in events[s : s + batch]) for s in range(0, len(events), batch)]
+    mixed = [c for c in per_batch if 1 in c.values() and max(c.values()) > 1]
+    assert mixed, "the sample must hold batches mixing users with one click and users with several"
     last: dict[str, object] = {}
     for start in range(0, len(events), batch):
         clicks = [ClickRecord(e.event_id, e.user_id, e.item_id, 1000 + start) for e in events[start : start + batch]]
