@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamrec.bench.precision import encode_last_clicks, leave_one_out
 from streamrec.datasets import load_dataset
 from streamrec.features import build_catalog
 from streamrec.models.checkpoint import save_checkpoint
@@ -22,6 +23,7 @@ from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
 from streamrec.serving.recommender import Recommender
 from streamrec.serving.research_model import ResearchServingConfig, ResearchServingModel, load_research_model
+from streamrec.serving.serving_model import UserHistory
 from streamrec.settings import Settings
 from streamrec.state.catalogue_store import CatalogueStore
 from streamrec.state.item_index import FaissItemIndex
@@ -188,6 +190,32 @@ def test_auto_state_type_is_float32_within_the_budget_and_int8_past_it(checkpoin
     narrow = served(full - 1)
     assert narrow.state_dtype == "int8"
     assert narrow.live.state_bytes(narrow.max_len) < full / 3, "int8 keeps about a quarter of float32's bytes"
+
+
+def test_the_precision_bench_reads_the_cache_in_its_type(checkpoint: Path, tmp_path: Path) -> None:
+    """`streamrec bench precision` compares cache types: its last click must read the cache. In
+    float32 the two calls give what one pass over the whole window gives; in int8 the vectors move,
+    a little."""
+    settings = Settings.from_env()
+    ds = load_dataset("ml-100k", settings.data_dir)
+    row_of = {it.item_id: k for k, it in enumerate(ds.items)}
+    cases = leave_one_out(ds.events, 24)
+    users = [u for u, _, _ in cases]
+    histories = [[row_of[i] for i in h][-MAX_LEN:] for _, h, _ in cases]  # within one window
+
+    def served(dtype: str) -> ResearchServingModel:
+        cfg = ResearchServingConfig(8, state_dtype=dtype)
+        return load_research_model(checkpoint, settings.data_dir, tmp_path / "features", cfg)
+
+    wide = served("float32")
+    matrix = wide.encode_items(records(ds))  # (R, D)
+    whole = [UserHistory(u, h, len(h)) for u, h in zip(users, histories, strict=True)]
+    full = served("float32").encode_users(whole, matrix, explain=False).vectors  # one pass each
+    two_calls, _ = encode_last_clicks(wide, users, histories, matrix, batch=8)
+    np.testing.assert_allclose(two_calls, full, atol=1e-4)
+    narrow, _ = encode_last_clicks(served("int8"), users, histories, matrix, batch=8)
+    moved = np.abs(narrow - two_calls).max()
+    assert 0 < moved < 0.1 * np.abs(two_calls).max(), f"int8 state moved user vectors by {moved}"
 
 
 @pytest.mark.integration
