@@ -258,6 +258,9 @@ def worker_run(
         "partitions": settings.partitions,
         "offered_rate": rate or "max",
         "model": settings.model_path or "content baseline",
+        # How a research checkpoint is served (stream/worker.py `research_serving_config`).
+        "state_dtype": settings.state_dtype,
+        "one_call_padding": settings.one_call_padding,
     }
     batches = delta.get("streamrec_stream_batch_size_events_count", 0.0)
     stages = stage_seconds(delta)
