@@ -190,22 +190,20 @@ class ResearchServingModel:
         # Users with one new click take one batched step; all others (several new clicks, or a
         # window encoded again after a restart or an eviction) one batched extend from wherever
         # their slot stands. Each call costs about as much again in fixed overhead as in per-user
-        # work at serving batch sizes, so a mixed batch is one extend when
-        # its padding is small (`one_call_padding`).
+        # work at serving batch sizes, so a mixed batch whose padding is small is one extend
+        # (`one_call_padding`).
         because: dict[str, list[int]] = {}
         top = self.cfg.explain_top if explain else 0
         single = [u for u, rows in pending.items() if len(rows) == 1]
         multi = [u for u, rows in pending.items() if len(rows) > 1]
         longest = max((len(pending[u]) for u in multi), default=0)
         if multi and len(single) * (longest - 1) <= self.cfg.one_call_padding:
-            calls = [(False, single + multi)]
-        else:
-            calls = [(True, single), (False, multi)]
-        for is_step, users in calls:
+            single, multi = [], single + multi  # one-click users join the extend with a count of 1
+        for users in (single, multi):
             if not users:
                 continue
             slots = torch.tensor([self._users[u].slot for u in users], device=self.device)
-            if is_step:
+            if users is single:
                 items = matrix[torch.tensor([pending[u][0] for u in users], device=self.device)]  # (B, D)
                 vecs, why = self.live.step(slots, items, explain_top=top)
             else:
