@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -353,6 +353,18 @@ CEILINGS = {
 WARM_UP_CLICKS = 20
 
 
+def start_ceiling(base: Settings, kind: str, topics: TopicNames, group: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """The ceiling `kind` (in CEILINGS) as its own process, from `topics.clicks` to
+    `topics.recommendations` in consumer group `group`, its output to `log`."""
+    _, module, _ = CEILINGS[kind]
+    return subprocess.Popen(
+        [sys.executable, "-m", module, topics.clicks, topics.recommendations, group],
+        env=settings_env(base),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def passthrough_run(
     base: Settings, dataset: Dataset, clicks: int, workdir: Path, kind: str = "faust", rate: float = 0.0
 ) -> RunResult:
@@ -362,7 +374,7 @@ def passthrough_run(
     as for the worker). `rate` > 0: the freshness floor, the same clicks offered at that rate once
     it answered `WARM_UP_CLICKS` others: what the broker, the client library (and Faust) and this
     machine cost a click before any recommender work."""
-    name, module, prefix = CEILINGS[kind]
+    name, _, prefix = CEILINGS[kind]
     if rate:
         name = f"{name}-fixed"
     topics = TopicNames(f"{name}-" if rate else prefix)
@@ -375,12 +387,7 @@ def passthrough_run(
     drain = Drain(base.kafka_bootstrap, topics.recommendations, len(warm_up) + len(events), timeout_s=900)
     drain.start()
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, topics.clicks, topics.recommendations, f"bench-{name}"],
-        env=settings_env(base),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_ceiling(base, kind, topics, f"bench-{name}", log)
     cores = None
     try:
         if rate:
