@@ -14,6 +14,9 @@ noida-db keeps every message in memory, so without retention the broker's memory
 spends on its growing log) grows with the run; `--retention-minutes` (default 5; 0 = keep all; the
 setting STREAMREC_RETENTION_MINUTES) bounds it as a production broker's retention would, and the
 per-minute CPU of the worker, the broker and this bench's producer and reader tells the two apart.
+With `--ceiling raw|faust` the raw aiokafka loop or the bare Faust passthrough of `bench pipeline`
+runs in the worker's place, on the same broker, retention, rate and length: what is left of a
+rise in the worker's freshness once the ceiling's own rise is taken away is the worker's.
 Answers the bench reads twice are dropped and counted; clicks the worker answers twice are kept and
 counted, beside the worker's own log-check counts.
 """
@@ -22,21 +25,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import psutil
 from aiokafka import ConsumerRecord
 
 from streamrec.bench.machine import machine_load, save_record
-from streamrec.bench.pipeline import LOOP_LAG, Drain, histogram_p99, stage_seconds, thread_cores
+from streamrec.bench.pipeline import (
+    CEILINGS,
+    LOOP_LAG,
+    Drain,
+    histogram_p99,
+    stage_seconds,
+    start_ceiling,
+    thread_cores,
+)
 from streamrec.datasets import load_dataset
 from streamrec.local.broker import LocalBroker, free_port, free_ports
-from streamrec.local.processes import start_worker
+from streamrec.local.processes import WorkerProcess, start_worker
 from streamrec.ops.metrics import percentile
 from streamrec.settings import Settings, TopicNames
 from streamrec.stream.replay import make_producer, publish_catalogue, publish_clicks
@@ -237,6 +250,36 @@ def per_minute(
     return rows
 
 
+# Event ids of the clicks that warm a ceiling up before the run (not counted).
+WARM_UP_SUFFIX = "-warm-up"
+
+
+@dataclass
+class CeilingProcess:
+    """A ceiling of `bench pipeline` (CEILINGS: the bare Faust passthrough or the raw aiokafka
+    loop) in the worker's place, on the same topics, broker and retention: run for as long at the
+    same rate, its per-minute freshness is what the broker and this machine give any processor as
+    the log fills, the worker's to be read against. It has no metrics to scrape."""
+
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    @classmethod
+    def start(cls, settings: Settings, kind: str, workdir: Path) -> CeilingProcess:
+        log = open(workdir / f"{kind}.log", "ab")  # noqa: SIM115 - closed by stop()
+        return cls(start_ceiling(settings, kind, settings.topics, f"bench-soak-{kind}", log), log)
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self.log.close()
+
+
 def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, settings.data_dir)
     load = machine_load()
@@ -260,9 +303,13 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
             ensure_topics_for(run_settings)
             producer = make_producer(run_settings.kafka_bootstrap)
             n_items = publish_catalogue(producer, run_settings.topics, dataset.items)
-            worker = start_worker(run_settings, workdir / "worker.log")
+            if args.ceiling:
+                worker: WorkerProcess | CeilingProcess = CeilingProcess.start(run_settings, args.ceiling, workdir)
+            else:
+                worker = start_worker(run_settings, workdir / "worker.log")
             try:
-                worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=180)
+                if not args.ceiling:
+                    worker.wait_until("streamrec_index_size_items", lambda v: v >= n_items, timeout_s=180)
                 drain = Drain(
                     run_settings.kafka_bootstrap,
                     run_settings.topics.recommendations,
@@ -271,7 +318,16 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                     keep=read_answer,
                 )
                 drain.start()
-                sampler = MemorySampler(worker.proc.pid, workdir / "broker", scrape=worker.metrics)
+                warm_up = []
+                if args.ceiling:
+                    # A ceiling has no index to wait for: it is ready once it has joined its group
+                    # and answered, so the first minute does not measure its start-up.
+                    warm_up = [replace(e, event_id=f"{e.event_id}{WARM_UP_SUFFIX}") for e in dataset.events[:20]]
+                    publish_clicks(producer, run_settings.topics, warm_up, 0, False)
+                    drain.wait_for(len(warm_up), timeout_s=120)
+                sampler = MemorySampler(
+                    worker.proc.pid, workdir / "broker", scrape=None if args.ceiling else worker.metrics
+                )
                 sampler.start()
                 started = time.time()
                 end = time.monotonic() + args.minutes * 60
@@ -283,8 +339,8 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                     )
                     loop += 1
                 producer.close()
-                drain.expected = published
-                seen = repeats(drain.result())
+                drain.expected = published + len(warm_up)
+                seen = repeats([a for a in drain.result() if not a.event_id.endswith(WARM_UP_SUFFIX)])
                 sampler.stop.set()
                 sampler.join()
                 rows = per_minute(seen.answers, started, sampler.samples, sampler.profile)
@@ -317,7 +373,8 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
         print(f"worker log check: {name} {count:.0f}")
     payload = {
         "dataset": dataset.name,
-        "model": args.checkpoint or "content baseline",
+        "model": f"ceiling: {CEILINGS[args.ceiling][0]}" if args.ceiling else args.checkpoint or "content baseline",
+        "ceiling": args.ceiling or None,
         "rate": args.rate,
         "minutes": args.minutes,
         "retention_minutes": args.retention_minutes,

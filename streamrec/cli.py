@@ -508,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--retention-minutes", type=float, default=5.0, help="the broker's retention of the run's topics (0 = all)"
     )
+    b.add_argument(
+        "--ceiling",
+        choices=("raw", "faust"),
+        default="",
+        help="a ceiling in the worker's place (raw aiokafka loop, bare Faust passthrough), as a reference",
+    )
     b.add_argument("--out", default="bench/results/soak.json")
     b.set_defaults(func=_cmd_bench)
     b = bench.add_parser("precision", help="ranking quality and state size of narrower encoder-state caches")

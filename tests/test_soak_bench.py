@@ -1,10 +1,16 @@
-"""The soak benchmark's per-minute summary (the run itself is a benchmark, not a test)."""
+"""The soak benchmark's per-minute summary, and a short ceiling run on a real broker (the figures
+of a soak are a benchmark's, not asserted here)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import pytest
 
-from streamrec.bench.soak import Answer, Sample, per_minute, repeats
+from streamrec.bench.soak import Answer, Sample, per_minute, repeats, run_soak_bench
+from streamrec.settings import Settings
 
 
 def test_per_minute_groups_by_arrival_minute_and_takes_that_minutes_last_memory_sample() -> None:
@@ -83,3 +89,28 @@ def test_a_minutes_profile_is_the_worker_metrics_delta_over_that_minute() -> Non
     assert row["thread_cores"] == {"compute": round(14.0 / 60, 3)}
     assert row["loop_lag_p99_ms"] <= 10.0, "every lag observation of the minute was under 10 ms"
     assert minute_profile(profile, 5) == {}, "no sample in that minute"
+
+
+def test_a_ceiling_soak_runs_the_raw_loop_in_the_workers_place_and_counts_only_the_run(
+    stream_settings: Settings, tmp_path: Path
+) -> None:
+    """`bench soak --ceiling raw` on its own real broker: every click offered in the run is
+    answered once by the raw loop, the warm-up clicks are not counted, and the record names it."""
+    args = argparse.Namespace(
+        dataset="ml-100k",
+        checkpoint="",
+        rate=300.0,
+        minutes=0.25,
+        drain_s=30.0,
+        retention_minutes=5.0,
+        ceiling="raw",
+        out=str(tmp_path / "soak.json"),
+    )
+    assert run_soak_bench(stream_settings, args) == 0
+    record = json.loads((tmp_path / "soak.json").read_text())
+    assert record["model"] == "ceiling: aiokafka-raw-loop" and record["ceiling"] == "raw"
+    assert record["offered"] > 0 and record["answered"] == record["offered"], "every offered click answered"
+    assert record["answered_again"] == 0
+    assert sum(r["answers"] for r in record["per_minute"]) == record["offered"], "warm-up answers are not counted"
+    assert record["worker_log_checks"] == {}, "a ceiling has no metrics"
+    assert all(0 <= r["freshness_p50_ms"] <= r["freshness_p99_ms"] for r in record["per_minute"])
