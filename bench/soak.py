@@ -41,6 +41,7 @@ from streamrec.bench.machine import machine_load, save_record
 from streamrec.bench.pipeline import (
     CEILINGS,
     LOOP_LAG,
+    WARM_UP_CLICKS,
     Drain,
     histogram_p99,
     stage_seconds,
@@ -322,7 +323,8 @@ def run_soak_bench(settings: Settings, args: argparse.Namespace) -> int:
                 if args.ceiling:
                     # A ceiling has no index to wait for: it is ready once it has joined its group
                     # and answered, so the first minute does not measure its start-up.
-                    warm_up = [replace(e, event_id=f"{e.event_id}{WARM_UP_SUFFIX}") for e in dataset.events[:20]]
+                    first = dataset.events[:WARM_UP_CLICKS]
+                    warm_up = [replace(e, event_id=f"{e.event_id}{WARM_UP_SUFFIX}") for e in first]
                     publish_clicks(producer, run_settings.topics, warm_up, 0, False)
                     drain.wait_for(len(warm_up), timeout_s=120)
                 sampler = MemorySampler(
