@@ -286,8 +286,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="amazon-beauty", help=DATASET_HELP)
     p.add_argument("--preset", "--model", dest="preset", default="sasrec", choices=MODEL_PRESETS, help=PRESET_HELP)
     p.add_argument("--seed", type=int, default=0)
-    # A cap high enough never to decide a run: text-only SASRec on ml-100k at patience 30 was still
-    # rising at 200 (docs/results.md, "Patience 30"); validation patience is what stops runs.
+    # TrainConfig.epochs (a test checks they agree), written here so the parser does not import torch.
     p.add_argument("--epochs", type=int, default=1000, help="a safety cap on epochs; validation patience stops runs")
     p.add_argument(
         "--patience", type=int, default=10, help="epochs without a better validation NDCG@10 before stopping"

@@ -131,6 +131,14 @@ def test_cli_model_choices_are_the_presets() -> None:
     assert list(MODEL_PRESETS) == preset_names()
 
 
+def test_cli_epoch_cap_is_the_trainers() -> None:
+    from streamrec.cli import build_parser
+    from streamrec.models.trainer import TrainConfig
+
+    args = build_parser().parse_args(["train"])
+    assert args.epochs == TrainConfig().epochs
+
+
 def _worker_env(stream_settings: Settings, **overrides: str) -> dict[str, str]:
     env = settings_env(stream_settings)
     env.update(overrides)
