@@ -61,6 +61,12 @@ def _presets(n_items: int, max_len: int, dim: int) -> dict[str, SeqRecConfig]:
         "mufasa-no-cf": replace(mufasa, fusion=replace(mufasa.fusion, cf_weight=0.0)),
         "mufasa-no-structure": replace(mufasa, fusion=replace(mufasa.fusion, structure_weight=0.0)),
         "mufasa-no-dist": replace(mufasa, fusion=replace(mufasa.fusion, dist_weight=0.0)),
+        # All four fusion losses off at once: what the title-anchored fusion gives on its own, since
+        # removing any one loss leaves the other three to stand in for it.
+        "mufasa-no-fusion-losses": replace(
+            mufasa,
+            fusion=replace(mufasa.fusion, align_weight=0.0, cf_weight=0.0, structure_weight=0.0, dist_weight=0.0),
+        ),
         "mufasa-no-cmp": _no_branch(mufasa, "cmp"),
         "mufasa-no-sel": _no_branch(mufasa, "sel"),
         "mufasa-no-win": _no_branch(mufasa, "win"),

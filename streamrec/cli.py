@@ -242,6 +242,7 @@ MODEL_PRESETS = (
     "mufasa-no-cf",
     "mufasa-no-cmp",
     "mufasa-no-dist",
+    "mufasa-no-fusion-losses",
     "mufasa-no-sel",
     "mufasa-no-structure",
     "mufasa-no-win",
