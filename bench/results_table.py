@@ -163,10 +163,14 @@ def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> s
         "(95% interval, p) | epochs (best) | minutes | stopped by | load (1-min mean, max) |",
         "|---" * 10 + "|",
     ]
+    uneven = False
     for model, recs in sorted(runs.items(), key=lambda kv: (kv[0] != base, kv[0])):
         recs.sort(key=lambda r: r["seed"])
         ex = [r["test"]["excl_history"] for r in recs]
         paired = "" if model == base else compare(runs[base], recs, metric).cell()
+        if paired and len(recs) != len(runs[base]):
+            paired += " (seeds differ)"
+            uneven = True
         load = ", ".join(
             f"{r['machine_load']['loadavg_1min_mean']}/{r['machine_load']['loadavg_1min_max']}" for r in recs
         )
@@ -182,6 +186,15 @@ def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> s
         ]
         out.append(f"| {model} | {len(recs)} | " + " | ".join(cells) + " |")
     out.append("")
+    if uneven:
+        # Why: a user's figure averaged over several seeds is smoother than one run's (fewer exact
+        # zeros), so the signed-rank test on the differences reacts to that shape as well as to the
+        # models; the bootstrap interval on the mean is not affected. Seen on Beauty: an interval of
+        # +1.0% to +7.0% beside p = 0.39.
+        out.append(
+            "(seeds differ): one side averages more seeds than the other; its per-user figures are smoother, "
+            "so the Wilcoxon p can disagree with the interval. Pair the same seeds on both sides for the test."
+        )
     for model, recs in sorted(runs.items()):
         for r in recs:
             out.append(f"- `{model}` seed {r['seed']} (commit {r.get('commit', '?')}): `{r['command']}`")

@@ -62,6 +62,11 @@ def test_rows_pool_seeds_and_pair_against_the_base(tmp_path: Path) -> None:
     assert f"{expected:+.1%} [" in rows[1], rows[1]
     assert "| budget |" in rows[1], "9 epochs, best 5, 50 minutes of a 40-minute budget: the clock stopped it"
     assert "commit abc1234" in table
+    assert rows[1].count("(seeds differ)") == 1 and "the Wilcoxon p can disagree" in table, (
+        "one seed against two: the row and a note say the test pairs unequal sides"
+    )
+    even = comparison_table([files[0], tmp_path / "new-s0.json"], "base")
+    assert "(seeds differ)" not in even, "one seed each: nothing to warn about"
 
 
 def test_what_stopped_a_run_is_inferred_for_older_records() -> None:
