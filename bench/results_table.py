@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from streamrec.bench.paired import compare, load_record
+from streamrec.bench.paired import UNEVEN_SEEDS_NOTE, compare, load_record
 from streamrec.errors import EXIT_USER_ERROR, UserError
 from streamrec.settings import PROJECT_ROOT
 
@@ -167,10 +167,10 @@ def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> s
     for model, recs in sorted(runs.items(), key=lambda kv: (kv[0] != base, kv[0])):
         recs.sort(key=lambda r: r["seed"])
         ex = [r["test"]["excl_history"] for r in recs]
-        paired = "" if model == base else compare(runs[base], recs, metric).cell()
-        if paired and len(recs) != len(runs[base]):
-            paired += " (seeds differ)"
-            uneven = True
+        paired = ""
+        if model != base:
+            c = compare(runs[base], recs, metric)
+            paired, uneven = c.cell(), uneven or c.uneven
         load = ", ".join(
             f"{r['machine_load']['loadavg_1min_mean']}/{r['machine_load']['loadavg_1min_max']}" for r in recs
         )
@@ -187,14 +187,7 @@ def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> s
         out.append(f"| {model} | {len(recs)} | " + " | ".join(cells) + " |")
     out.append("")
     if uneven:
-        # Why: a user's figure averaged over several seeds is smoother than one run's (fewer exact
-        # zeros), so the signed-rank test on the differences reacts to that shape as well as to the
-        # models; the bootstrap interval on the mean is not affected. Seen on Beauty: an interval of
-        # +1.0% to +7.0% beside p = 0.39.
-        out.append(
-            "(seeds differ): one side averages more seeds than the other; its per-user figures are smoother, "
-            "so the Wilcoxon p can disagree with the interval. Pair the same seeds on both sides for the test."
-        )
+        out.append(UNEVEN_SEEDS_NOTE)
     for model, recs in sorted(runs.items()):
         for r in recs:
             out.append(f"- `{model}` seed {r['seed']} (commit {r.get('commit', '?')}): `{r['command']}`")

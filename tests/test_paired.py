@@ -66,6 +66,8 @@ def test_a_clearly_better_model_is_found_better_and_seeds_are_averaged_per_user(
     assert c.other_mean == pytest.approx(per_user(np.array(better)).mean())
     worse = compare([record(better)], [record(base)])
     assert worse.change < 0 and worse.change_hi < 0
+    assert c.uneven and c.cell().endswith("(seeds differ)"), "one seed against two is marked"
+    assert not worse.uneven and "seeds differ" not in worse.cell(), "one seed each is not"
 
 
 def test_the_bootstrap_interval_holds_the_observed_change() -> None:
