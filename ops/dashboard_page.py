@@ -199,7 +199,7 @@ class DashboardServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise port_in_use(exc, port, "STREAMREC_DASHBOARD_PORT") or exc from exc
+            raise port_in_use(exc, port, "STREAMREC_DASHBOARD_PORT", zero="turn the page off") or exc from exc
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self.url = f"http://{host}:{self.port}/"

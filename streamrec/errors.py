@@ -30,11 +30,12 @@ class UserError(Exception):
         return f"{prog}: error: {self}"
 
 
-def port_in_use(exc: OSError, port: int, setting: str) -> UserError | None:
-    """The UserError for a listener that could not bind because its port is taken, else None."""
+def port_in_use(exc: OSError, port: int, setting: str, zero: str = "pick one") -> UserError | None:
+    """The UserError for a listener that could not bind because its port is taken, else None.
+    `zero` says what the setting's 0 does (the metrics port picks one, the page's turns it off)."""
     if exc.errno != errno.EADDRINUSE:
         return None
-    return UserError(f"port {port} is already in use", f"set {setting} to a free port, or 0 to pick one")
+    return UserError(f"port {port} is already in use", f"set {setting} to a free port, or 0 to {zero}")
 
 
 def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:

@@ -157,14 +157,17 @@ def test_worker_with_a_missing_or_corrupt_model_is_one_line(
     assert_one_line(run_cli(["worker"], env), "bad.pt", "STREAMREC_MODEL")
 
 
-@pytest.mark.parametrize("setting", ["STREAMREC_METRICS_PORT", "STREAMREC_DASHBOARD_PORT"])
-def test_busy_port_names_port_and_setting(stream_settings: Settings, setting: str) -> None:
+@pytest.mark.parametrize(
+    ("setting", "zero"),
+    [("STREAMREC_METRICS_PORT", "0 to pick one"), ("STREAMREC_DASHBOARD_PORT", "0 to turn the page off")],
+)
+def test_busy_port_names_port_and_setting(stream_settings: Settings, setting: str, zero: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         env = _worker_env(stream_settings, **{setting: str(port)})
-        assert_one_line(run_cli(["worker"], env), setting, str(port))
+        assert_one_line(run_cli(["worker"], env), setting, str(port), zero)
 
 
 def test_rollback_with_nothing_to_roll_back_to(stream_settings: Settings) -> None:
