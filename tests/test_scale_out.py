@@ -32,7 +32,6 @@ def test_stopping_one_of_two_workers_moves_its_users_without_losing_clicks(
     events = ds.events[:3000]
     phase1, phase2, phase3 = events[:1000], events[1000:2000], events[2000:]
     a_settings = replace(stream_settings, worker_id="worker-a", state_dir=tmp_path / "a")
-    b_settings = replace(stream_settings, worker_id="worker-b", state_dir=tmp_path / "b")
     answered: set[str] = set()
 
     def collect(batch: list) -> None:
@@ -49,7 +48,13 @@ def test_stopping_one_of_two_workers_moves_its_users_without_losing_clicks(
         # B's ports are picked just before it starts: picked minutes earlier, one was once taken
         # meanwhile as the local end of a client connection (same ephemeral range) and B exited.
         ports = free_ports(2)
-        b_settings = replace(b_settings, metrics_port=ports[0], dashboard_port=ports[1])
+        b_settings = replace(
+            stream_settings,
+            worker_id="worker-b",
+            state_dir=tmp_path / "b",
+            metrics_port=ports[0],
+            dashboard_port=ports[1],
+        )
         worker_b = start_worker(b_settings, tmp_path / "b.log")
         # B holds the whole catalogue although catalogue partitions are not shared out.
         worker_b.wait_until("streamrec_index_size_items", lambda v: v >= len(ds.items), timeout_s=90)
