@@ -554,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=["lr=0.001,0.002", "dropout=0.2,0.5", "weight_decay=0,0.01"],
         help="NAME=V1,V2 ... over train flags (lr, dropout, weight_decay, warmup_steps, ...)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="read points already trained with the same settings instead of training them again",
+    )
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split (full ranking)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, replace
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from streamrec.bench.machine import LoadSampler, code_version
-from streamrec.cli import hygiene_options
+from streamrec.cli import build_parser, hygiene_options
 from streamrec.datasets import load_dataset
 from streamrec.datasets.own import is_own_dataset
 from streamrec.datasets.registry import default_max_len
@@ -155,18 +156,46 @@ def parse_grid(grid: list[str], args: argparse.Namespace) -> list[dict[str, floa
     return combos
 
 
+# Flags that do not change what a grid point trains: where it is written, how it reports, and how
+# many threads compute it (thread count moves float sums in the last bits, not the setting).
+_NOT_A_SETTING = frozenset({"func", "grid", "resume", "results_dir", "quiet", "threads"})
+
+
+def same_settings(record: dict, args: argparse.Namespace, combo: dict[str, float | int]) -> list[str]:
+    """The train flags whose value differs between a grid point's record (its recorded command,
+    with the point's values) and this run's point; empty when the record can stand for the point."""
+    try:
+        recorded = vars(build_parser().parse_args(shlex.split(record["command"])[1:]))
+    except (KeyError, ValueError, SystemExit):
+        return ["command (missing or unreadable)"]
+    mine = {**vars(args), **combo}
+    return sorted(k for k in mine.keys() - _NOT_A_SETTING if {**recorded, **combo}.get(k) != mine[k])
+
+
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:
     """Train every grid point with validation patience; choose by validation NDCG@10 (history
-    excluded) alone; record the grid, every point's validation and test figures, and the choice."""
+    excluded) alone; record the grid, every point's validation and test figures, and the choice.
+    With --resume, a point whose record exists and was trained with the same settings is read, not
+    trained again: a grid cut short continues, and its points may be trained in parallel."""
     combos = parse_grid(args.grid, args)
     root = Path(args.results_dir) / "tune"
     points = []
     for combo in combos:
         tag = "_".join(f"{k}{v}" for k, v in combo.items())
         ns = argparse.Namespace(**{**vars(args), **combo, "results_dir": str(root / tag)})
-        # Each point keeps its own checkpoint, beside its record.
-        point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
-        run_train(ns, point)
+        found = sorted((root / tag).glob(f"*/{args.preset}-s{args.seed}.json"))
+        if args.resume and found:
+            differ = same_settings(json.loads(found[0].read_text()), args, combo)
+            if differ:
+                raise UserError(
+                    f"{found[0]} was trained with other settings ({', '.join(differ)})",
+                    f"move it away or give another --results-dir to train {tag} again",
+                )
+            print(f"{tag}: reusing {found[0]}")
+        else:
+            # Each point keeps its own checkpoint, beside its record.
+            point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
+            run_train(ns, point)
         rec = json.loads(next((root / tag).glob(f"*/{args.preset}-s{args.seed}.json")).read_text())
         points.append(
             {

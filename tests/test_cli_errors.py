@@ -6,6 +6,7 @@ Each case runs the real `streamrec` command in a child process, as a user would.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -187,3 +188,40 @@ def test_tune_grid_is_every_combination_typed_like_its_flag() -> None:
         {"lr": 0.002, "patience": 10, "dropout": 0.2},
     ]
     assert all(isinstance(c["patience"], int) for c in combos)
+
+
+def _point_record(out: Path, command: str, valid: float) -> None:
+    figures = {"excl_history": {"NDCG@10": valid}}
+    record = {"dataset": "ml-100k", "command": command, "valid": figures, "test": figures}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**record, "best_epoch": 3, "train_seconds": 1.0}))
+
+
+def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwise(tmp_path: Path) -> None:
+    from streamrec.cli import build_parser
+    from streamrec.errors import UserError
+    from streamrec.training_cli import run_tune, same_settings
+
+    base = f"tune --dataset ml-100k --preset sasrec --seed 0 --results-dir {tmp_path}"
+    args = build_parser().parse_args([*base.split(), "--threads", "2", "--resume", "--grid", "lr=0.001,0.002"])
+    # Each point trained by its own one-point grid, as parallel lanes would.
+    for lr, valid in ((0.001, 0.11), (0.002, 0.12)):
+        command = f"streamrec {base} --threads 1 --grid lr={lr}"
+        rec = tmp_path / "tune" / f"lr{lr}" / "ml-100k" / "sasrec-s0.json"
+        _point_record(rec, command, valid)
+        assert same_settings(json.loads(rec.read_text()), args, {"lr": lr}) == []
+    before = {p: p.read_text() for p in (tmp_path / "tune").rglob("sasrec-s0.json")}
+    assert run_tune(args, Settings.from_env()) == 0
+    grid = json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-grid.json").read_text())
+    assert grid["choice"] == {"lr": 0.002}
+    assert [p["valid"]["excl_history"]["NDCG@10"] for p in grid["points"]] == [0.11, 0.12]
+    assert {p: p.read_text() for p in before} == before, "no point was trained again"
+
+    # A point trained with another patience cannot stand for this grid's point.
+    other = tmp_path / "tune" / "lr0.001" / "ml-100k" / "sasrec-s0.json"
+    _point_record(other, f"streamrec {base} --patience 30 --grid lr=0.001", 0.2)
+    assert same_settings(json.loads(other.read_text()), args, {"lr": 0.001}) == ["patience"]
+    with pytest.raises(UserError, match=r"other settings \(patience\).*--results-dir"):
+        run_tune(args, Settings.from_env())
+    _point_record(other, "", 0.2)
+    assert same_settings(json.loads(other.read_text()), args, {"lr": 0.001}) == ["command (missing or unreadable)"]
