@@ -559,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read points already trained with the same settings instead of training them again",
     )
+    p.add_argument(
+        "--out",
+        default="",
+        help="the grid's record (default: RESULTS_DIR/tune/<dataset>-<preset>-s<seed>-grid.json)",
+    )
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test split (full ranking)")

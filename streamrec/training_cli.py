@@ -156,9 +156,9 @@ def parse_grid(grid: list[str], args: argparse.Namespace) -> list[dict[str, floa
     return combos
 
 
-# Flags that do not change what a grid point trains: where it is written, how it reports, and how
-# many threads compute it (thread count moves float sums in the last bits, not the setting).
-_NOT_A_SETTING = frozenset({"func", "grid", "resume", "results_dir", "quiet", "threads"})
+# Flags that do not change what a grid point trains: the grid around it, where things are written,
+# how it reports, and how many threads compute it (they move float sums in the last bits).
+_NOT_A_SETTING = frozenset({"func", "grid", "resume", "out", "results_dir", "quiet", "threads"})
 
 
 def same_settings(record: dict, args: argparse.Namespace, combo: dict[str, float | int]) -> list[str]:
@@ -208,7 +208,8 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
     best = max(points, key=lambda p: p["valid"]["excl_history"]["NDCG@10"])
-    out = root / f"{points[0]['dataset']}-{args.preset}-s{args.seed}-grid.json"
+    out = Path(args.out) if args.out else root / f"{points[0]['dataset']}-{args.preset}-s{args.seed}-grid.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {

@@ -216,6 +216,12 @@ def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwi
     assert grid["choice"] == {"lr": 0.002}
     assert [p["valid"]["excl_history"]["NDCG@10"] for p in grid["points"]] == [0.11, 0.12]
     assert {p: p.read_text() for p in before} == before, "no point was trained again"
+    # Another grid over the same points, its record where --out says.
+    out = str(tmp_path / "lr.json")
+    one = build_parser().parse_args([*base.split(), "--resume", "--out", out, "--grid", "lr=0.001"])
+    assert run_tune(one, Settings.from_env()) == 0
+    assert json.loads((tmp_path / "lr.json").read_text())["choice"] == {"lr": 0.001}
+    assert json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-grid.json").read_text())["choice"] == {"lr": 0.002}
 
     # A point trained with another patience cannot stand for this grid's point.
     other = tmp_path / "tune" / "lr0.001" / "ml-100k" / "sasrec-s0.json"
