@@ -157,11 +157,12 @@ def parse_grid(grid: list[str], args: argparse.Namespace) -> list[dict[str, floa
 
 
 # Flags that do not change what a grid point trains: the grid around it, where things are written,
-# how it reports, and how many threads compute it (they move float sums in the last bits).
+# how it reports, and how many threads compute it (at most the last bits of float sums; on Beauty a
+# point retrained at 1 thread gave the 2-thread record's ranks exactly).
 _NOT_A_SETTING = frozenset({"func", "grid", "resume", "out", "results_dir", "quiet", "threads"})
 
 
-def same_settings(record: dict, args: argparse.Namespace, combo: dict[str, float | int]) -> list[str]:
+def differing_settings(record: dict, args: argparse.Namespace, combo: dict[str, float | int]) -> list[str]:
     """The train flags whose value differs between a grid point's record (its recorded command,
     with the point's values) and this run's point; empty when the record can stand for the point."""
     try:
@@ -185,7 +186,7 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
         ns = argparse.Namespace(**{**vars(args), **combo, "results_dir": str(root / tag)})
         found = sorted((root / tag).glob(f"*/{args.preset}-s{args.seed}.json"))
         if args.resume and found:
-            differ = same_settings(json.loads(found[0].read_text()), args, combo)
+            differ = differing_settings(json.loads(found[0].read_text()), args, combo)
             if differ:
                 raise UserError(
                     f"{found[0]} was trained with other settings ({', '.join(differ)})",

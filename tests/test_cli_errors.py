@@ -200,7 +200,7 @@ def _point_record(out: Path, command: str, valid: float) -> None:
 def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwise(tmp_path: Path) -> None:
     from streamrec.cli import build_parser
     from streamrec.errors import UserError
-    from streamrec.training_cli import run_tune, same_settings
+    from streamrec.training_cli import differing_settings, run_tune
 
     base = f"tune --dataset ml-100k --preset sasrec --seed 0 --results-dir {tmp_path}"
     args = build_parser().parse_args([*base.split(), "--threads", "2", "--resume", "--grid", "lr=0.001,0.002"])
@@ -209,7 +209,7 @@ def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwi
         command = f"streamrec {base} --threads 1 --grid lr={lr}"
         rec = tmp_path / "tune" / f"lr{lr}" / "ml-100k" / "sasrec-s0.json"
         _point_record(rec, command, valid)
-        assert same_settings(json.loads(rec.read_text()), args, {"lr": lr}) == []
+        assert differing_settings(json.loads(rec.read_text()), args, {"lr": lr}) == []
     before = {p: p.read_text() for p in (tmp_path / "tune").rglob("sasrec-s0.json")}
     assert run_tune(args, Settings.from_env()) == 0
     grid = json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-grid.json").read_text())
@@ -226,8 +226,8 @@ def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwi
     # A point trained with another patience cannot stand for this grid's point.
     other = tmp_path / "tune" / "lr0.001" / "ml-100k" / "sasrec-s0.json"
     _point_record(other, f"streamrec {base} --patience 30 --grid lr=0.001", 0.2)
-    assert same_settings(json.loads(other.read_text()), args, {"lr": 0.001}) == ["patience"]
+    assert differing_settings(json.loads(other.read_text()), args, {"lr": 0.001}) == ["patience"]
     with pytest.raises(UserError, match=r"other settings \(patience\).*--results-dir"):
         run_tune(args, Settings.from_env())
     _point_record(other, "", 0.2)
-    assert same_settings(json.loads(other.read_text()), args, {"lr": 0.001}) == ["command (missing or unreadable)"]
+    assert differing_settings(json.loads(other.read_text()), args, {"lr": 0.001}) == ["command (missing or unreadable)"]
