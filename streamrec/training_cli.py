@@ -184,20 +184,23 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
     for combo in combos:
         tag = "_".join(f"{k}{v}" for k, v in combo.items())
         ns = argparse.Namespace(**{**vars(args), **combo, "results_dir": str(root / tag)})
-        found = sorted((root / tag).glob(f"*/{args.preset}-s{args.seed}.json"))
-        if args.resume and found:
-            differ = differing_settings(json.loads(found[0].read_text()), args, combo)
+        pattern = f"*/{args.preset}-s{args.seed}.json"
+        found = sorted((root / tag).glob(pattern))
+        reuse = args.resume and bool(found)
+        if not reuse:
+            # Each point keeps its own checkpoint, beside its record.
+            point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
+            run_train(ns, point)
+            found = sorted((root / tag).glob(pattern))
+        rec = json.loads(found[0].read_text())
+        if reuse:
+            differ = differing_settings(rec, args, combo)
             if differ:
                 raise UserError(
                     f"{found[0]} was trained with other settings ({', '.join(differ)})",
                     f"move it away or give another --results-dir to train {tag} again",
                 )
             print(f"{tag}: reusing {found[0]}")
-        else:
-            # Each point keeps its own checkpoint, beside its record.
-            point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
-            run_train(ns, point)
-        rec = json.loads(next((root / tag).glob(f"*/{args.preset}-s{args.seed}.json")).read_text())
         points.append(
             {
                 "settings": combo,
