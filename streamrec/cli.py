@@ -555,6 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="NAME=V1,V2 ... over train flags (lr, dropout, weight_decay, warmup_steps, ...)",
     )
     p.add_argument(
+        "--seeds",
+        default="",
+        help="train every point at each of these seeds (e.g. 0,1,2) and choose by their mean (default: --seed)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="read points already trained with the same settings instead of training them again",
@@ -562,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default="",
-        help="the grid's record (default: RESULTS_DIR/tune/<dataset>-<preset>-s<seed>-grid.json)",
+        help="the grid's record (default: RESULTS_DIR/tune/<dataset>-<preset>-s<seeds>-grid.json)",
     )
     p.set_defaults(func=_cmd_tune)
 

@@ -156,63 +156,95 @@ def parse_grid(grid: list[str], args: argparse.Namespace) -> list[dict[str, floa
     return combos
 
 
-# Flags that do not change what a grid point trains: the grid around it, where things are written,
-# how it reports, and how many threads compute it (at most the last bits of float sums; on Beauty a
-# point retrained at 1 thread gave the 2-thread record's ranks exactly).
-_NOT_A_SETTING = frozenset({"func", "grid", "resume", "out", "results_dir", "quiet", "threads"})
+# Flags that do not change what a grid point trains: the subcommand (train or tune), the grid
+# around it, where things are written, how it reports, and how many threads compute it (at most
+# the last bits of float sums; on Beauty a point retrained at 1 thread gave the 2-thread record's
+# ranks exactly).
+_NOT_A_SETTING = frozenset({"command", "func", "grid", "seeds", "resume", "out", "results_dir", "quiet", "threads"})
+# Safety caps: a run that validation patience stopped never met them, so they did not shape it.
+_CAPS = frozenset({"max_minutes", "epochs"})
+
+
+def _flags(ns: dict) -> dict:
+    """Train flags with the preset's dropout written out (-1 on the command line means "the preset's")."""
+    if ns.get("dropout", 0) < 0:
+        ns = {**ns, "dropout": build_config(ns["preset"], 1, 1, ns["dim"]).encoder.dropout}
+    return ns
 
 
 def differing_settings(record: dict, args: argparse.Namespace, combo: dict[str, float | int]) -> list[str]:
-    """The train flags whose value differs between a grid point's record (its recorded command,
-    with the point's values) and this run's point; empty when the record can stand for the point."""
+    """The train flags whose value differs between a grid point's record and this run's point;
+    empty when the record can stand for the point. A record a grid wrote was trained at the point
+    its directory names; any other (a `streamrec train` record) is read by its own flags."""
     try:
         recorded = vars(build_parser().parse_args(shlex.split(record["command"])[1:]))
     except (KeyError, ValueError, SystemExit):
         return ["command (missing or unreadable)"]
-    mine = {**vars(args), **combo}
-    return sorted(k for k in mine.keys() - _NOT_A_SETTING if {**recorded, **combo}.get(k) != mine[k])
+    if recorded.get("grid"):
+        recorded = {**recorded, **combo, "seed": record.get("seed", recorded["seed"])}
+    ignored = _NOT_A_SETTING | (_CAPS if record.get("stopped_by") == "patience" else frozenset())
+    recorded, mine = _flags(recorded), _flags({**vars(args), **combo})
+    return sorted(k for k in mine.keys() - ignored if recorded.get(k) != mine[k])
+
+
+def _seed_list(args: argparse.Namespace) -> list[int]:
+    if not args.seeds:
+        return [args.seed]
+    try:
+        return [int(s) for s in args.seeds.split(",")]
+    except ValueError as exc:
+        raise UserError(f"--seeds {args.seeds!r}: {exc}", "give seeds as integers, e.g. --seeds 0,1,2") from exc
+
+
+def _grid_run(args: argparse.Namespace, settings: Settings, tag: str, combo: dict, seed: int) -> dict:
+    """One point at one seed: trained into RESULTS_DIR/tune/<tag>, or with --resume its record read."""
+    folder = Path(args.results_dir) / "tune" / tag
+    ns = argparse.Namespace(**{**vars(args), **combo, "seed": seed, "results_dir": str(folder)})
+    pattern = f"*/{args.preset}-s{seed}.json"
+    found = sorted(folder.glob(pattern))
+    reuse = args.resume and bool(found)
+    if not reuse:
+        # Each point keeps its own checkpoint, beside its record.
+        point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
+        run_train(ns, point)
+        found = sorted(folder.glob(pattern))
+    rec = json.loads(found[0].read_text())
+    if reuse:
+        differ = differing_settings(rec, ns, combo)
+        if differ:
+            raise UserError(
+                f"{found[0]} was trained with other settings ({', '.join(differ)})",
+                f"move it away or give another --results-dir to train {tag} again",
+            )
+        print(f"{tag} seed {seed}: reusing {found[0]}")
+    keep = ("dataset", "valid", "test", "best_epoch", "stopped_by", "train_seconds")
+    return {"seed": seed, "record": str(found[0]), **{k: rec.get(k) for k in keep}}
 
 
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:
-    """Train every grid point with validation patience; choose by validation NDCG@10 (history
-    excluded) alone; record the grid, every point's validation and test figures, and the choice.
-    With --resume, a point whose record exists and was trained with the same settings is read, not
-    trained again: a grid cut short continues, and its points may be trained in parallel."""
+    """Train every grid point with validation patience, at every seed given; choose by validation
+    NDCG@10 (history excluded, mean over the seeds) alone; record the grid, every point's and
+    seed's validation and test figures, and the choice. With --resume, a point whose record exists
+    and was trained with the same settings is read, not trained again: a grid cut short continues,
+    and its points may be trained in parallel."""
     combos = parse_grid(args.grid, args)
-    root = Path(args.results_dir) / "tune"
+    seeds = _seed_list(args)
     points = []
     for combo in combos:
         tag = "_".join(f"{k}{v}" for k, v in combo.items())
-        ns = argparse.Namespace(**{**vars(args), **combo, "results_dir": str(root / tag)})
-        pattern = f"*/{args.preset}-s{args.seed}.json"
-        found = sorted((root / tag).glob(pattern))
-        reuse = args.resume and bool(found)
-        if not reuse:
-            # Each point keeps its own checkpoint, beside its record.
-            point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
-            run_train(ns, point)
-            found = sorted((root / tag).glob(pattern))
-        rec = json.loads(found[0].read_text())
-        if reuse:
-            differ = differing_settings(rec, args, combo)
-            if differ:
-                raise UserError(
-                    f"{found[0]} was trained with other settings ({', '.join(differ)})",
-                    f"move it away or give another --results-dir to train {tag} again",
-                )
-            print(f"{tag}: reusing {found[0]}")
+        runs = [_grid_run(args, settings, tag, combo, seed) for seed in seeds]
         points.append(
             {
                 "settings": combo,
-                "dataset": rec["dataset"],
-                "valid": rec["valid"],
-                "test": rec["test"],
-                "best_epoch": rec["best_epoch"],
-                "train_seconds": rec["train_seconds"],
+                "dataset": runs[0]["dataset"],
+                "valid_ndcg10_mean": _mean_ndcg10(runs, "valid"),
+                "test_ndcg10_mean": _mean_ndcg10(runs, "test"),
+                "seeds": runs,
             }
         )
-    best = max(points, key=lambda p: p["valid"]["excl_history"]["NDCG@10"])
-    out = Path(args.out) if args.out else root / f"{points[0]['dataset']}-{args.preset}-s{args.seed}-grid.json"
+    best = max(points, key=lambda p: p["valid_ndcg10_mean"])
+    name = f"{points[0]['dataset']}-{args.preset}-s{'-'.join(map(str, seeds))}-grid.json"
+    out = Path(args.out) if args.out else Path(args.results_dir) / "tune" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -220,18 +252,20 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
                 "command": "streamrec " + " ".join(sys.argv[1:]),
                 "commit": code_version(),
                 "grid": args.grid,
-                "chosen_by": "validation NDCG@10, history excluded",
+                "seeds": seeds,
+                "chosen_by": "validation NDCG@10, history excluded, mean over the seeds",
                 "choice": best["settings"],
                 "points": points,
             },
             indent=2,
         )
     )
-    print(
-        f"chosen on validation: {best['settings']} "
-        f"(valid NDCG@10 {best['valid']['excl_history']['NDCG@10']:.4f}); wrote {out}"
-    )
+    print(f"chosen on validation: {best['settings']} (valid NDCG@10 {best['valid_ndcg10_mean']:.4f}); wrote {out}")
     return 0
+
+
+def _mean_ndcg10(runs: list[dict], split: str) -> float:
+    return round(sum(r[split]["excl_history"]["NDCG@10"] for r in runs) / len(runs), 6)
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:

@@ -190,11 +190,11 @@ def test_tune_grid_is_every_combination_typed_like_its_flag() -> None:
     assert all(isinstance(c["patience"], int) for c in combos)
 
 
-def _point_record(out: Path, command: str, valid: float) -> None:
+def _point_record(out: Path, command: str, valid: float, stopped_by: str = "patience", seed: int = 0) -> None:
     figures = {"excl_history": {"NDCG@10": valid}}
-    record = {"dataset": "ml-100k", "command": command, "valid": figures, "test": figures}
+    record = {"dataset": "ml-100k", "seed": seed, "command": command, "valid": figures, "test": figures}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**record, "best_epoch": 3, "train_seconds": 1.0}))
+    out.write_text(json.dumps({**record, "best_epoch": 3, "stopped_by": stopped_by, "train_seconds": 1.0}))
 
 
 def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwise(tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwi
     assert run_tune(args, Settings.from_env()) == 0
     grid = json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-grid.json").read_text())
     assert grid["choice"] == {"lr": 0.002}
-    assert [p["valid"]["excl_history"]["NDCG@10"] for p in grid["points"]] == [0.11, 0.12]
+    assert [p["valid_ndcg10_mean"] for p in grid["points"]] == [0.11, 0.12]
     assert {p: p.read_text() for p in before} == before, "no point was trained again"
     # Another grid over the same points, its record where --out says.
     out = str(tmp_path / "lr.json")
@@ -231,3 +231,46 @@ def test_tune_resume_reads_points_trained_apart_and_refuses_ones_trained_otherwi
         run_tune(args, Settings.from_env())
     _point_record(other, "", 0.2)
     assert differing_settings(json.loads(other.read_text()), args, {"lr": 0.001}) == ["command (missing or unreadable)"]
+
+
+def test_tune_resume_reads_a_train_record_by_its_own_flags(tmp_path: Path) -> None:
+    """A `streamrec train` record put in a point's directory stands for the point only if its own
+    flags give the point: the preset's dropout counts as written, a safety cap counts only if it
+    stopped the run."""
+    from streamrec.cli import build_parser
+    from streamrec.training_cli import differing_settings
+
+    args = build_parser().parse_args(["tune", "--dataset", "ml-100k", "--preset", "sasrec", "--max-minutes", "150"])
+    train = "streamrec train --dataset ml-100k --preset sasrec --seed 0 --max-minutes 60"
+    point = {"lr": 0.002, "dropout": 0.2}
+    rec = tmp_path / "r.json"
+    _point_record(rec, train, 0.1)
+    assert differing_settings(json.loads(rec.read_text()), args, point) == [], "sasrec's dropout is 0.2"
+    assert differing_settings(json.loads(rec.read_text()), args, {**point, "dropout": 0.5}) == ["dropout"]
+    _point_record(rec, train + " --lr 0.001", 0.1)
+    assert differing_settings(json.loads(rec.read_text()), args, point) == ["lr"], "not read as the point's lr"
+    _point_record(rec, train, 0.1, stopped_by="budget")
+    assert differing_settings(json.loads(rec.read_text()), args, point) == ["max_minutes"]
+
+
+def test_tune_over_seeds_chooses_by_the_mean_of_validation(tmp_path: Path) -> None:
+    from streamrec.cli import build_parser
+    from streamrec.training_cli import run_tune
+
+    base = f"tune --dataset ml-100k --preset sasrec --results-dir {tmp_path}"
+    # Seed 0 alone prefers lr 0.001; the mean over seeds 0-2 prefers lr 0.002.
+    figures = {0.001: (0.13, 0.10, 0.10), 0.002: (0.12, 0.12, 0.12)}
+    for lr, valids in figures.items():
+        for seed, valid in enumerate(valids):
+            rec = tmp_path / "tune" / f"lr{lr}" / "ml-100k" / f"sasrec-s{seed}.json"
+            _point_record(rec, f"streamrec {base} --seeds 0,1,2 --grid lr={lr}", valid, seed=seed)
+    grid_args = ["--resume", "--grid", "lr=0.001,0.002"]
+    assert run_tune(build_parser().parse_args([*base.split(), *grid_args]), Settings.from_env()) == 0
+    assert json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-grid.json").read_text())["choice"] == {"lr": 0.001}
+    three = build_parser().parse_args([*base.split(), "--seeds", "0,1,2", *grid_args])
+    assert run_tune(three, Settings.from_env()) == 0
+    grid = json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-1-2-grid.json").read_text())
+    assert grid["choice"] == {"lr": 0.002}
+    assert grid["seeds"] == [0, 1, 2]
+    assert [[r["seed"] for r in p["seeds"]] for p in grid["points"]] == [[0, 1, 2], [0, 1, 2]]
+    assert [p["valid_ndcg10_mean"] for p in grid["points"]] == [0.11, 0.12]
