@@ -5,7 +5,9 @@ dataset, mean and spread over seeds of the test metrics, ranking all items and w
 excluded, with the command of each run. `--coldstart FILE...` prints the cold-start table instead,
 one row per group of `streamrec bench coldstart` records (same dataset, model, ID dropout, ID map
 and ID evidence).
-`--compare BASE FILE...` prints one row per model of the given training records (seeds pooled) with
+`--compare BASE FILE...` prints one row per model of the given training records (seeds pooled; a
+model whose records differ in lr, dropout or weight decay gets a row per setting, named like
+"sasrec-content dropout=0.5", which BASE may name) with
 what stopped each run, the machine's load, and a paired test over users against the model BASE
 (bench/paired.py); a record without per-user ranks takes them from `<stem>.ranks.json` beside it,
 written by `streamrec eval --out` from the same checkpoint.
@@ -152,12 +154,33 @@ def stopped_by(rec: dict) -> str:
     return "budget" if rec["train_seconds"] / 60 > tc["max_minutes"] else "epochs"
 
 
+def _tuned(rec: dict) -> dict[str, float | None]:
+    """The settings a grid tunes, as a record states them."""
+    return {
+        "lr": rec.get("train_config", {}).get("lr"),
+        "dropout": rec.get("config", {}).get("encoder", {}).get("dropout"),
+        "weight_decay": rec.get("train_config", {}).get("weight_decay"),
+    }
+
+
+def _rows(recs: list[dict]) -> dict[str, list[dict]]:
+    """Records by row: one row per model, split by the tuned settings where one model's records
+    differ in them (a row then reads e.g. "sasrec-content dropout=0.5")."""
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for rec in recs:
+        by_model[rec["model"]].append(rec)
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for model, group in by_model.items():
+        differ = [k for k in _tuned(group[0]) if len({_tuned(r)[k] for r in group}) > 1]
+        for rec in group:
+            rows[" ".join([model, *(f"{k}={_tuned(rec)[k]}" for k in differ)])].append(rec)
+    return rows
+
+
 def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> str:
-    runs: dict[str, list[dict]] = defaultdict(list)
-    for f in files:
-        rec = load_record(f)
-        runs[rec["model"]].append(rec)
-    assert base in runs, f"no record of the base model {base!r} among {sorted(runs)}"
+    runs = _rows([load_record(f) for f in files])
+    if base not in runs:
+        raise UserError(f"no record of the base model {base!r} among {sorted(runs)}", "name one of those as BASE")
     out = [
         f"| model | seeds | {metric} excl. | HR@10 excl. | {metric} all | vs {base}: {metric} excl., paired over users "
         "(95% interval, p) | epochs (best) | minutes | stopped by | load (1-min mean, max) |",

@@ -12,7 +12,7 @@ import torch
 
 from streamrec.bench.paired import load_record
 from streamrec.bench.results_table import comparison_table, main, stopped_by
-from streamrec.errors import EXIT_USER_ERROR
+from streamrec.errors import EXIT_USER_ERROR, UserError
 from streamrec.models.ranking_metrics import metrics_from_ranks
 
 
@@ -67,6 +67,27 @@ def test_rows_pool_seeds_and_pair_against_the_base(tmp_path: Path) -> None:
     )
     even = comparison_table([files[0], tmp_path / "new-s0.json"], "base")
     assert "(seeds differ)" not in even, "one seed each: nothing to warn about"
+
+
+def test_records_of_one_model_at_other_settings_get_their_own_rows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    ranks = [int(r) for r in rng.integers(1, 30, 500)]
+    files = []
+    for dropout, seeds in ((0.2, (0, 1)), (0.5, (0, 1, 2))):
+        for seed in seeds:
+            files.append(tmp_path / f"m-d{dropout}-s{seed}.json")
+            config = {"encoder": {"dropout": dropout}}
+            train_config = {"patience": 10, "max_minutes": 40.0, "lr": 0.002, "weight_decay": 0.0}
+            write_record(files[-1], "m", seed, ranks, config=config, train_config=train_config)
+    table = comparison_table(files, "m dropout=0.5")
+    rows = [line for line in table.splitlines() if line.startswith("| m ")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| m dropout=0.5", "3"], ["| m dropout=0.2", "2"]], (
+        "lr and weight decay agree, so only dropout names the rows; the base first"
+    )
+    one_setting = comparison_table(files[2:], "m")
+    assert "| m | 3 |" in one_setting, "settings shared by all of a model's records do not split or rename its row"
+    with pytest.raises(UserError, match="'m' among"):
+        comparison_table(files, "m")
 
 
 def test_what_stopped_a_run_is_inferred_for_older_records() -> None:
