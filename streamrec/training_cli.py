@@ -62,8 +62,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         id_dropout=args.id_dropout,
         id_evidence=args.id_evidence,
     )
-    enc = replace(cfg.encoder, pos_init_std=args.pos_init_std)
-    cfg = replace(cfg, encoder=enc if args.dropout < 0 else replace(enc, dropout=args.dropout))
+    dropout = _flags(vars(args))["dropout"]
+    cfg = replace(cfg, encoder=replace(cfg.encoder, pos_init_std=args.pos_init_std, dropout=dropout))
     torch.manual_seed(args.seed)
     device = pick_device()
     model = SeqRec(cfg, catalog.features.to(device))
