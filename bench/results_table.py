@@ -171,9 +171,10 @@ def _rows(recs: list[dict]) -> dict[str, list[dict]]:
         by_model[rec["model"]].append(rec)
     rows: dict[str, list[dict]] = defaultdict(list)
     for model, group in by_model.items():
-        differ = [k for k in _tuned(group[0]) if len({_tuned(r)[k] for r in group}) > 1]
-        for rec in group:
-            rows[" ".join([model, *(f"{k}={_tuned(rec)[k]}" for k in differ)])].append(rec)
+        tuned = [_tuned(rec) for rec in group]
+        differ = [k for k in tuned[0] if len({t[k] for t in tuned}) > 1]
+        for rec, t in zip(group, tuned, strict=True):
+            rows[" ".join([model, *(f"{k}={t[k]}" for k in differ)])].append(rec)
     return rows
 
 
