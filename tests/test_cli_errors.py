@@ -252,6 +252,15 @@ def test_tune_resume_reads_a_train_record_by_its_own_flags(tmp_path: Path) -> No
     _point_record(rec, train, 0.1, stopped_by="budget")
     assert differing_settings(json.loads(rec.read_text()), args, point) == ["max_minutes"]
 
+    # A record from before runs said what stopped them: read from its epochs and its patience.
+    older = {k: v for k, v in json.loads(rec.read_text()).items() if k != "stopped_by"}
+    caps = {"patience": 10, "max_minutes": 60}
+    by_patience = {**older, "best_epoch": 13, "epochs_run": 23, "train_seconds": 600, "train_config": caps}
+    assert differing_settings(by_patience, args, point) == [], "patience stopped it: its cap never bit"
+    by_clock = {**by_patience, "epochs_run": 20, "train_seconds": 3700}
+    assert differing_settings(by_clock, args, point) == ["max_minutes"]
+    assert differing_settings(older, args, point) == ["max_minutes"], "too thin to tell: the cap counts"
+
 
 def test_tune_over_seeds_chooses_by_the_mean_of_validation(tmp_path: Path) -> None:
     from streamrec.cli import build_parser
