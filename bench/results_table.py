@@ -145,10 +145,13 @@ def _floor_rows(groups: dict[tuple[str, str, float, str, float], list[dict]]) ->
 
 
 def stopped_by(rec: dict) -> str:
-    """What ended a training run; inferred for records written before runs said so."""
+    """What ended a training run; inferred for records written before runs said so, "unknown" for
+    a record too thin to tell."""
     if "stopped_by" in rec:
         return rec["stopped_by"]
-    tc = rec["train_config"]
+    tc = rec.get("train_config", {})
+    if not {"epochs_run", "best_epoch", "train_seconds"} <= rec.keys() or not {"patience", "max_minutes"} <= tc.keys():
+        return "unknown"
     if rec["epochs_run"] - rec["best_epoch"] >= tc["patience"]:
         return "patience"
     return "budget" if rec["train_seconds"] / 60 > tc["max_minutes"] else "epochs"

@@ -173,15 +173,6 @@ def _flags(ns: dict) -> dict:
     return ns
 
 
-def _stopped_by(record: dict) -> str | None:
-    """What ended a record's run, inferred for records written before runs said so; None for a
-    record too thin to tell (it then counts as not stopped by patience)."""
-    try:
-        return stopped_by(record)
-    except KeyError:
-        return None
-
-
 def differing_settings(record: dict, args: argparse.Namespace, combo: dict[str, float | int]) -> list[str]:
     """The train flags whose value differs between a grid point's record and this run's point;
     empty when the record can stand for the point. A record a grid wrote was trained at the point
@@ -192,7 +183,7 @@ def differing_settings(record: dict, args: argparse.Namespace, combo: dict[str, 
         return ["command (missing or unreadable)"]
     if recorded.get("grid"):
         recorded = {**recorded, **combo, "seed": record.get("seed", recorded["seed"])}
-    ignored = _NOT_A_SETTING | (_CAPS if _stopped_by(record) == "patience" else frozenset())
+    ignored = _NOT_A_SETTING | (_CAPS if stopped_by(record) == "patience" else frozenset())
     recorded, mine = _flags(recorded), _flags({**vars(args), **combo})
     return sorted(k for k in mine.keys() - ignored if recorded.get(k) != mine[k])
 
@@ -228,7 +219,7 @@ def _grid_run(args: argparse.Namespace, settings: Settings, tag: str, combo: dic
             )
         print(f"{tag} seed {seed}: reusing {found[0]}")
     keep = ("dataset", "valid", "test", "best_epoch", "train_seconds")
-    return {"seed": seed, "record": str(found[0]), **{k: rec.get(k) for k in keep}, "stopped_by": _stopped_by(rec)}
+    return {"seed": seed, "record": str(found[0]), **{k: rec.get(k) for k in keep}, "stopped_by": stopped_by(rec)}
 
 
 def run_tune(args: argparse.Namespace, settings: Settings) -> int:
