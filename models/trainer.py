@@ -9,10 +9,12 @@ itself is never excluded). Model selection uses NDCG@10 with history excluded.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -101,6 +103,34 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     stopped_by: str = "epochs"  # "patience", "budget" (the wall clock) or "epochs" (all were run)
+    # One entry per piece of a run continued from its saved state (one piece when never resumed):
+    # its epochs, seconds and what `piece_info` said about it (command, commit, machine load).
+    pieces: list[dict] = field(default_factory=list)
+
+
+# The caps may grow when a run is continued; every other setting must be the saved run's.
+_CAPS = ("epochs", "max_minutes")
+_STATE_VERSION = 1
+
+
+def save_train_state(path: Path, state: dict) -> None:
+    """Written to a temporary file and renamed, so a run killed mid-write leaves the last state whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_train_state(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    assert state.get("version") == _STATE_VERSION, f"{path}: training state version {state.get('version')}"
+    return state
+
+
+def resume_conflicts(state: dict, cfg: TrainConfig, tag: dict) -> list[str]:
+    """The settings (other than the caps) in which a saved training state differs from this run's."""
+    now, then = asdict(cfg), state["train_config"]
+    differ = [f"{k} {then.get(k)} -> {v}" for k, v in now.items() if k not in _CAPS and then.get(k) != v]
+    return differ + [f"{k} differs" for k in sorted(set(tag) | set(state["tag"])) if tag.get(k) != state["tag"].get(k)]
 
 
 def train(
@@ -110,7 +140,20 @@ def train(
     device: torch.device,
     progress: bool = True,
     on_best: Callable[[SeqRec, int, dict], None] | None = None,
+    state_file: Path | None = None,
+    resume_from: dict | None = None,
+    tag: dict | None = None,
+    piece_info: Callable[[], dict] | None = None,
 ) -> TrainResult:
+    """Train with validation early stopping; keep and evaluate the best epoch's weights.
+
+    With `state_file`, everything the loop needs to go on (weights, optimizer, warm-up step, both
+    random streams, best epoch, patience, history, minutes spent) is saved there after every
+    epoch; `resume_from` (that state, loaded) continues the run where it stopped, so a run cut by
+    its caps or killed goes on exactly as if it had not been stopped (tests/test_models.py).
+    `tag` names what else the state must match (dataset, model settings); `piece_info` describes
+    the running piece for the record.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device)
@@ -121,13 +164,34 @@ def train(
     started = time.monotonic()
     best_score, best_epoch, best_state, best_valid = -1.0, 0, None, {}
     history: list[dict] = []
+    pieces: list[dict] = []
     waited = 0
     epoch = 0
     stopped_by = "epochs"
+    if resume_from is not None:
+        saved = resume_from
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        warmup.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        gen.set_state(saved["batch_rng"])
+        if device.type == "cuda" and saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        started -= saved["seconds"]  # the caps and the history's minutes count the whole run
+        best_score, best_epoch = saved["best_score"], saved["best_epoch"]
+        best_valid, best_state = saved["best_valid"], saved["best_state"]
+        history, pieces, waited, epoch = saved["history"], saved["pieces"], saved["waited"], saved["epoch"]
+        # A run that patience ended stays ended; one cut by a cap goes on under the caps given now.
+        stopped_by = saved["stopped_by"]
+    first = epoch + 1
+    last = epoch if stopped_by == "patience" else cfg.epochs
+    piece_started = time.monotonic()
     steps_per_epoch = (len(split.train) + cfg.batch_size - 1) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    for epoch in range(1, cfg.epochs + 1):
+    if first <= last:
+        pieces.append({"first_epoch": first})
+    for epoch in range(first, last + 1):
         model.train()
         totals: dict[str, float] = {}
         bar = _StepLine(epoch, steps_per_epoch, progress)
@@ -167,13 +231,42 @@ def train(
                 on_best(model, epoch, valid)
         elif epoch > cfg.min_epochs:
             waited += 1  # a dip before min_epochs (SASRec's early one) does not count
+        stopped_by = "epochs"
         if waited >= cfg.patience:
             stopped_by = "patience"
-            break
-        if (time.monotonic() - started) / 60 > cfg.max_minutes:
+        elif (time.monotonic() - started) / 60 > cfg.max_minutes:
             stopped_by = "budget"
+        pieces[-1].update(
+            last_epoch=epoch, seconds=round(time.monotonic() - piece_started, 1), **(piece_info() if piece_info else {})
+        )
+        if state_file is not None:
+            save_train_state(
+                state_file,
+                {
+                    "version": _STATE_VERSION,
+                    "tag": tag or {},
+                    "train_config": asdict(cfg),
+                    "epoch": epoch,
+                    "seconds": time.monotonic() - started,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": warmup.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "batch_rng": gen.get_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_valid": best_valid,
+                    "best_state": best_state,
+                    "waited": waited,
+                    "history": history,
+                    "pieces": pieces,
+                    "stopped_by": stopped_by,
+                },
+            )
+        if stopped_by != "epochs":
             break
     assert best_state is not None, "no epoch was run"
     model.load_state_dict(best_state)
     test = evaluate(model, split.test, cfg.eval_batch, device, keep_ranks=True)
-    return TrainResult(best_epoch, best_valid, test, epoch, time.monotonic() - started, history, stopped_by)
+    return TrainResult(best_epoch, best_valid, test, epoch, time.monotonic() - started, history, stopped_by, pieces)

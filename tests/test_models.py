@@ -21,7 +21,7 @@ from streamrec.models.ranking_metrics import metrics_from_ranks
 from streamrec.models.seqrec import SeqRec, SeqRecConfig
 from streamrec.models.sequence_data import item_clicks, leave_one_out, training_batches
 from streamrec.models.sparse_attention import SparseAttentionConfig
-from streamrec.models.trainer import TrainConfig, evaluate, train
+from streamrec.models.trainer import TrainConfig, evaluate, load_train_state, resume_conflicts, train
 
 N_ITEMS = 30
 DIM = 16
@@ -243,6 +243,57 @@ def test_patience_counts_only_after_min_epochs(min_epochs: int) -> None:
     result = train(model, leave_one_out(seqs, N_ITEMS), cfg, torch.device("cpu"), progress=False)
     assert result.best_epoch == 1
     assert result.epochs_run == max(2, min_epochs + 1)
+
+
+def _resumable_run(cfg: TrainConfig, state: Path, saved: dict | None = None) -> tuple[SeqRec, object]:
+    torch.manual_seed(0)
+    seqs = [torch.randint(1, N_ITEMS + 1, (int(n),)).tolist() for n in torch.randint(4, 15, (40,))]
+    base = tiny("mufasa")  # dropout and the fusion losses' item sampling both draw random numbers
+    model = SeqRec(replace(base, encoder=replace(base.encoder, dropout=0.3)), features())
+    tag = {"model": "mufasa"}
+    result = train(model, leave_one_out(seqs, N_ITEMS), cfg, torch.device("cpu"), False, None, state, saved, tag)
+    return model, result
+
+
+def test_a_run_continued_from_its_saved_state_equals_one_never_stopped(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=4, batch_size=8, max_steps_per_epoch=3, patience=100, lr=1e-2, warmup_steps=5)
+    whole, whole_result = _resumable_run(cfg, tmp_path / "whole.pt")
+    _, cut = _resumable_run(replace(cfg, epochs=2), tmp_path / "cut.pt")
+    assert cut.epochs_run == 2 and cut.stopped_by == "epochs"
+    saved = load_train_state(tmp_path / "cut.pt")
+    assert resume_conflicts(saved, cfg, {"model": "mufasa"}) == [], "the caps may grow"
+    resumed, result = _resumable_run(cfg, tmp_path / "cut.pt", saved)
+
+    assert [h["valid"] for h in result.history] == [h["valid"] for h in whole_result.history]
+    assert (result.best_epoch, result.epochs_run, result.test) == (
+        whole_result.best_epoch,
+        whole_result.epochs_run,
+        whole_result.test,
+    )
+    assert [(p["first_epoch"], p["last_epoch"]) for p in result.pieces] == [(1, 2), (3, 4)]
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    last_whole, last_resumed = load_train_state(tmp_path / "whole.pt"), load_train_state(tmp_path / "cut.pt")
+    for name, value in last_whole["model"].items():
+        torch.testing.assert_close(last_resumed["model"][name], value, rtol=0, atol=0, msg=f"last epoch's {name}")
+
+
+def test_a_saved_state_names_the_settings_it_was_made_with(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=1, batch_size=8, max_steps_per_epoch=1)
+    _resumable_run(cfg, tmp_path / "s.pt")
+    saved = load_train_state(tmp_path / "s.pt")
+    assert resume_conflicts(saved, replace(cfg, lr=0.5), {"model": "mufasa"}) == ["lr 0.001 -> 0.5"]
+    assert resume_conflicts(saved, cfg, {"model": "sasrec"}) == ["model differs"]
+
+
+def test_a_run_patience_ended_is_not_trained_further_when_continued(tmp_path: Path) -> None:
+    # lr 0: validation never improves after epoch 1, so patience 1 ends the run at epoch 2.
+    cfg = TrainConfig(epochs=10, batch_size=8, max_steps_per_epoch=1, patience=1, lr=0.0)
+    _, first = _resumable_run(cfg, tmp_path / "s.pt")
+    assert (first.epochs_run, first.stopped_by) == (2, "patience")
+    _, again = _resumable_run(cfg, tmp_path / "s.pt", load_train_state(tmp_path / "s.pt"))
+    assert (again.epochs_run, again.stopped_by, len(again.pieces)) == (2, "patience", 1)
+    assert again.test == first.test
 
 
 @pytest.mark.parametrize("warmup", [0, 1000])
