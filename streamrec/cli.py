@@ -544,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model offline (full-ranking early stopping)")
     _add_train_args(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run these settings last left, cut by a cap or killed, from its saved training state",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("tune", help="train over a small grid and choose by validation NDCG@10 only")
@@ -562,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="read points already trained with the same settings instead of training them again",
+        help="read points already trained with the same settings instead of training them again, "
+        "and continue a point whose run was killed from its saved training state",
     )
     p.add_argument(
         "--out",

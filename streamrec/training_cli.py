@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import shlex
 import sys
 import time
@@ -32,7 +33,14 @@ from streamrec.models.checkpoint import save_checkpoint
 from streamrec.models.presets import build_config
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import item_clicks, leave_one_out
-from streamrec.models.trainer import TrainConfig, evaluate, pick_device, train
+from streamrec.models.trainer import (
+    TrainConfig,
+    evaluate,
+    load_train_state,
+    pick_device,
+    resume_conflicts,
+    train,
+)
 from streamrec.settings import Settings
 
 
@@ -46,6 +54,28 @@ def write_record(out: Path, record: dict) -> None:
         text = text[: -len("\n}")] + f',\n  "test_ranks": {{\n{lines}\n  }}\n}}'
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+
+
+def _saved_state(path: Path, tcfg: TrainConfig, tag: dict) -> dict | None:
+    """The training state a cut or killed run left at `path`, checked against this run's settings."""
+    if not path.exists():
+        print(f"no saved training state at {path}: training from the first epoch")
+        return None
+    try:
+        saved = load_train_state(path)
+    except (OSError, RuntimeError, EOFError, AssertionError, pickle.UnpicklingError) as exc:
+        raise UserError(f"cannot read the training state {path}: {exc}", "delete it, or drop --resume") from exc
+    differ = resume_conflicts(saved, tcfg, tag)
+    if differ:
+        raise UserError(
+            f"{path} was saved by a run with other settings ({'; '.join(differ)})",
+            "give that run's settings to continue it, or drop --resume to train afresh",
+        )
+    print(
+        f"continuing {path.name} after epoch {saved['epoch']} ({saved['seconds'] / 60:.1f} min so far, "
+        f"best epoch {saved['best_epoch']}, {saved['stopped_by']})"
+    )
+    return saved
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -92,8 +122,24 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "text": args.text,
         "seed": args.seed,
     }
+    # Saved after every epoch beside the checkpoint, so `--resume` continues a run cut or killed.
+    state_file = ckpt.with_name(ckpt.stem + ".train-state.pt")
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tag = {"dataset_fingerprint": dataset.fingerprint, "model": args.preset, "text": args.text, "config": asdict(cfg)}
+    saved = _saved_state(state_file, tcfg, tag) if args.resume else None
+    command = "streamrec " + " ".join(sys.argv[1:])
     with LoadSampler() as load:
-        result = train(model, split, tcfg, device, progress=not args.quiet)
+        result = train(
+            model,
+            split,
+            tcfg,
+            device,
+            progress=not args.quiet,
+            state_file=state_file,
+            resume_from=saved,
+            tag=tag,
+            piece_info=lambda: {"command": command, "commit": code_version(), "machine_load": load.summary()},
+        )
     titles = {it.item_id: it.title for it in dataset.items}
     meta["best_epoch"] = result.best_epoch
     test_ranks = result.test.pop("ranks")
@@ -103,9 +149,12 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         "dataset_fingerprint": dataset.fingerprint,
         "model": args.preset,
         "seed": args.seed,
-        "command": "streamrec " + " ".join(sys.argv[1:]),
+        "command": command,
         "commit": code_version(),
         "machine_load": load.summary(),
+        # More than one when the run was continued with --resume: each piece's epochs, command,
+        # commit and load (the fields above are the last piece's; train_seconds is the whole run's).
+        "pieces": result.pieces,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_by": result.stopped_by,
