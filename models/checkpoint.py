@@ -70,6 +70,12 @@ def save_checkpoint(
     }
     if catalogue is not None:
         payload["catalogue"] = catalogue
+    save_atomic(path, payload)
+
+
+def save_atomic(path: Path, payload: Any) -> None:
+    """torch.save to a temporary file beside `path`, then renamed: a reader, or a run killed
+    mid-write, never leaves half a file at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)

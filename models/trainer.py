@@ -9,7 +9,6 @@ itself is never excluded). Model selection uses NDCG@10 with history excluded.
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from streamrec.models.checkpoint import save_atomic
 from streamrec.models.ranking_metrics import mask_history, metrics_from_ranks, target_rank
 from streamrec.models.seqrec import SeqRec
 from streamrec.models.sequence_data import Split, eval_batches, training_batches
@@ -111,13 +111,6 @@ class TrainResult:
 # The caps may grow when a run is continued; every other setting must be the saved run's.
 _CAPS = ("epochs", "max_minutes")
 _STATE_VERSION = 1
-
-
-def save_train_state(path: Path, state: dict) -> None:
-    """Written to a temporary file and renamed, so a run killed mid-write leaves the last state whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def load_train_state(path: Path) -> dict:
@@ -240,7 +233,7 @@ def train(
             last_epoch=epoch, seconds=round(time.monotonic() - piece_started, 1), **(piece_info() if piece_info else {})
         )
         if state_file is not None:
-            save_train_state(
+            save_atomic(
                 state_file,
                 {
                     "version": _STATE_VERSION,
