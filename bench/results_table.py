@@ -181,6 +181,19 @@ def _rows(recs: list[dict]) -> dict[str, list[dict]]:
     return rows
 
 
+def run_load(rec: dict) -> tuple[float, float]:
+    """The machine's 1-minute load over a whole training run: (mean, max). A run continued with
+    --resume lists its pieces, and the record's own machine_load is only the last piece's, so the
+    mean is weighted by each piece's seconds and the max taken over all of them: a busy first piece
+    must not hide behind a quiet continuation."""
+    pieces = [p for p in rec.get("pieces", []) if "machine_load" in p and p.get("seconds")]
+    if len(pieces) < 2:
+        return rec["machine_load"]["loadavg_1min_mean"], rec["machine_load"]["loadavg_1min_max"]
+    seconds = sum(p["seconds"] for p in pieces)
+    mean = sum(p["machine_load"]["loadavg_1min_mean"] * p["seconds"] for p in pieces) / seconds
+    return mean, max(p["machine_load"]["loadavg_1min_max"] for p in pieces)
+
+
 def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> str:
     runs = _rows([load_record(f) for f in files])
     if base not in runs:
@@ -198,9 +211,7 @@ def comparison_table(files: list[Path], base: str, metric: str = "NDCG@10") -> s
         if model != base:
             c = compare(runs[base], recs, metric)
             paired, uneven = c.cell(), uneven or c.uneven
-        load = ", ".join(
-            f"{r['machine_load']['loadavg_1min_mean']}/{r['machine_load']['loadavg_1min_max']}" for r in recs
-        )
+        load = ", ".join("{:.2f}/{:.2f}".format(*run_load(r)) for r in recs)
         cells = [
             _fmt([m[metric] for m in ex]),
             _fmt([m["HR@10"] for m in ex]),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from streamrec.bench.paired import load_record
-from streamrec.bench.results_table import comparison_table, main, stopped_by
+from streamrec.bench.results_table import comparison_table, main, run_load, stopped_by
 from streamrec.errors import EXIT_USER_ERROR, UserError
 from streamrec.models.ranking_metrics import metrics_from_ranks
 
@@ -105,6 +105,19 @@ def test_what_stopped_a_run_is_inferred_for_older_records() -> None:
         == "budget"
     )
     assert stopped_by({**rec, "stopped_by": "epochs"}) == "epochs"
+
+
+def test_the_load_of_a_continued_run_covers_every_piece(tmp_path: Path) -> None:
+    busy = {"seconds": 1500.0, "machine_load": {"loadavg_1min_mean": 2.4, "loadavg_1min_max": 4.3}}
+    quiet = {"seconds": 100.0, "machine_load": {"loadavg_1min_mean": 1.2, "loadavg_1min_max": 1.8}}
+    rec = {"machine_load": quiet["machine_load"], "pieces": [busy, quiet]}
+    mean, peak = run_load(rec)
+    assert peak == 4.3, "the busy first piece's peak, not the quiet last piece's the record carries on top"
+    assert mean == pytest.approx((2.4 * 1500 + 1.2 * 100) / 1600), "weighted by each piece's seconds"
+    assert run_load({"machine_load": quiet["machine_load"], "pieces": [quiet]}) == (1.2, 1.8)
+    ranks = [1, 2, 3, 40]
+    write_record(tmp_path / "m-s0.json", "m", 0, ranks, pieces=[busy, quiet])
+    assert "| 2.33/4.30 |" in comparison_table([tmp_path / "m-s0.json"], "m")
 
 
 def test_ranks_of_another_checkpoint_are_refused(tmp_path: Path) -> None:
