@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, replace
+from itertools import combinations
 from pathlib import Path
 
 import torch
@@ -231,7 +232,10 @@ def differing_settings(record: dict, args: argparse.Namespace, combo: dict[str, 
     except (KeyError, ValueError, SystemExit):
         return ["command (missing or unreadable)"]
     if recorded.get("grid"):
-        recorded = {**recorded, **combo, "seed": record.get("seed", recorded["seed"])}
+        # Its directory names its own grid's axes; a wider grid's other axes it ran at its own flags.
+        axes = {spec.partition("=")[0].strip().replace("-", "_") for spec in recorded["grid"]}
+        own_point = {k: v for k, v in combo.items() if k in axes}
+        recorded = {**recorded, **own_point, "seed": record.get("seed", recorded["seed"])}
     ignored = _NOT_A_SETTING | (_CAPS if stopped_by(record) == "patience" else frozenset())
     recorded, mine = _flags(recorded), _flags({**vars(args), **combo})
     return sorted(k for k in mine.keys() - ignored if recorded.get(k) != mine[k])
@@ -246,12 +250,28 @@ def _seed_list(args: argparse.Namespace) -> list[int]:
         raise UserError(f"--seeds {args.seeds!r}: {exc}", "give seeds as integers, e.g. --seeds 0,1,2") from exc
 
 
+def _narrower_point(tune_dir: Path, pattern: str, args: argparse.Namespace, combo: dict) -> list[Path]:
+    """A grid widened by an axis (weight_decay=0,0.1 after a grid without it) reads the points it
+    already has where the narrower grid wrote them: under the tag without the axes whose value is
+    the run's own flag, fewest left out first. `differing_settings` then checks the record."""
+    own = [k for k, v in combo.items() if v == getattr(args, k)]
+    for n in range(1, len(own) + 1):
+        for left_out in combinations(own, n):
+            tag = "_".join(f"{k}{v}" for k, v in combo.items() if k not in left_out)
+            found = sorted((tune_dir / tag).glob(pattern)) if tag else []
+            if found:
+                return found
+    return []
+
+
 def _grid_run(args: argparse.Namespace, settings: Settings, tag: str, combo: dict, seed: int) -> dict:
     """One point at one seed: trained into RESULTS_DIR/tune/<tag>, or with --resume its record read."""
     folder = Path(args.results_dir) / "tune" / tag
     ns = argparse.Namespace(**{**vars(args), **combo, "seed": seed, "results_dir": str(folder)})
     pattern = f"*/{args.preset}-s{seed}.json"
     found = sorted(folder.glob(pattern))
+    if args.resume and not found:
+        found = _narrower_point(folder.parent, pattern, args, combo)
     reuse = args.resume and bool(found)
     if not reuse:
         # Each point keeps its own checkpoint, beside its record.

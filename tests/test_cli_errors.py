@@ -283,3 +283,35 @@ def test_tune_over_seeds_chooses_by_the_mean_of_validation(tmp_path: Path) -> No
     assert grid["seeds"] == [0, 1, 2]
     assert [[r["seed"] for r in p["seeds"]] for p in grid["points"]] == [[0, 1, 2], [0, 1, 2]]
     assert [p["valid_ndcg10_mean"] for p in grid["points"]] == [0.11, 0.12]
+
+
+def test_tune_widened_by_an_axis_reads_the_narrower_grids_points_at_the_flags_own_value(tmp_path: Path) -> None:
+    """Weight decay added to a grid run without it: the weight_decay0 point is the record the
+    narrower grid wrote (trained at the flag's own 0), not trained again; a narrower record trained
+    at another weight decay is refused, not read as the point."""
+    from streamrec.cli import build_parser
+    from streamrec.errors import UserError
+    from streamrec.training_cli import _narrower_point, run_tune
+
+    base = f"tune --dataset ml-100k --preset sasrec --seed 0 --results-dir {tmp_path}"
+    point = {"lr": 0.002, "dropout": 0.2}
+    narrow = tmp_path / "tune" / "lr0.002_dropout0.2" / "ml-100k" / "sasrec-s0.json"
+    _point_record(narrow, f"streamrec {base} --grid lr=0.002 dropout=0.2", 0.12)
+    wide = tmp_path / "tune" / "lr0.002_dropout0.2_weight_decay0.1" / "ml-100k" / "sasrec-s0.json"
+    _point_record(wide, f"streamrec {base} --grid lr=0.002 dropout=0.2 weight_decay=0.1", 0.13)
+    before = {p: p.read_text() for p in (narrow, wide)}
+    # The caps (which the records' patience stop leaves out of the comparison) keep a wrong retrain short.
+    caps = ["--epochs", "1", "--max-minutes", "0.05"]
+    axes = ["--grid", "lr=0.002", "dropout=0.2", "weight_decay=0,0.1"]
+    args = build_parser().parse_args([*base.split(), *caps, "--resume", *axes])
+    assert _narrower_point(tmp_path / "tune", "*/sasrec-s0.json", args, {**point, "weight_decay": 0.0}) == [narrow]
+    assert run_tune(args, Settings.from_env()) == 0
+    grid = json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-grid.json").read_text())
+    assert [p["seeds"][0]["record"] for p in grid["points"]] == [str(narrow), str(wide)]
+    assert [p["valid_ndcg10_mean"] for p in grid["points"]] == [0.12, 0.13]
+    assert grid["choice"] == {"lr": 0.002, "dropout": 0.2, "weight_decay": 0.1}
+    assert {p: p.read_text() for p in before} == before, "no point was trained again"
+
+    _point_record(narrow, f"streamrec {base} --weight-decay 0.01 --grid lr=0.002 dropout=0.2", 0.12)
+    with pytest.raises(UserError, match=r"other settings \(weight_decay\)"):
+        run_tune(args, Settings.from_env())
