@@ -188,12 +188,21 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _axis_name(spec: str) -> str:
+    """The train flag a grid axis runs over: "weight-decay=0,0.1" -> "weight_decay"."""
+    return spec.partition("=")[0].strip().replace("-", "_")
+
+
+def _tag(combo: dict[str, float | int]) -> str:
+    """A grid point's directory name: {"lr": 0.001, "dropout": 0.2} -> "lr0.001_dropout0.2"."""
+    return "_".join(f"{k}{v}" for k, v in combo.items())
+
+
 def parse_grid(grid: list[str], args: argparse.Namespace) -> list[dict[str, float | int]]:
     """["lr=0.001,0.002", "dropout=0.2,0.5"] -> every combination, typed like the train flag."""
     axes: list[tuple[str, list[float | int]]] = []
     for spec in grid:
-        name, _, values = spec.partition("=")
-        name = name.strip().replace("-", "_")
+        name, values = _axis_name(spec), spec.partition("=")[2]
         if not values or not hasattr(args, name) or isinstance(getattr(args, name), (str, bool)):
             raise UserError(f"--grid {spec!r}: not NAME=V1,V2 over a numeric train flag", "e.g. --grid lr=0.001,0.002")
         kind = type(getattr(args, name))
@@ -233,7 +242,7 @@ def differing_settings(record: dict, args: argparse.Namespace, combo: dict[str, 
         return ["command (missing or unreadable)"]
     if recorded.get("grid"):
         # Its directory names its own grid's axes; a wider grid's other axes it ran at its own flags.
-        axes = {spec.partition("=")[0].strip().replace("-", "_") for spec in recorded["grid"]}
+        axes = {_axis_name(spec) for spec in recorded["grid"]}
         own_point = {k: v for k, v in combo.items() if k in axes}
         recorded = {**recorded, **own_point, "seed": record.get("seed", recorded["seed"])}
     ignored = _NOT_A_SETTING | (_CAPS if stopped_by(record) == "patience" else frozenset())
@@ -257,7 +266,7 @@ def _narrower_point(tune_dir: Path, pattern: str, args: argparse.Namespace, comb
     own = [k for k, v in combo.items() if v == getattr(args, k)]
     for n in range(1, len(own) + 1):
         for left_out in combinations(own, n):
-            tag = "_".join(f"{k}{v}" for k, v in combo.items() if k not in left_out)
+            tag = _tag({k: v for k, v in combo.items() if k not in left_out})
             found = sorted((tune_dir / tag).glob(pattern)) if tag else []
             if found:
                 return found
@@ -301,7 +310,7 @@ def run_tune(args: argparse.Namespace, settings: Settings) -> int:
     seeds = _seed_list(args)
     points = []
     for combo in combos:
-        tag = "_".join(f"{k}{v}" for k, v in combo.items())
+        tag = _tag(combo)
         runs = [_grid_run(args, settings, tag, combo, seed) for seed in seeds]
         points.append(
             {
