@@ -568,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="read points already trained with the same settings instead of training them again "
-        "(also where a grid without one of these axes wrote them, at the flag's own value), "
+        "(also where a grid without one of these axes wrote them, at the flag's own value, "
+        "or where `streamrec train` wrote the point at every flag's own value), "
         "and continue a point whose run was killed from its saved training state",
     )
     p.add_argument(

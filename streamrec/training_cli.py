@@ -262,12 +262,16 @@ def _seed_list(args: argparse.Namespace) -> list[int]:
 def _narrower_point(tune_dir: Path, pattern: str, args: argparse.Namespace, combo: dict) -> list[Path]:
     """A grid widened by an axis (weight_decay=0,0.1 after a grid without it) reads the points it
     already has where the narrower grid wrote them: under the tag without the axes whose value is
-    the run's own flag, fewest left out first. `differing_settings` then checks the record."""
-    own = [k for k, v in combo.items() if v == getattr(args, k)]
+    the run's own flag, fewest left out first. The point where every axis is at the run's own flag
+    (the preset's dropout counting as written) is what `streamrec train` wrote into the same
+    results directory, so a grid around a trained run does not train it again.
+    `differing_settings` then checks the record."""
+    flags = _flags(vars(args))
+    own = [k for k, v in combo.items() if v == flags.get(k)]
     for n in range(1, len(own) + 1):
         for left_out in combinations(own, n):
             tag = _tag({k: v for k, v in combo.items() if k not in left_out})
-            found = sorted((tune_dir / tag).glob(pattern)) if tag else []
+            found = sorted((tune_dir / tag if tag else tune_dir.parent).glob(pattern))
             if found:
                 return found
     return []
@@ -287,15 +291,17 @@ def _grid_run(args: argparse.Namespace, settings: Settings, tag: str, combo: dic
         point = replace(settings, state_dir=settings.state_dir / "tune" / tag, features_dir=settings.feature_cache)
         run_train(ns, point)
         found = sorted(folder.glob(pattern))
-    rec = json.loads(found[0].read_text())
+    # The pattern matches every dataset's record in the folder: read the one trained at this point.
+    differs = {path: differing_settings(json.loads(path.read_text()), ns, combo) for path in found}
+    found = [path for path, differ in differs.items() if not differ] or found
+    if differs[found[0]]:
+        raise UserError(
+            f"{found[0]} was trained with other settings ({', '.join(differs[found[0]])})",
+            f"move it away or give another --results-dir to train {tag} again",
+        )
     if reuse:
-        differ = differing_settings(rec, ns, combo)
-        if differ:
-            raise UserError(
-                f"{found[0]} was trained with other settings ({', '.join(differ)})",
-                f"move it away or give another --results-dir to train {tag} again",
-            )
         print(f"{tag} seed {seed}: reusing {found[0]}")
+    rec = json.loads(found[0].read_text())
     keep = ("dataset", "valid", "test", "best_epoch", "train_seconds")
     return {"seed": seed, "record": str(found[0]), **{k: rec.get(k) for k in keep}, "stopped_by": stopped_by(rec)}
 

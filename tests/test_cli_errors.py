@@ -315,3 +315,29 @@ def test_tune_widened_by_an_axis_reads_the_narrower_grids_points_at_the_flags_ow
     _point_record(narrow, f"streamrec {base} --weight-decay 0.01 --grid lr=0.002 dropout=0.2", 0.12)
     with pytest.raises(UserError, match=r"other settings \(weight_decay\)"):
         run_tune(args, Settings.from_env())
+
+
+def test_tune_around_a_trained_run_reads_its_record_and_picks_its_dataset(tmp_path: Path) -> None:
+    """A grid whose point has every axis at the run's own flags (the preset's dropout counting as
+    written) reads what `streamrec train` wrote into the same results directory, not trained again;
+    of the records the pattern matches in other datasets' folders it reads its own dataset's."""
+    from streamrec.cli import build_parser
+    from streamrec.training_cli import run_tune
+
+    flags = f"--preset sasrec --seed 0 --results-dir {tmp_path} --lr 0.002"
+    trained = tmp_path / "amazon-beauty" / "sasrec-s0.json"
+    _point_record(trained, f"streamrec train --dataset amazon-beauty {flags} --max-minutes 60", 0.12)
+    # Another dataset's record, sorting first, trained at the same point.
+    _point_record(tmp_path / "a-other" / "sasrec-s0.json", f"streamrec train --dataset ml-100k {flags}", 0.5)
+    wide = tmp_path / "tune" / "lr0.002_dropout0.2_weight_decay0.1" / "amazon-beauty" / "sasrec-s0.json"
+    axes = "--grid lr=0.002 dropout=0.2 weight_decay=0.1"
+    _point_record(wide, f"streamrec tune --dataset amazon-beauty {flags} {axes}", 0.13)
+    before = {p: p.read_text() for p in (trained, wide)}
+    caps = "--epochs 1 --max-minutes 0.05"  # keep a wrong retrain short
+    grid = "--grid lr=0.002 dropout=0.2 weight_decay=0,0.1"
+    args = build_parser().parse_args(f"tune --dataset amazon-beauty {flags} {caps} --resume {grid}".split())
+    assert run_tune(args, Settings.from_env()) == 0
+    out = json.loads((tmp_path / "tune" / "ml-100k-sasrec-s0-grid.json").read_text())
+    assert [p["seeds"][0]["record"] for p in out["points"]] == [str(trained), str(wide)]
+    assert [p["valid_ndcg10_mean"] for p in out["points"]] == [0.12, 0.13]
+    assert {p: p.read_text() for p in before} == before, "no point was trained again"
