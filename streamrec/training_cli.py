@@ -292,7 +292,8 @@ def _grid_run(args: argparse.Namespace, settings: Settings, tag: str, combo: dic
         run_train(ns, point)
         found = sorted(folder.glob(pattern))
     # The pattern matches every dataset's record in the folder: read the one trained at this point.
-    differs = {path: differing_settings(json.loads(path.read_text()), ns, combo) for path in found}
+    records = {path: json.loads(path.read_text()) for path in found}
+    differs = {path: differing_settings(rec, ns, combo) for path, rec in records.items()}
     found = [path for path, differ in differs.items() if not differ] or found
     if differs[found[0]]:
         raise UserError(
@@ -301,7 +302,7 @@ def _grid_run(args: argparse.Namespace, settings: Settings, tag: str, combo: dic
         )
     if reuse:
         print(f"{tag} seed {seed}: reusing {found[0]}")
-    rec = json.loads(found[0].read_text())
+    rec = records[found[0]]
     keep = ("dataset", "valid", "test", "best_epoch", "train_seconds")
     return {"seed": seed, "record": str(found[0]), **{k: rec.get(k) for k in keep}, "stopped_by": stopped_by(rec)}
 
